@@ -1,0 +1,234 @@
+/**
+ * Indexed stores for the model, after ztunnel's `state/{workload,service}`: workloads by uid, by `network/ip`,
+ * by hostname and by node; services by `namespace/hostname`, by VIP and by hostname, with their endpoints;
+ * policies by `namespace/name` and by namespace. {@link MeshState} is the one façade the roles use. Every
+ * mutation keeps the indexes consistent: replacing an object first removes its old index entries, so an
+ * address that moved never points at the old owner.
+ *
+ * @module
+ */
+
+import { type Authorization, policyKey } from "./authorization.ts";
+import { addressKey } from "./net.ts";
+import { type Service, serviceKey, type Workload } from "./workload.ts";
+
+/** Adds `value` to the set under `key` in a multi-index. */
+function addTo<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
+  let set = index.get(key);
+  if (!set) index.set(key, set = new Set());
+  set.add(value);
+}
+
+/** Removes `value` from the set under `key`, dropping the set when it empties. */
+function removeFrom<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
+  const set = index.get(key);
+  if (!set) return;
+  set.delete(value);
+  if (set.size === 0) index.delete(key);
+}
+
+/** Workloads indexed by uid, address, hostname, node and the services they serve. */
+export class WorkloadStore {
+  readonly #byUid = new Map<string, Workload>();
+  readonly #byAddress = new Map<string, string>();
+  readonly #byHostname = new Map<string, Set<string>>();
+  readonly #byNode = new Map<string, Set<string>>();
+  readonly #byService = new Map<string, Set<string>>();
+
+  /** Number of workloads. */
+  get size(): number {
+    return this.#byUid.size;
+  }
+
+  /** Inserts or replaces a workload (by uid). */
+  upsert(w: Workload): void {
+    this.remove(w.uid);
+    this.#byUid.set(w.uid, w);
+    for (const ip of w.addresses) this.#byAddress.set(addressKey({ network: w.network, address: ip }), w.uid);
+    if (w.hostname) addTo(this.#byHostname, w.hostname, w.uid);
+    addTo(this.#byNode, w.node, w.uid);
+    for (const key of Object.keys(w.services)) addTo(this.#byService, key, w.uid);
+  }
+
+  /** Removes a workload; returns whether it existed. */
+  remove(uid: string): boolean {
+    const old = this.#byUid.get(uid);
+    if (!old) return false;
+    this.#byUid.delete(uid);
+    for (const ip of old.addresses) {
+      const key = addressKey({ network: old.network, address: ip });
+      if (this.#byAddress.get(key) === uid) this.#byAddress.delete(key);
+    }
+    if (old.hostname) removeFrom(this.#byHostname, old.hostname, uid);
+    removeFrom(this.#byNode, old.node, uid);
+    for (const key of Object.keys(old.services)) removeFrom(this.#byService, key, uid);
+    return true;
+  }
+
+  /** The workload with this uid. */
+  byUid(uid: string): Workload | undefined {
+    return this.#byUid.get(uid);
+  }
+
+  /** The workload that owns `ip` on `network`. */
+  byAddress(network: string, ip: string): Workload | undefined {
+    const uid = this.#byAddress.get(addressKey({ network, address: ip }));
+    return uid === undefined ? undefined : this.#byUid.get(uid);
+  }
+
+  /** Workloads reached by this DNS hostname. */
+  byHostname(hostname: string): Workload[] {
+    return this.#collect(this.#byHostname.get(hostname));
+  }
+
+  /** Workloads scheduled on `node`. */
+  onNode(node: string): Workload[] {
+    return this.#collect(this.#byNode.get(node));
+  }
+
+  /** Endpoints of the service with key `namespace/hostname`. */
+  endpointsOf(serviceKey: string): Workload[] {
+    return this.#collect(this.#byService.get(serviceKey));
+  }
+
+  /** All workloads. */
+  all(): IterableIterator<Workload> {
+    return this.#byUid.values();
+  }
+
+  #collect(uids: Set<string> | undefined): Workload[] {
+    return uids ? [...uids].map((u) => this.#byUid.get(u)!) : [];
+  }
+}
+
+/** Services indexed by `namespace/hostname`, by VIP and by hostname. */
+export class ServiceStore {
+  readonly #byKey = new Map<string, Service>();
+  readonly #byVip = new Map<string, string>();
+  readonly #byHostname = new Map<string, Set<string>>();
+
+  /** Number of services. */
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  /** Inserts or replaces a service (by `namespace/hostname`). */
+  upsert(s: Service): void {
+    const key = serviceKey(s);
+    this.remove(key);
+    this.#byKey.set(key, s);
+    for (const a of s.addresses) this.#byVip.set(addressKey(a), key);
+    addTo(this.#byHostname, s.hostname, key);
+  }
+
+  /** Removes a service by key; returns whether it existed. */
+  remove(key: string): boolean {
+    const old = this.#byKey.get(key);
+    if (!old) return false;
+    this.#byKey.delete(key);
+    for (const a of old.addresses) {
+      if (this.#byVip.get(addressKey(a)) === key) this.#byVip.delete(addressKey(a));
+    }
+    removeFrom(this.#byHostname, old.hostname, key);
+    return true;
+  }
+
+  /** The service with key `namespace/hostname`. */
+  byKey(key: string): Service | undefined {
+    return this.#byKey.get(key);
+  }
+
+  /** The service whose VIP is `ip` on `network`. */
+  byVip(network: string, ip: string): Service | undefined {
+    const key = this.#byVip.get(addressKey({ network, address: ip }));
+    return key === undefined ? undefined : this.#byKey.get(key);
+  }
+
+  /**
+   * The service with this hostname; when several namespaces have one, the one in `preferNamespace` wins
+   * (ztunnel prefers the local namespace), then the first by key for a stable answer.
+   */
+  byHostname(hostname: string, preferNamespace?: string): Service | undefined {
+    const keys = this.#byHostname.get(hostname);
+    if (!keys) return undefined;
+    const services = [...keys].sort().map((k) => this.#byKey.get(k)!);
+    return services.find((s) => s.namespace === preferNamespace) ?? services[0];
+  }
+
+  /** All services. */
+  all(): IterableIterator<Service> {
+    return this.#byKey.values();
+  }
+}
+
+/** Authorization policies by `namespace/name`, with the GLOBAL and per-namespace sets kept apart. */
+export class PolicyStore {
+  readonly #byKey = new Map<string, Authorization>();
+  readonly #byNamespace = new Map<string, Set<string>>();
+  readonly #global = new Set<string>();
+
+  /** Number of policies. */
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  /** Inserts or replaces a policy. */
+  upsert(a: Authorization): void {
+    const key = policyKey(a);
+    this.remove(key);
+    this.#byKey.set(key, a);
+    if (a.scope === "GLOBAL") this.#global.add(key);
+    else if (a.scope === "NAMESPACE") addTo(this.#byNamespace, a.namespace, key);
+  }
+
+  /** Removes a policy by key; returns whether it existed. */
+  remove(key: string): boolean {
+    const old = this.#byKey.get(key);
+    if (!old) return false;
+    this.#byKey.delete(key);
+    this.#global.delete(key);
+    removeFrom(this.#byNamespace, old.namespace, key);
+    return true;
+  }
+
+  /** The policy with key `namespace/name`. */
+  byKey(key: string): Authorization | undefined {
+    return this.#byKey.get(key);
+  }
+
+  /**
+   * The candidate policies for a workload, as ztunnel's `assert_rbac` gathers them: GLOBAL policies, the
+   * NAMESPACE policies of its namespace, and the selector policies it names. Sorted by key, each once.
+   */
+  forWorkload(w: Pick<Workload, "namespace" | "authorizationPolicies">): Authorization[] {
+    const keys = new Set<string>([
+      ...this.#global,
+      ...(this.#byNamespace.get(w.namespace) ?? []),
+      ...w.authorizationPolicies.filter((k) => this.#byKey.get(k)?.scope === "WORKLOAD_SELECTOR"),
+    ]);
+    return [...keys].sort().map((k) => this.#byKey.get(k)!);
+  }
+
+  /** All policies. */
+  all(): IterableIterator<Authorization> {
+    return this.#byKey.values();
+  }
+}
+
+/** The whole mesh as a proxy or the control plane sees it: one façade over the three stores. */
+export class MeshState {
+  readonly workloads = new WorkloadStore();
+  readonly services = new ServiceStore();
+  readonly policies = new PolicyStore();
+
+  /**
+   * What an address is: the service whose VIP it is, else the workload that owns it, else nothing (an
+   * address outside the mesh). Services win, as in ztunnel's lookup.
+   */
+  lookupAddress(network: string, ip: string): { service: Service } | { workload: Workload } | undefined {
+    const service = this.services.byVip(network, ip);
+    if (service) return { service };
+    const workload = this.workloads.byAddress(network, ip);
+    return workload ? { workload } : undefined;
+  }
+}
