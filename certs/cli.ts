@@ -8,15 +8,7 @@
 
 import { join } from "node:path";
 import { NotBuiltError } from "../mesh/cli.ts";
-import {
-  describeOptions,
-  formatDuration,
-  loggable,
-  option,
-  parsers,
-  readConfig,
-  UsageError,
-} from "../mesh/config.ts";
+import { describeOptions, formatDuration, loggable, option, parsers, readConfig, UsageError } from "../mesh/config.ts";
 import { DEFAULT_TRUST_DOMAIN, SpiffeId, trustDomainProblem } from "../mesh/identity.ts";
 import { logger } from "../mesh/log.ts";
 import { CertificateAuthority, DEFAULT_TTL_MS, ROOT_TTL_MS } from "./ca.ts";

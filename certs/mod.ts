@@ -7,14 +7,7 @@
  * @module
  */
 
-export {
-  CA_FILES,
-  CertificateAuthority,
-  DEFAULT_TTL_MS,
-  type Issued,
-  MAX_TTL_MS,
-  type SignRequest,
-} from "./ca.ts";
+export { CA_FILES, CertificateAuthority, DEFAULT_TTL_MS, type Issued, MAX_TTL_MS, type SignRequest } from "./ca.ts";
 export { createWorkloadCsr, type WorkloadCsr } from "./csr.ts";
 export { authorizeNodeIdentity, type NodeDecision, type NodeRegistryView } from "./node_auth.ts";
 export { type CertTimes } from "./rotation.ts";

@@ -38,9 +38,7 @@ export interface SigningKey {
 /** Splits PEM text into DER blocks of the given label ("CERTIFICATE"), in order. */
 export function pemBlocks(text: string, label: string): Uint8Array<ArrayBuffer>[] {
   const re = new RegExp(`-----BEGIN ${label}-----([\\s\\S]*?)-----END ${label}-----`, "g");
-  return [...text.matchAll(re)].map((m) =>
-    Uint8Array.from(atob(m[1].replace(/\s+/g, "")), (c) => c.charCodeAt(0))
-  );
+  return [...text.matchAll(re)].map((m) => Uint8Array.from(atob(m[1].replace(/\s+/g, "")), (c) => c.charCodeAt(0)));
 }
 
 /** Encodes DER as PEM. */

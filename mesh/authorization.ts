@@ -121,9 +121,7 @@ export function decodeMatch(value: unknown, path: string): Match {
 
 /** Whether a match has no fields at all (such a match is skipped when evaluating a clause). */
 export function isEmptyMatch(m: Match): boolean {
-  return [...STRING_FIELDS, ...CIDR_FIELDS, ...PORT_FIELDS, ...SERVICE_ACCOUNT_FIELDS].every((k) =>
-    m[k].length === 0
-  );
+  return [...STRING_FIELDS, ...CIDR_FIELDS, ...PORT_FIELDS, ...SERVICE_ACCOUNT_FIELDS].every((k) => m[k].length === 0);
 }
 
 /**

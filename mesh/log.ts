@@ -46,9 +46,7 @@ export function readLogSettings(env: Record<string, string | undefined>, isTermi
   const format = (env.LOG_FORMAT ?? (isTerminal ? "plain" : "json")).toLowerCase();
   if (!(FORMATS as readonly string[]).includes(format)) {
     throw new LogConfigError(
-      `Cannot use env var LOG_FORMAT=${JSON.stringify(env.LOG_FORMAT)}: expected one of ${
-        FORMATS.join(", ")
-      }`,
+      `Cannot use env var LOG_FORMAT=${JSON.stringify(env.LOG_FORMAT)}: expected one of ${FORMATS.join(", ")}`,
     );
   }
   return { level: level as LogSettings["level"], format: format as LogSettings["format"] };
@@ -76,9 +74,9 @@ export function formatPlain(line: string): string {
   const fields = Object.entries(rest).map(([k, v]) =>
     `${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`
   );
-  const head = `${when} ${(LEVEL_NAMES[level as number] ?? String(level)).padEnd(5)} ${
-    component ?? "skiff"
-  }: ${msg ?? ""}`;
+  const head = `${when} ${(LEVEL_NAMES[level as number] ?? String(level)).padEnd(5)} ${component ?? "skiff"}: ${
+    msg ?? ""
+  }`;
   return `${[head, ...fields].join(" ")}\n`;
 }
 

@@ -41,9 +41,7 @@ export function show(value: unknown): string {
 /** Joins a path and a key the way the error messages print them. */
 export function fieldPath(path: string, key: string | number): string {
   if (typeof key === "number") return `${path}[${key}]`;
-  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key)
-    ? (path ? `${path}.${key}` : key)
-    : `${path}[${JSON.stringify(key)}]`;
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? (path ? `${path}.${key}` : key) : `${path}[${JSON.stringify(key)}]`;
 }
 
 /**
