@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs Skiff on a Debian machine, as root. Safe to run again: each step checks before it acts.
+#
+#   bash install.sh            system packages, Deno 2.9.6 (from npm), dependencies, /usr/local/bin/skiff
+#   bash install.sh --systemd  (later) also the systemd units; says so plainly until then
+#
+# /usr/local/bin/skiff is a `deno compile` binary where the compile runtime can be downloaded; where it
+# cannot (these machines reach only the npm registry and Debian), it is a launcher that runs main.ts from
+# /usr/local/lib/skiff with the pinned Deno, its own dependency cache and exactly the permissions the modes
+# need. The last line printed says which.
+set -euo pipefail
+export RUST_BACKTRACE=0 DEBIAN_FRONTEND=noninteractive DENO_NO_UPDATE_CHECK=1
+
+DENO_VERSION=2.9.6
+PACKAGES=(iptables iproute2 procps openssl ca-certificates)
+LIB=/usr/local/lib/skiff
+BIN=/usr/local/bin/skiff
+PERMISSIONS=(--allow-read --allow-write --allow-net --allow-env --allow-sys --allow-run --allow-ffi)
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+systemd=false
+for arg in "$@"; do
+  case "$arg" in
+    --systemd) systemd=true ;;
+    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown flag $arg (try --help)" ;;
+  esac
+done
+if $systemd; then die "--systemd: not built yet (the systemd units come with the demo issue)"; fi
+[ "$(id -u)" -eq 0 ] || die "run as root: it installs system packages and /usr/local/bin/skiff"
+
+# 1. System packages, only those missing.
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } ||
+    die "apt-get could not install ${missing[*]}"
+fi
+
+# 2. Deno, pinned, from the npm registry (JSR and dl.deno.land are not reachable here).
+deno_ok() { command -v deno >/dev/null && deno --version 2>/dev/null | head -n1 | grep -qx "deno $DENO_VERSION .*"; }
+if ! deno_ok; then
+  if ! command -v npm >/dev/null; then
+    say "installing npm (to fetch Deno)"
+    apt-get install -y -q --no-install-recommends nodejs npm >/dev/null ||
+      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends nodejs npm >/dev/null; }
+  fi
+  say "installing deno $DENO_VERSION from npm"
+  npm install -g --no-fund --no-audit --loglevel=error "deno@$DENO_VERSION" >/dev/null
+  hash -r
+  deno_ok || die "deno $DENO_VERSION is not on PATH after npm install -g deno@$DENO_VERSION (npm prefix $(npm prefix -g))"
+fi
+DENO=$(command -v deno)
+
+# 3. Dependencies for the checkout (tests and tasks run from here), exactly as deno.lock pins them.
+(cd "$SRC" && deno install --frozen --quiet) || die "deno install --frozen failed: is deno.lock current?"
+
+# 4. The skiff command.
+if (cd "$SRC" && timeout 120 deno compile "${PERMISSIONS[@]}" --quiet --output "$SRC/dist/skiff" main.ts) >/dev/null 2>&1 &&
+  "$SRC/dist/skiff" version >/dev/null 2>&1; then
+  install -m 0755 "$SRC/dist/skiff" "$BIN"
+  built="compiled binary (deno compile)"
+else
+  # A copy of the sources with its own dependency cache, so the launcher works offline and does not
+  # depend on this checkout staying where it is.
+  rm -rf "$LIB.new"
+  mkdir -p "$LIB.new"
+  (cd "$SRC" && cp -r main.ts deno.json deno.lock mesh certs "$LIB.new/")
+  for d in control dataplane cni demo; do [ -d "$SRC/$d" ] && cp -r "$SRC/$d" "$LIB.new/"; done
+  find "$LIB.new" -name '*_test.ts' -delete
+  (cd "$LIB.new" && DENO_DIR="$LIB.new/deno-dir" deno install --frozen --quiet --entrypoint main.ts) ||
+    die "could not cache dependencies into $LIB.new"
+  # The cache records absolute paths; build it where it will live.
+  rm -rf "$LIB.old"
+  [ -d "$LIB" ] && mv "$LIB" "$LIB.old"
+  mv "$LIB.new" "$LIB"
+  (cd "$LIB" && DENO_DIR="$LIB/deno-dir" deno install --frozen --quiet --entrypoint main.ts) ||
+    die "could not cache dependencies into $LIB"
+  rm -rf "$LIB.old"
+  cat >"$BIN.tmp" <<EOF
+#!/bin/sh
+# Skiff launcher, written by install.sh: deno compile could not fetch its runtime on this machine, so this
+# runs $LIB/main.ts with the pinned Deno ($DENO_VERSION), offline, with the permissions the modes need.
+export RUST_BACKTRACE=0 DENO_NO_UPDATE_CHECK=1 DENO_DIR="$LIB/deno-dir"
+exec "$DENO" run --quiet --cached-only --frozen --no-prompt ${PERMISSIONS[*]} --config "$LIB/deno.json" "$LIB/main.ts" "\$@"
+EOF
+  chmod 0755 "$BIN.tmp"
+  mv "$BIN.tmp" "$BIN"
+  built="launcher running $LIB/main.ts with deno $DENO_VERSION (deno compile cannot download its runtime here)"
+fi
+"$BIN" version >/dev/null || die "$BIN does not run"
+say "installed $BIN: $built"
