@@ -14,7 +14,7 @@ const out = await new Deno.Command(Deno.execPath(), {
   stdout: "piped",
   stderr: "inherit",
 }).output();
-const text = new TextDecoder().decode(out.stdout).replace(/\x1b\[[0-9;]*m/g, "");
+const text = new TextDecoder().decode(out.stdout); // NO_COLOR: plain text
 console.log(text);
 if (!out.success) {
   console.error(`deno ${COMMAND.join(" ")} failed with exit ${out.code}`);
