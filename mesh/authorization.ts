@@ -74,7 +74,8 @@ export const SERVICE_ACCOUNT_FIELDS = ["serviceAccounts", "notServiceAccounts"] 
 /** Decodes a {@link StringMatch}: an object with exactly one of exact, prefix, suffix, presence. */
 export function decodeStringMatch(value: unknown, path: string): StringMatch {
   const f = Fields.of(value, path);
-  const kinds = ["exact", "prefix", "suffix", "presence"].filter((k) => f.has(k));
+  // raw() marks every kind as read, so a null sibling ({exact: "a", prefix: null}) counts as absent, not unknown.
+  const kinds = ["exact", "prefix", "suffix", "presence"].filter((k) => f.raw(k) !== undefined);
   if (kinds.length !== 1) {
     throw new ValidationError(
       path,

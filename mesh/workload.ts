@@ -139,8 +139,9 @@ export function decodeNetworkAddress(value: unknown, path: string): NetworkAddre
 export function decodeGatewayAddress(value: unknown, path: string): GatewayAddress {
   const f = Fields.of(value, path);
   const hboneMtlsPort = f.int("hboneMtlsPort", { min: 1, max: 65535, default: HBONE_PORT });
-  const hasHost = f.has("hostname");
-  const hasAddr = f.has("address");
+  // raw() marks both as read, so a null for the unused one counts as absent, not as an unknown field.
+  const hasHost = f.raw("hostname") !== undefined;
+  const hasAddr = f.raw("address") !== undefined;
   if (hasHost === hasAddr) {
     throw new ValidationError(path, "expected exactly one of hostname or address");
   }

@@ -1,0 +1,109 @@
+/**
+ * main.ts as an operator or a container runtime runs it: exit codes, usage on stderr, the not-built modes and
+ * the CNI error form on stdout.
+ */
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import denoJson from "../deno.json" with { type: "json" };
+import { USAGE, VERSION } from "./cli.ts";
+
+const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+async function skiff(args: string[], env: Record<string, string> = {}) {
+  // Whether skiff runs as the CNI plugin depends on CNI_COMMAND alone, so the test's own must not leak in.
+  const inherited = Deno.env.toObject();
+  for (const name of ["CNI_COMMAND", "LOG_LEVEL", "LOG_FORMAT"]) delete inherited[name];
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    env: { ...inherited, RUST_BACKTRACE: "0", NO_COLOR: "1", LOG_FORMAT: "json", ...env },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("VERSION is deno.json's version and USAGE names it", () => {
+  assert.equal(VERSION, denoJson.version);
+  assert.match(VERSION, /^\d+\.\d+\.\d+/);
+  assert.ok(USAGE.startsWith(`Skiff ${VERSION}:`));
+});
+
+Deno.test("skiff with no mode exits 2 with the usage on stderr", async () => {
+  const { code, stdout, stderr } = await skiff([]);
+  assert.equal(code, 2, stderr);
+  assert.equal(stdout, "");
+  assert.ok(stderr.startsWith("skiff: no mode given\n"), stderr);
+  assert.ok(stderr.includes("Usage: skiff <mode> [flags]"), stderr);
+});
+
+Deno.test("skiff with an unknown mode exits 2 and names it", async () => {
+  const { code, stdout, stderr } = await skiff(["bogus"]);
+  assert.equal(code, 2, stderr);
+  assert.equal(stdout, "");
+  assert.ok(stderr.startsWith('skiff: unknown mode "bogus"\n'), stderr);
+  assert.ok(stderr.includes("Usage: skiff <mode> [flags]"), stderr);
+});
+
+Deno.test("skiff with a mode named like an Object property is an unknown mode, not a crash", async () => {
+  const { code, stderr } = await skiff(["toString"]);
+  assert.equal(code, 2, stderr);
+  assert.ok(stderr.startsWith('skiff: unknown mode "toString"\n'), stderr);
+});
+
+Deno.test("skiff with an unknown flag exits 2 and names it", async () => {
+  const { code, stdout, stderr } = await skiff(["--bogus"]);
+  assert.equal(code, 2, stderr);
+  assert.equal(stdout, "");
+  assert.ok(stderr.startsWith("skiff: unknown flag --bogus\n"), stderr);
+  assert.ok(stderr.includes("Usage: skiff <mode> [flags]"), stderr);
+});
+
+Deno.test("skiff version prints the version from deno.json and exits 0", async (t) => {
+  for (const arg of ["version", "--version"]) {
+    await t.step(arg, async () => {
+      const { code, stdout, stderr } = await skiff([arg]);
+      assert.equal(code, 0, stderr);
+      assert.equal(stdout, `skiff ${denoJson.version} (deno ${Deno.version.deno})\n`);
+    });
+  }
+});
+
+Deno.test("skiff help prints the usage on stdout and exits 0", async (t) => {
+  for (const arg of ["help", "--help", "-h"]) {
+    await t.step(arg, async () => {
+      const { code, stdout, stderr } = await skiff([arg]);
+      assert.equal(code, 0, stderr);
+      assert.equal(stdout, `${USAGE}\n`);
+      assert.equal(stderr, "");
+    });
+  }
+});
+
+Deno.test("each mode not built yet exits 1 and says so once, with one skiff prefix", async (t) => {
+  for (const mode of ["control", "cni-agent", "ztunnel", "waypoint", "demo"]) {
+    await t.step(mode, async () => {
+      const { code, stdout, stderr } = await skiff([mode]);
+      assert.equal(code, 1, stderr);
+      assert.equal(stdout, "");
+      assert.equal(stderr, `skiff ${mode}: not built yet\n`);
+      assert.equal(stderr.match(/skiff/g)?.length, 1);
+    });
+  }
+});
+
+Deno.test("skiff started by a CNI runtime writes a CNI error with code 50 on stdout and exits 1", async (t) => {
+  for (const args of [[], ["control"]]) {
+    await t.step(args.join(" ") || "no arguments", async () => {
+      const { code, stdout, stderr } = await skiff(args, { CNI_COMMAND: "ADD" });
+      assert.equal(code, 1, stderr);
+      const result = JSON.parse(stdout);
+      assert.equal(result.code, 50);
+      assert.equal(typeof result.cniVersion, "string");
+      assert.match(result.msg, /not built yet/);
+      assert.match(stderr, /skiff cni plugin: not built yet/);
+    });
+  }
+});
