@@ -37,13 +37,13 @@ export interface LogSettings {
 
 /** Reads `LOG_LEVEL` and `LOG_FORMAT` from `env`; `isTerminal` picks the default format. */
 export function readLogSettings(env: Record<string, string | undefined>, isTerminal: boolean): LogSettings {
-  const level = (env.LOG_LEVEL ?? "info").toLowerCase();
+  const level = (env.LOG_LEVEL || "info").toLowerCase();
   if (!(LEVELS as readonly string[]).includes(level)) {
     throw new LogConfigError(
       `Cannot use env var LOG_LEVEL=${JSON.stringify(env.LOG_LEVEL)}: expected one of ${LEVELS.join(", ")}`,
     );
   }
-  const format = (env.LOG_FORMAT ?? (isTerminal ? "plain" : "json")).toLowerCase();
+  const format = (env.LOG_FORMAT || (isTerminal ? "plain" : "json")).toLowerCase();
   if (!(FORMATS as readonly string[]).includes(format)) {
     throw new LogConfigError(
       `Cannot use env var LOG_FORMAT=${JSON.stringify(env.LOG_FORMAT)}: expected one of ${FORMATS.join(", ")}`,

@@ -7,6 +7,11 @@ Deno.test("readLogSettings() defaults to info, plain on a terminal and json othe
   assert.deepEqual(readLogSettings({}, false), { level: "info", format: "json" });
 });
 
+Deno.test("readLogSettings() treats an empty variable as unset, as the rest of the config does", () => {
+  assert.deepEqual(readLogSettings({ LOG_LEVEL: "", LOG_FORMAT: "" }, false), { level: "info", format: "json" });
+  assert.deepEqual(readLogSettings({ LOG_LEVEL: "", LOG_FORMAT: "" }, true), { level: "info", format: "plain" });
+});
+
 Deno.test("readLogSettings() reads every level and format, in any case", async (t) => {
   for (const level of ["trace", "debug", "info", "warn", "error", "fatal", "silent"]) {
     await t.step(level, () => {
