@@ -12,19 +12,7 @@ import {
   SERVICE_ACCOUNT_FIELDS,
   STRING_FIELDS,
 } from "./authorization.ts";
-import { ValidationError } from "./validate.ts";
-
-function assertInvalid(fn: () => unknown, field: string, message?: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof ValidationError, `expected a ValidationError, got ${caught}`);
-  assert.equal(caught.field, field, caught.message);
-  if (message) assert.match(caught.message, message);
-}
+import { assertInvalid } from "../tests/harness/assert.ts";
 
 /** A match document with every field and its negation populated. */
 function fullMatch(): Record<string, unknown> {
@@ -176,7 +164,7 @@ Deno.test("decodeStringMatch() rejects two kinds, none, or a bad value, naming t
     ["unknown field beside a kind", { exact: "a", regex: ".*" }, "s.regex", /not a known field/],
   ];
   for (const [name, doc, field, message] of cases) {
-    await t.step(name, () => assertInvalid(() => decodeStringMatch(doc, "s"), field, message));
+    await t.step(name, () => void assertInvalid(() => decodeStringMatch(doc, "s"), field, message));
   }
 });
 
@@ -312,7 +300,7 @@ Deno.test("decodeAuthorization() names the exact path of every kind of bad value
     ["misspelt top-level field", { name: "p", dry_run: true }, "authorization.dry_run", /not a known field/],
   ];
   for (const [name, doc, field, message] of cases) {
-    await t.step(name, () => assertInvalid(() => decodeAuthorization(doc), field, message));
+    await t.step(name, () => void assertInvalid(() => decodeAuthorization(doc), field, message));
   }
 });
 

@@ -1,21 +1,6 @@
 import assert from "node:assert/strict";
 import { DEFAULT_TRUST_DOMAIN, SpiffeId, trustDomainProblem } from "./identity.ts";
-import { ValidationError } from "./validate.ts";
-
-/** Asserts that `fn` throws a ValidationError for `field` whose message matches `message`. */
-function assertInvalid(fn: () => unknown, field: string, message?: RegExp): ValidationError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof ValidationError, `expected a ValidationError, got ${caught}`);
-  assert.equal(caught.field, field);
-  assert.equal(caught.code, "INVALID");
-  if (message) assert.match(caught.message, message);
-  return caught;
-}
+import { assertInvalid } from "../tests/harness/assert.ts";
 
 Deno.test("SpiffeId.parse() reads trust domain, namespace and service account", () => {
   const id = SpiffeId.parse("spiffe://cluster.local/ns/shop/sa/cart");

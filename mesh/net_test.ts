@@ -1,19 +1,6 @@
 import assert from "node:assert/strict";
 import { addressKey, canonicalIp, type Cidr, cidrContains, decodeCidr, decodeIp, formatCidr, ipBytes } from "./net.ts";
-import { ValidationError } from "./validate.ts";
-
-function assertInvalid(fn: () => unknown, field: string, message?: RegExp): ValidationError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof ValidationError, `expected a ValidationError, got ${caught}`);
-  assert.equal(caught.field, field);
-  if (message) assert.match(caught.message, message);
-  return caught;
-}
+import { assertInvalid } from "../tests/harness/assert.ts";
 
 Deno.test("canonicalIp() gives one text for every spelling of an address", async (t) => {
   const cases: [string, string[]][] = [

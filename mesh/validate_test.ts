@@ -1,28 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  checkInt,
-  checkOneOf,
-  checkString,
-  dnsLabel,
-  dnsSubdomain,
-  fieldPath,
-  Fields,
-  show,
-  ValidationError,
-} from "./validate.ts";
-
-function assertInvalid(fn: () => unknown, field: string, problem?: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof ValidationError, `expected a ValidationError, got ${caught}`);
-  assert.equal(caught.field, field, caught.message);
-  assert.equal(caught.message, `${caught.field}: ${caught.problem}`);
-  if (problem) assert.match(caught.problem, problem);
-}
+import { checkInt, checkOneOf, checkString, dnsLabel, dnsSubdomain, fieldPath, Fields, show } from "./validate.ts";
+import { assertInvalid } from "../tests/harness/assert.ts";
 
 Deno.test("fieldPath() joins identifiers with dots, indexes with brackets and quotes other keys", async (t) => {
   const cases: [string, string | number, string][] = [

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { ValidationError } from "./validate.ts";
 import {
   decodeGatewayAddress,
   decodeNetworkAddress,
@@ -10,19 +9,7 @@ import {
   serviceKey,
   type Workload,
 } from "./workload.ts";
-
-function assertInvalid(fn: () => unknown, field: string, message?: RegExp): ValidationError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof ValidationError, `expected a ValidationError, got ${caught}`);
-  assert.equal(caught.field, field, caught.message);
-  if (message) assert.match(caught.message, message);
-  return caught;
-}
+import { assertInvalid } from "../tests/harness/assert.ts";
 
 const WEB = "default/web.default.svc.cluster.local";
 

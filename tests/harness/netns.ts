@@ -78,6 +78,11 @@ export async function must(cmd: string[]): Promise<string> {
   return out.stdout;
 }
 
+/** Makes a veth pair with one end, `name`, in `netns` and the other, `peer`, in `peerNetns`. */
+function veth(netns: string, name: string, peerNetns: string, peer: string): Promise<string> {
+  return must(["ip", "link", "add", name, "netns", netns, "type", "veth", "peer", "name", peer, "netns", peerNetns]);
+}
+
 /** A node: a namespace on the fabric that routes for its pods. */
 export interface Node {
   name: string;
@@ -161,21 +166,7 @@ export class NetnsCluster implements AsyncDisposable {
     for (const key of ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]) {
       await must(["ip", "netns", "exec", netns, "sysctl", "-qw", key]);
     }
-    await must([
-      "ip",
-      "link",
-      "add",
-      "eth0",
-      "netns",
-      netns,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      `n${index}`,
-      "netns",
-      this.fabric,
-    ]);
+    await veth(netns, "eth0", this.fabric, `n${index}`);
     await must(["ip", "-n", this.fabric, "link", "set", `n${index}`, "master", "br0", "up"]);
     await must(["ip", "-n", netns, "addr", "add", `${node.address}/16`, "dev", "eth0"]);
     await must(["ip", "-n", netns, "link", "set", "eth0", "up"]);
@@ -201,21 +192,7 @@ export class NetnsCluster implements AsyncDisposable {
       hostVeth: `vp${j}`,
     };
     await this.#addNamespace(netns);
-    await must([
-      "ip",
-      "link",
-      "add",
-      "eth0",
-      "netns",
-      netns,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      pod.hostVeth,
-      "netns",
-      node.netns,
-    ]);
+    await veth(netns, "eth0", node.netns, pod.hostVeth);
     await must(["ip", "-n", node.netns, "addr", "add", `${node.gateway}/32`, "dev", pod.hostVeth]);
     await must(["ip", "-n", node.netns, "link", "set", pod.hostVeth, "up"]);
     await must(["ip", "-n", node.netns, "route", "add", `${pod.address}/32`, "dev", pod.hostVeth]);
