@@ -156,8 +156,12 @@ export class CertificateAuthority {
     let current = cert;
     for (let i = 1;; i++) {
       if (isRoot(current)) break;
-      const root = roots.find((r) => r.subject === current.issuer);
-      if (root && await current.verify({ publicKey: root.publicKey, signatureOnly: true })) break;
+      // Every root of the bundle with the issuer's name: roots Skiff creates for one trust domain share one.
+      let signedByRoot = false;
+      for (const root of roots.filter((r) => r.subject === current.issuer)) {
+        if (await current.verify({ publicKey: root.publicKey, signatureOnly: true })) signedByRoot = true;
+      }
+      if (signedByRoot) break;
       const next = chain[i];
       if (
         !next || next.subject !== current.issuer ||

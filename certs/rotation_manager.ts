@@ -27,10 +27,13 @@ export interface Clock {
   clearTimer(id: unknown): void;
 }
 
-/** The wall clock. */
+/** setTimeout's longest delay; a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The wall clock. A wake-up beyond setTimeout's limit comes early, and the manager sets the next one. */
 export const systemClock: Clock = {
   now: () => Date.now(),
-  setTimer: (fn, ms) => setTimeout(fn, ms),
+  setTimer: (fn, ms) => setTimeout(fn, Math.min(ms, MAX_TIMER_MS)),
   clearTimer: (id) => clearTimeout(id as ReturnType<typeof setTimeout>),
 };
 
@@ -55,6 +58,8 @@ export class RotationManager<C extends CertTimes> {
   readonly #entries = new Map<string, Entry<C>>();
   readonly #waiters = new Map<string, Waiter<C>[]>();
   #seq = 0;
+  /** Requests still running for identities forgotten meanwhile: each holds its slot until it ends. */
+  #orphans = 0;
   #timer: unknown;
   #closed = false;
 
@@ -103,7 +108,10 @@ export class RotationManager<C extends CertTimes> {
 
   /** Stops tracking `identity` and drops its certificate; waiters are rejected. */
   forget(identity: string): void {
-    if (!this.#entries.delete(identity)) return;
+    const e = this.#entries.get(identity);
+    if (!e) return;
+    this.#entries.delete(identity);
+    if (e.inFlight) this.#orphans++;
     this.#settle(identity, undefined, new Error(`identity ${identity} was forgotten`));
     this.#pump();
   }
@@ -136,18 +144,19 @@ export class RotationManager<C extends CertTimes> {
     if (this.#closed) return;
     const clock = this.#opts.clock;
     const now = clock.now();
-    for (const e of pickRequests(this.#entries.values(), now, this.#opts.maxInFlight)) {
-      this.#entries.set(e.identity, { ...e, inFlight: true });
-      this.#request(e.identity, e.seq);
-    }
+    const picked = pickRequests(this.#entries.values(), now, this.#opts.maxInFlight - this.#orphans);
+    // All marked in flight first: a fetch that fails synchronously pumps again before this loop ends.
+    for (const e of picked) this.#entries.set(e.identity, { ...e, inFlight: true });
+    for (const e of picked) this.#request(e.identity, e.seq);
     if (this.#timer !== undefined) clock.clearTimer(this.#timer);
     this.#timer = undefined;
     const wake = nextWakeup(this.#entries.values());
-    if (wake !== undefined) {
+    // Due but not started means every slot is taken: the request that ends first pumps again.
+    if (wake !== undefined && wake > now) {
       this.#timer = clock.setTimer(() => {
         this.#timer = undefined;
         this.#pump();
-      }, Math.max(0, wake - now));
+      }, wake - now);
     }
   }
 
@@ -162,8 +171,13 @@ export class RotationManager<C extends CertTimes> {
     } catch (err) {
       error = err instanceof Error ? err : new Error(String(err));
     }
+    if (this.#closed) return;
     const e = this.#entries.get(identity);
-    if (!e || e.seq !== seq || this.#closed) return; // forgotten meanwhile
+    if (!e || e.seq !== seq) { // forgotten meanwhile: only its slot is freed
+      this.#orphans--;
+      this.#pump();
+      return;
+    }
     const now = this.#opts.clock.now();
     if (error) {
       const next = afterFailure(e, now, this.#opts.random());
