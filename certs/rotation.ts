@@ -86,9 +86,16 @@ export function nextWakeup(entries: Iterable<Entry<CertTimes>>): number | undefi
   return next;
 }
 
-/** The entry after a successful request: the new certificate, renewal at its half-life. */
-export function afterSuccess<C extends CertTimes>(e: Entry<C>, cert: C): Entry<C> {
-  return { ...e, cert, failures: 0, inFlight: false, dueAt: renewalTime(cert), priority: "prefetch" };
+/**
+ * The entry after a successful request at `now`: the new certificate, renewed at its half-life. A
+ * certificate already past half-life when it arrives (the CA caps leaves at its own expiry, so near that
+ * expiry they come short) is renewed half-way through what is left of it, and never sooner than
+ * {@link BACKOFF_MIN_MS}, so a CA about to expire is not asked again in a tight loop.
+ */
+export function afterSuccess<C extends CertTimes>(e: Entry<C>, cert: C, now: number): Entry<C> {
+  const halfLife = renewalTime(cert);
+  const dueAt = halfLife > now ? halfLife : now + Math.max(BACKOFF_MIN_MS, Math.floor((cert.notAfter - now) / 2));
+  return { ...e, cert, failures: 0, inFlight: false, dueAt, priority: "prefetch" };
 }
 
 /** The entry after a failed request: retry after the backoff; the old certificate kept while valid. */

@@ -69,6 +69,7 @@ export class RotationManager<C extends CertTimes> {
 
   /** Starts keeping a certificate for `identity` ahead of need. */
   prefetch(identity: string): void {
+    if (this.#closed) return;
     this.#track(identity, "prefetch");
     this.#pump();
   }
@@ -190,7 +191,7 @@ export class RotationManager<C extends CertTimes> {
       }, "certificate request failed");
       if (!next.cert) this.#settle(identity, undefined, error);
     } else {
-      this.#entries.set(identity, afterSuccess(e, cert!));
+      this.#entries.set(identity, afterSuccess(e, cert!, now));
       this.#opts.log?.debug(
         { identity, notAfter: new Date(cert!.notAfter).toISOString() },
         "certificate obtained",

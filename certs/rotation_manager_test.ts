@@ -510,6 +510,34 @@ Deno.test("a fetch that throws synchronously is retried with backoff, one reques
   }
 });
 
+Deno.test("a CA near its own expiry, whose leaves arrive past half-life, is not asked in a tight loop", async () => {
+  const clock = new FakeClock();
+  // As CertificateAuthority.sign() does when its signer expires in a minute: backdated two minutes and
+  // capped at the signer's expiry, so the leaf is past half-life the moment it arrives.
+  const signerExpiry = T0 + 60_000;
+  const calls: number[] = [];
+  const fetch = (): Promise<CertTimes> => {
+    calls.push(clock.now());
+    return Promise.resolve({ notBefore: clock.now() - 2 * 60_000, notAfter: signerExpiry });
+  };
+  const m = new RotationManager({ clock, fetch, random: () => 0.5 });
+  try {
+    m.prefetch("a");
+    await clock.advance(0);
+    assert.deepEqual(calls, [T0]);
+    await clock.advance(30_000 - 1);
+    assert.deepEqual(calls, [T0], "the next request waits half of what is left");
+    await clock.advance(1);
+    assert.deepEqual(calls, [T0, T0 + 30_000]);
+    await clock.advance(30_000);
+    // Halving what is left, never under 0.5 s: a handful of requests in that minute, not thousands.
+    assert.ok(calls.length < 12, `${calls.length} requests`);
+    assert.ok(diffs(calls).every((d) => d >= 500), "never closer than the minimum backoff");
+  } finally {
+    m.close();
+  }
+});
+
 Deno.test("close() rejects waiters, stops all work and refuses new requests", async () => {
   const clock = new FakeClock();
   const ca = new ManualCa(clock);
@@ -527,6 +555,7 @@ Deno.test("close() rejects waiters, stops all work and refuses new requests", as
   await assert.rejects(waiting);
   await assert.rejects(m.get("c"), /closed/);
   m.prefetch("d");
+  assert.deepEqual(m.identities(), [], "nothing is tracked after close()");
   for (const c of ca.pendingCalls()) c.succeed();
   await clock.advance(2 * DAY);
   assert.equal(ca.calls.length, 3, "nothing fetched after close()");

@@ -189,9 +189,20 @@ Deno.test("nextWakeup() is the earliest due time of the entries not in flight", 
   assert.equal(nextWakeup([entry("a", { dueAt: 5, inFlight: true })]), undefined);
 });
 
+Deno.test("afterSuccess() renews a certificate already past half-life half-way through what is left, not at once", async (t) => {
+  await t.step("backdated leaf cut short by an expiring CA: 10 minutes left", () => {
+    const cert = { notBefore: NOW - 20 * 60_000, notAfter: NOW + 10 * 60_000 };
+    assert.equal(afterSuccess(entry("a"), cert, NOW).dueAt, NOW + 5 * 60_000);
+  });
+  await t.step("a second left: never sooner than the minimum backoff", () => {
+    const cert = { notBefore: NOW - 60_000, notAfter: NOW + 1000 };
+    assert.equal(afterSuccess(entry("a"), cert, NOW).dueAt, NOW + BACKOFF_MIN_MS);
+  });
+});
+
 Deno.test("afterSuccess() keeps the new certificate, resets failures and renews at its half-life", () => {
   const cert = { notBefore: NOW, notAfter: NOW + 24 * HOUR };
-  const e = afterSuccess(entry("a", { priority: "on-demand", failures: 4, inFlight: true }), cert);
+  const e = afterSuccess(entry("a", { priority: "on-demand", failures: 4, inFlight: true }), cert, NOW);
   assert.equal(e.cert, cert);
   assert.equal(e.failures, 0);
   assert.equal(e.inFlight, false);
