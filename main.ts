@@ -7,20 +7,19 @@
  */
 
 import process from "node:process";
-import { NotBuiltError, runAndExit, USAGE, VERSION } from "./mesh/cli.ts";
+import { runAndExit, USAGE, VERSION } from "./mesh/cli.ts";
 import { UsageError } from "./mesh/config.ts";
 
 type Mode = (argv: string[]) => Promise<number>;
 
-const notBuilt = (what: string): Mode => () => Promise.reject(new NotBuiltError(what));
-
+// Each role is imported only when chosen, so a short-lived command loads only what it runs.
 const MODES: Record<string, Mode> = {
-  control: notBuilt("skiff control"),
+  control: async (argv) => (await import("./control/mod.ts")).runControl(argv),
   ca: async (argv) => (await import("./certs/cli.ts")).runCaCommand(argv),
-  "cni-agent": notBuilt("skiff cni-agent"),
-  ztunnel: notBuilt("skiff ztunnel"),
-  waypoint: notBuilt("skiff waypoint"),
-  demo: notBuilt("skiff demo"),
+  "cni-agent": async (argv) => (await import("./cni/mod.ts")).runCniAgent(argv),
+  ztunnel: async (argv) => (await import("./dataplane/mod.ts")).runZtunnel(argv),
+  waypoint: async (argv) => (await import("./dataplane/mod.ts")).runWaypoint(argv),
+  demo: async (argv) => (await import("./demo/mod.ts")).runDemo(argv),
   version: () => {
     console.log(`skiff ${VERSION} (deno ${Deno.version.deno})`);
     return Promise.resolve(0);
@@ -34,7 +33,7 @@ const MODES: Record<string, Mode> = {
 if (import.meta.main) {
   const argv = Deno.args;
   await runAndExit(USAGE, () => {
-    if (process.env.CNI_COMMAND !== undefined) return cniPlugin();
+    if (process.env.CNI_COMMAND !== undefined) return import("./cni/mod.ts").then((m) => m.runCniPlugin());
     const [mode, ...rest] = argv;
     if (mode === undefined) throw new UsageError("no mode given");
     if (mode === "--help" || mode === "-h") return MODES.help(rest);
@@ -47,14 +46,4 @@ if (import.meta.main) {
     }
     return run(rest);
   });
-}
-
-/**
- * The CNI plugin is not built yet. The runtime reads a CNI error from stdout, so say it in that form
- * (code 50: the plugin is not available) as well as in plain words on stderr.
- */
-function cniPlugin(): Promise<number> {
-  console.log(JSON.stringify({ cniVersion: "1.1.0", code: 50, msg: "skiff cni plugin: not built yet" }));
-  console.error("skiff cni plugin: not built yet");
-  return Promise.resolve(1);
 }
