@@ -3,7 +3,8 @@
  * listeners with IP_TRANSPARENT (so TPROXY can hand them connections for any address, and the accepted
  * socket's local address is the original destination) and SO_MARK 0x539 (so the in-pod rules never capture
  * ztunnel's own traffic), created inside the pod's network namespace (mesh/netns_linux.ts) and then handed
- * to `node:net` by fd (deno-platform.md, "Raw sockets with any option"). IPv4 for now. Linux only; needs
+ * to `node:net` by fd (deno-platform.md, "Raw sockets with any option"); and connections to the app from the
+ * original client's address, as upstream preserves the source IP. IPv4 for now. Linux only; needs
  * `--allow-ffi` and CAP_NET_ADMIN.
  *
  * @module
@@ -21,6 +22,13 @@ const SO_REUSEADDR = 2;
 const SO_MARK = 36;
 const SOL_IP = 0;
 const IP_TRANSPARENT = 19;
+const IP_FREEBIND = 15;
+const SO_ERROR = 4;
+const EINPROGRESS = 115;
+const ETIMEDOUT = 110;
+const POLLOUT = 4;
+/** Upstream's connect timeout towards the app. */
+export const CONNECT_TIMEOUT_MS = 10_000;
 
 /** A failed socket call, with its errno. */
 export class SocketError extends Error {
@@ -38,6 +46,9 @@ const SYMBOLS = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   listen: { parameters: ["i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
@@ -119,4 +130,77 @@ export function transparentListenerFd(opts: ListenerOptions): number {
     return fd;
   };
   return opts.netnsPath ? inNetns(opts.netnsPath, make) : make();
+}
+
+/** Options of {@link transparentConnect}. */
+export interface ConnectOptions {
+  /** The pod's namespace; the host's when absent. */
+  netnsPath?: string;
+  /** The address to connect from: the original client's, which need not exist here. */
+  source: string;
+  target: { ip: string; port: number };
+  /** SO_MARK; ztunnel's sockets carry 0x539. */
+  mark?: number;
+  /** Give up after this long; default {@link CONNECT_TIMEOUT_MS}. */
+  timeoutMs?: number;
+}
+
+/**
+ * Connects from a source address that is not this host's (IP_TRANSPARENT + IP_FREEBIND, upstream's way of
+ * preserving the client IP towards the app) and resolves with the connected fd, for
+ * `new net.Socket({ fd })`. The connect is non-blocking and watched with `poll()` from timers, so a
+ * handshake that never completes (say, the in-pod rules that route the app's SYN-ACK back are missing)
+ * never stalls the event loop; it fails with ETIMEDOUT after `timeoutMs`.
+ */
+export async function transparentConnect(opts: ConnectOptions): Promise<number> {
+  if (!isIPv4(opts.source) || !isIPv4(opts.target.ip)) {
+    throw new SocketError(`only IPv4 is built yet, got ${opts.source} -> ${opts.target.ip}`, 0);
+  }
+  const s = lib().symbols;
+  const where = `connect(${opts.target.ip}:${opts.target.port} from ${opts.source})`;
+  const start = () => {
+    const fd = check(s.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket()");
+    const opt = (level: number, name: number, value: number, what: string) => {
+      const v = intOpt(value);
+      check(s.setsockopt(fd, level, name, v, v.length), what, fd);
+    };
+    opt(SOL_IP, IP_TRANSPARENT, 1, "setsockopt(IP_TRANSPARENT) (needs CAP_NET_ADMIN)");
+    opt(SOL_IP, IP_FREEBIND, 1, "setsockopt(IP_FREEBIND)");
+    if (opts.mark !== undefined) opt(SOL_SOCKET, SO_MARK, opts.mark, "setsockopt(SO_MARK) (needs CAP_NET_ADMIN)");
+    const from = sockaddrIn(opts.source, 0);
+    check(s.bind(fd, from, from.length), `bind(${opts.source})`, fd);
+    const to = sockaddrIn(opts.target.ip, opts.target.port);
+    if (s.connect(fd, to, to.length) < 0) {
+      const e = errno();
+      if (e !== EINPROGRESS) {
+        s.close(fd);
+        throw new SocketError(`${where} failed: errno ${e}`, e);
+      }
+    }
+    return fd;
+  };
+  const fd = opts.netnsPath ? inNetns(opts.netnsPath, start) : start();
+  const deadline = Date.now() + (opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
+  const pollfd = new Uint8Array(8);
+  const view = new DataView(pollfd.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, POLLOUT, true);
+  for (let wait = 1;; wait = Math.min(wait * 2, 50)) {
+    view.setInt16(6, 0, true);
+    if (s.poll(pollfd, 1n, 0) > 0) break;
+    if (Date.now() >= deadline) {
+      s.close(fd);
+      throw new SocketError(`${where} timed out`, ETIMEDOUT);
+    }
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+  const err = new Uint8Array(4);
+  const len = intOpt(4);
+  check(s.getsockopt(fd, SOL_SOCKET, SO_ERROR, err, len), "getsockopt(SO_ERROR)", fd);
+  const e = new DataView(err.buffer).getInt32(0, true);
+  if (e !== 0) {
+    s.close(fd);
+    throw new SocketError(`${where} failed: errno ${e}`, e);
+  }
+  return fd;
 }

@@ -15,7 +15,7 @@ import {
   OUTBOUND_PORT,
   removeRedirect,
 } from "../cni/redirect_linux.ts";
-import { loadSocketSupport, transparentListenerFd } from "../dataplane/sockets_linux.ts";
+import { loadSocketSupport, transparentConnect, transparentListenerFd } from "../dataplane/sockets_linux.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
 import { dialFrom, listenIn, readN } from "./harness/tcp.ts";
 
@@ -124,3 +124,72 @@ netnsTest("captured pod: outbound lands on 15001 with the original destination, 
     assert.equal(outbound.seen.length + inbound.seen.length, before, "ztunnel's listeners saw nothing");
   });
 });
+
+netnsTest(
+  "ztunnel dials the app from the client's own address, and the app's replies come back to ztunnel",
+  async (t) => {
+    await using cluster = await NetnsCluster.create("spoof", { nodes: 2 });
+    const app = await cluster.addPod(cluster.nodes[0], "app");
+    const client = await cluster.addPod(cluster.nodes[1], "client");
+    using appListener = listenIn(app.netnsPath, "0.0.0.0", 8080);
+
+    const dialAsClient = async () => {
+      const accepted = appListener.accept();
+      const fd = await transparentConnect({
+        netnsPath: app.netnsPath,
+        source: client.address,
+        target: { ip: app.address, port: 8080 },
+        mark: INPOD_MARK,
+      });
+      const sock = new net.Socket({ fd, readable: true, writable: true });
+      const appConn = await accepted;
+      return { sock, appConn };
+    };
+
+    await t.step("with the rules, the app sees the client's address and its reply reaches ztunnel", async () => {
+      await installRedirect(app.netnsPath);
+      const { sock, appConn } = await dialAsClient();
+      try {
+        assert.equal((appConn.remoteAddr as Deno.NetAddr).hostname, client.address);
+        const reply = new Promise<string>((resolve) => sock.once("data", (d) => resolve(d.toString())));
+        sock.write("hello app");
+        assert.equal(new TextDecoder().decode(await readN(appConn, 9)), "hello app");
+        await appConn.write(new TextEncoder().encode("hello client"));
+        assert.equal(await reply, "hello client");
+      } finally {
+        appConn.close();
+        sock.destroy();
+      }
+    });
+
+    await t.step(
+      "without the rules the app's answer never returns, and the dial times out instead of hanging",
+      async () => {
+        await removeRedirect(app.netnsPath);
+        await assert.rejects(
+          transparentConnect({
+            netnsPath: app.netnsPath,
+            source: client.address,
+            target: { ip: app.address, port: 8080 },
+            mark: INPOD_MARK,
+            timeoutMs: 500,
+          }),
+          (err: Error & { errno?: number }) => err.errno === 110 && /timed out/.test(err.message),
+        );
+      },
+    );
+
+    await t.step("a refused connection fails with its errno", async () => {
+      await installRedirect(app.netnsPath);
+      await assert.rejects(
+        transparentConnect({
+          netnsPath: app.netnsPath,
+          source: client.address,
+          target: { ip: app.address, port: 8081 },
+          mark: INPOD_MARK,
+        }),
+        (err: Error & { errno?: number }) => err.errno === 111,
+      );
+    });
+  },
+);
