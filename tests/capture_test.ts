@@ -98,7 +98,7 @@ netnsTest("captured pod: outbound lands on 15001 with the original destination, 
   await t.step("inbound to 15008 is not captured", async () => {
     using hbone = listenIn(app.netnsPath, "0.0.0.0", 15008);
     const accepted = hbone.accept();
-    using conn = await dialFrom(peer.netnsPath, app.address, 15008);
+    using _conn = await dialFrom(peer.netnsPath, app.address, 15008);
     using server = await accepted;
     assert.equal((server.localAddr as Deno.NetAddr).port, 15008);
   });
