@@ -1,0 +1,130 @@
+/**
+ * ztunnel's operator endpoints, as upstream serves them (reference §1): admin on localhost 15000
+ * (`/config_dump`: workloads, services, policies and certificates as JSON; `/logging` to read or set the log
+ * level), Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`), readiness on 15021
+ * (`/healthz/ready`: 200 once ready, else 503). Plain HTTP on `Deno.serve`, which is fast and needs no client
+ * certificates here. Each listener binds, reports its address, logs "listener established", and closes on
+ * the abort signal.
+ *
+ * @module
+ */
+
+import type { Logger } from "../../mesh/log.ts";
+import type { TcpMetrics } from "../../mesh/metrics.ts";
+import type { MeshState } from "../../mesh/store.ts";
+
+/** Upstream's ports. */
+export const ADMIN_PORT = 15000;
+export const METRICS_PORT = 15020;
+export const READINESS_PORT = 15021;
+
+/** A certificate as `/config_dump` shows it. */
+export interface CertificateSummary {
+  identity: string;
+  state: "available" | "pending" | "unavailable";
+  notBefore?: string;
+  notAfter?: string;
+}
+
+/** What the endpoints read. */
+export interface AdminSources {
+  state: () => MeshState;
+  certificates: () => CertificateSummary[];
+  metrics: TcpMetrics;
+  ready: () => boolean;
+  /** Static config shown in `/config_dump`. */
+  config: Record<string, unknown>;
+  log: Logger;
+}
+
+/** Where to listen; port 0 picks a free port (tests). */
+export interface AdminAddresses {
+  adminHost?: string;
+  adminPort?: number;
+  metricsHost?: string;
+  metricsPort?: number;
+  readinessHost?: string;
+  readinessPort?: number;
+}
+
+/** The running listeners. */
+export interface AdminServers {
+  admin: Deno.NetAddr;
+  metrics: Deno.NetAddr;
+  readiness: Deno.NetAddr;
+  finished: Promise<void>;
+}
+
+const LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
+
+const json = (body: unknown, status = 200) =>
+  new Response(JSON.stringify(body, null, 2), { status, headers: { "content-type": "application/json" } });
+
+/** The `/config_dump` document. */
+export function configDump(src: AdminSources): Record<string, unknown> {
+  const state = src.state();
+  return {
+    workloads: [...state.workloads.all()],
+    services: [...state.services.all()],
+    policies: [...state.policies.all()],
+    certificates: src.certificates(),
+    config: src.config,
+  };
+}
+
+function adminHandler(src: AdminSources) {
+  return (req: Request): Response => {
+    const url = new URL(req.url);
+    if (url.pathname === "/config_dump" && req.method === "GET") return json(configDump(src));
+    if (url.pathname === "/logging") {
+      if (req.method === "GET") return json({ level: src.log.level });
+      if (req.method === "POST") {
+        const level = url.searchParams.get("level");
+        if (!level || !LEVELS.includes(level)) return json({ error: `level must be one of ${LEVELS.join(", ")}` }, 400);
+        src.log.level = level;
+        src.log.info({ level }, "log level changed");
+        return json({ level });
+      }
+      return new Response("method not allowed", { status: 405 });
+    }
+    if (url.pathname === "/") return new Response("skiff ztunnel admin: /config_dump /logging\n");
+    return new Response("not found\n", { status: 404 });
+  };
+}
+
+/** Starts the three listeners; they stop when `signal` aborts. */
+export function serveAdmin(src: AdminSources, addrs: AdminAddresses, signal: AbortSignal): AdminServers {
+  const start = (
+    name: string,
+    hostname: string,
+    port: number,
+    handler: (req: Request) => Response | Promise<Response>,
+  ) => {
+    const server = Deno.serve({ hostname, port, signal, onListen: () => {} }, handler);
+    const address = server.addr as Deno.NetAddr;
+    src.log.info({ listener: name, address: `${address.hostname}:${address.port}` }, "listener established");
+    return { server, address };
+  };
+  const admin = start("admin", addrs.adminHost ?? "127.0.0.1", addrs.adminPort ?? ADMIN_PORT, adminHandler(src));
+  const metrics = start("metrics", addrs.metricsHost ?? "0.0.0.0", addrs.metricsPort ?? METRICS_PORT, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path !== "/metrics" && path !== "/stats/prometheus") return new Response("not found\n", { status: 404 });
+    const { body, contentType } = await src.metrics.expose();
+    return new Response(body, { headers: { "content-type": contentType } });
+  });
+  const readiness = start(
+    "readiness",
+    addrs.readinessHost ?? "0.0.0.0",
+    addrs.readinessPort ?? READINESS_PORT,
+    (req) => {
+      if (new URL(req.url).pathname !== "/healthz/ready") return new Response("not found\n", { status: 404 });
+      return src.ready() ? new Response("ready\n") : new Response("not ready\n", { status: 503 });
+    },
+  );
+  return {
+    admin: admin.address,
+    metrics: metrics.address,
+    readiness: readiness.address,
+    finished: Promise.all([admin.server.finished, metrics.server.finished, readiness.server.finished]).then(() => {}),
+  };
+}
