@@ -26,6 +26,7 @@ const IP_FREEBIND = 15;
 const SO_ERROR = 4;
 const EINPROGRESS = 115;
 const ETIMEDOUT = 110;
+const ECANCELED = 125;
 const POLLOUT = 4;
 /** Upstream's connect timeout towards the app. */
 export const CONNECT_TIMEOUT_MS = 10_000;
@@ -143,6 +144,8 @@ export interface ConnectOptions {
   mark?: number;
   /** Give up after this long; default {@link CONNECT_TIMEOUT_MS}. */
   timeoutMs?: number;
+  /** Gives up at once when aborted (the client went away: no dial storm from cancelled requests). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -191,6 +194,10 @@ export async function transparentConnect(opts: ConnectOptions): Promise<number> 
     if (Date.now() >= deadline) {
       s.close(fd);
       throw new SocketError(`${where} timed out`, ETIMEDOUT);
+    }
+    if (opts.signal?.aborted) {
+      s.close(fd);
+      throw new SocketError(`${where} cancelled`, ECANCELED);
     }
     await new Promise((resolve) => setTimeout(resolve, wait));
   }

@@ -83,7 +83,7 @@ Deno.test("skiff help prints the usage on stdout and exits 0", async (t) => {
 });
 
 Deno.test("each mode not built yet exits 1 and says so once, with one skiff prefix", async (t) => {
-  for (const mode of ["control", "cni-agent", "ztunnel", "waypoint", "demo"]) {
+  for (const mode of ["control", "cni-agent", "waypoint", "demo"]) {
     await t.step(mode, async () => {
       const { code, stdout, stderr } = await skiff([mode]);
       assert.equal(code, 1, stderr);
@@ -92,6 +92,13 @@ Deno.test("each mode not built yet exits 1 and says so once, with one skiff pref
       assert.equal(stderr.match(/skiff/g)?.length, 1);
     });
   }
+});
+
+Deno.test("skiff ztunnel without its config exits 2 naming the flag and its variable", async () => {
+  const { code, stderr } = await skiff(["ztunnel"], { SKIFF_LOCAL_CONFIG: "", SKIFF_CA_DIR: "" });
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /--local-config/);
+  assert.match(stderr, /SKIFF_LOCAL_CONFIG/);
 });
 
 Deno.test("skiff started by a CNI runtime writes a CNI error with code 50 on stdout and exits 1", async (t) => {

@@ -89,7 +89,8 @@ let root: Root | undefined;
 
 function makeRoot(): Root {
   const settings = readLogSettings(process.env, Deno.stderr.isTerminal());
-  const destination = pino.destination({ dest: 2, sync: false, minLength: 4096 });
+  // No minLength: a daemon's lines (access logs above all) must appear when they happen, not 4 KiB later.
+  const destination = pino.destination({ dest: 2, sync: false });
   const stream = settings.format === "plain"
     ? { write: (s: string) => destination.write(formatPlain(s)) }
     : destination;

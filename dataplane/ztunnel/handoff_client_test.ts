@@ -4,44 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import {
-  encodeHandoffMessage,
-  type HandoffMessage,
-  LineSplitter,
-  parseHandoffLine,
-  type PodInfo,
-} from "../../mesh/protocol/handoff.ts";
+import type { HandoffMessage, PodInfo } from "../../mesh/protocol/handoff.ts";
+import { AgentConn } from "../../tests/harness/agent.ts";
 import { type PodHandler, runHandoffClient } from "./handoff_client.ts";
 
 const WEB: PodInfo = { name: "web-1", namespace: "shop", serviceAccount: "web" };
 const add = (uid: string, netns = `/var/run/netns/${uid}`) =>
   ({ type: "add", uid, workload: WEB, netns }) as HandoffMessage;
-
-/** One accepted connection of the fake agent, read line by line. */
-class AgentConn {
-  readonly #conn: Deno.UnixConn;
-  readonly #splitter = new LineSplitter();
-  readonly #lines: string[] = [];
-  constructor(conn: Deno.UnixConn) {
-    this.#conn = conn;
-  }
-  async receive(): Promise<HandoffMessage> {
-    const buf = new Uint8Array(4096);
-    while (this.#lines.length === 0) {
-      const n = await this.#conn.read(buf);
-      if (n === null) throw new Error("ztunnel closed the connection");
-      this.#lines.push(...this.#splitter.push(buf.subarray(0, n)));
-    }
-    return parseHandoffLine(this.#lines.shift()!);
-  }
-  async send(msg: HandoffMessage | string): Promise<HandoffMessage> {
-    await this.#conn.write(new TextEncoder().encode(typeof msg === "string" ? msg : encodeHandoffMessage(msg)));
-    return await this.receive();
-  }
-  close() {
-    this.#conn.close();
-  }
-}
 
 /** A recording pod handler; `failAdd` makes add() throw for that uid. */
 function recorder(failAdd = new Set<string>()) {

@@ -1,0 +1,184 @@
+/**
+ * In-pod mode, as ztunnel's `inpod`: for each pod the node agent hands over, ztunnel opens its three listeners
+ * inside the pod's network namespace (15001 outbound and 15006 plaintext inbound with IP_TRANSPARENT for TPROXY,
+ * 15008 HBONE), all marked 0x539 so the pod's rules let ztunnel's own traffic through, and keeps a certificate for
+ * the pod's identity. A pod removed loses all of it: listeners closed, certificate forgotten, connections ended.
+ *
+ * `add` answers only once the listeners are up and the certificate is in hand, so the agent's ack means the pod is
+ * really served; a failure is a nack and the agent tries again.
+ */
+
+import net from "node:net";
+import type { PodInfo } from "../../mesh/protocol/handoff.ts";
+import { SpiffeId } from "../../mesh/identity.ts";
+import type { RotationManager } from "../../certs/rotation_manager.ts";
+import type { CertTimes } from "../../certs/rotation.ts";
+import { INPOD_MARK } from "../../cni/redirect_linux.ts";
+import { transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
+import { HbonePool } from "../hbone/pool.ts";
+import { HboneServer } from "../hbone/server.ts";
+import type { WorkloadCredentials } from "../hbone/tls.ts";
+import { HBONE_PORT } from "../../mesh/workload.ts";
+import type { PodHandler } from "./handoff_client.ts";
+import type { PodContext, ProxyContext } from "./pod.ts";
+import { handleOutbound } from "./outbound.ts";
+import { handleHboneInbound, handlePlaintextInbound } from "./inbound.ts";
+import type { SocketAddr } from "./route.ts";
+
+export const OUTBOUND_PORT = 15001;
+export const INBOUND_PLAINTEXT_PORT = 15006;
+
+/** A workload certificate as the rotation manager keeps it. */
+export type WorkloadCert = WorkloadCredentials & CertTimes;
+
+/** How listeners and dials are made; Linux namespaces in production, loopback in in-process tests. */
+export interface PodNetwork {
+  /** A listening server for `port` in the pod's namespace, handed to `net.Server.listen`. */
+  listen(netns: string, port: number, transparent: boolean): { fd: number } | { host: string; port: number };
+  dial(netns: string, source: string, target: SocketAddr, signal?: AbortSignal): Promise<net.Socket>;
+}
+
+/** The real thing: FFI sockets in the pod's namespace, marked 0x539. */
+export const linuxPodNetwork: PodNetwork = {
+  listen: (netns, port, transparent) => ({
+    fd: transparentListenerFd({ netnsPath: netns, address: "0.0.0.0", port, mark: INPOD_MARK, transparent }),
+  }),
+  dial: async (netns, source, target, signal) => {
+    const fd = await transparentConnect({ netnsPath: netns, source, target, mark: INPOD_MARK, signal });
+    return new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
+  },
+};
+
+interface ServedPod {
+  ctx: PodContext;
+  netns: string;
+  outbound: net.Server;
+  plaintext: net.Server;
+  hbone: HboneServer;
+  cert: WorkloadCert;
+}
+
+export class PodManager implements PodHandler {
+  #pods = new Map<string, ServedPod>();
+  #proxy: ProxyContext;
+  #network: PodNetwork;
+  #certs: RotationManager<WorkloadCert>;
+  #trustDomain: string;
+  #refresh: ReturnType<typeof setInterval>;
+
+  constructor(opts: {
+    proxy: ProxyContext;
+    network: PodNetwork;
+    certs: RotationManager<WorkloadCert>;
+    trustDomain: string;
+    /** How often rotated certificates are put on the pods' HBONE listeners. */
+    refreshMs?: number;
+  }) {
+    this.#proxy = opts.proxy;
+    this.#network = opts.network;
+    this.#certs = opts.certs;
+    this.#trustDomain = opts.trustDomain;
+    this.#refresh = setInterval(() => this.#applyRotated(), opts.refreshMs ?? 5_000);
+  }
+
+  /** uid → identity of the pods served, for admin and tests. */
+  pods(): { uid: string; identity: string; netns: string }[] {
+    return [...this.#pods.values()].map((p) => ({
+      uid: p.ctx.uid,
+      identity: p.ctx.identity.toString(),
+      netns: p.netns,
+    }));
+  }
+
+  async add(uid: string, info: PodInfo, netns: string): Promise<void> {
+    const existing = this.#pods.get(uid);
+    if (existing && existing.netns === netns) return;
+    if (existing) await this.del(uid);
+    const identity = SpiffeId.of(this.#trustDomain, info.namespace, info.serviceAccount);
+    const log = this.#proxy.log.child({ uid, pod: `${info.namespace}/${info.name}` });
+    this.#certs.prefetch(identity.toString());
+    const cert = await this.#certs.get(identity.toString());
+    const pool = new HbonePool({
+      trustDomain: this.#trustDomain,
+      credentials: (id) => this.#certs.get(id),
+      dial: (dst, srcIp) => this.#network.dial(netns, srcIp, dst),
+    });
+    const ctx: PodContext = {
+      uid,
+      identity,
+      workload: () => this.#proxy.state().workloads.byUid(uid),
+      pool,
+      dial: (source, target, signal) => this.#network.dial(netns, source, target, signal),
+      open: new Set(),
+    };
+    const proxy = { ...this.#proxy, log };
+    const servers: { close(): unknown }[] = [];
+    try {
+      const outbound = net.createServer({ allowHalfOpen: true }, (s) => void handleOutbound(s, ctx, proxy));
+      servers.push(outbound);
+      await listen(outbound, this.#network.listen(netns, OUTBOUND_PORT, true));
+      const plaintext = net.createServer({ allowHalfOpen: true }, (s) => void handlePlaintextInbound(s, ctx, proxy));
+      servers.push(plaintext);
+      await listen(plaintext, this.#network.listen(netns, INBOUND_PLAINTEXT_PORT, true));
+      const hbone = new HboneServer({
+        credentials: cert,
+        trustDomain: this.#trustDomain,
+        onRequest: (req) => void handleHboneInbound(req, ctx, proxy),
+        onRejected: (remote, reason) => log.info({ src: remote, error: reason.message }, "connection failed"),
+      });
+      servers.push(hbone.server);
+      await hbone.listen(this.#network.listen(netns, HBONE_PORT, false));
+      this.#pods.set(uid, { ctx, netns, outbound, plaintext, hbone, cert });
+      log.info({ identity: identity.toString(), netns }, "pod enrolled: listeners established on 15001, 15006, 15008");
+    } catch (error) {
+      for (const s of servers) s.close();
+      await pool.close();
+      throw error;
+    }
+  }
+
+  async del(uid: string): Promise<void> {
+    const pod = this.#pods.get(uid);
+    if (!pod) return;
+    this.#pods.delete(uid);
+    pod.outbound.close();
+    pod.plaintext.close();
+    const hboneClosed = pod.hbone.close();
+    const reason = new Error("pod removed");
+    for (const open of [...pod.ctx.open]) open.destroy(reason);
+    this.#proxy.connections.closeWorkload(uid, "pod removed");
+    await Promise.all([hboneClosed, pod.ctx.pool.close()]);
+    const identity = pod.ctx.identity.toString();
+    if (![...this.#pods.values()].some((p) => p.ctx.identity.toString() === identity)) this.#certs.forget(identity);
+    this.#proxy.log.info({ uid }, "pod removed: listeners closed, certificate forgotten, connections ended");
+  }
+
+  async reconcile(keep: ReadonlySet<string>): Promise<void> {
+    for (const uid of [...this.#pods.keys()]) if (!keep.has(uid)) await this.del(uid);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#refresh);
+    for (const uid of [...this.#pods.keys()]) await this.del(uid);
+  }
+
+  #applyRotated() {
+    for (const pod of this.#pods.values()) {
+      const current = this.#certs.current(pod.ctx.identity.toString());
+      if (current && current !== pod.cert) {
+        pod.cert = current;
+        pod.hbone.setCredentials(current);
+      }
+    }
+  }
+}
+
+function listen(server: net.Server, at: { fd: number } | { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(at, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}

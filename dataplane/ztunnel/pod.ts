@@ -1,0 +1,92 @@
+/**
+ * What the three proxy paths of one enrolled pod share: the pod, the node-wide state and telemetry, the pod's own
+ * HBONE pool, and the ways to open sockets from inside its network namespace. The Linux implementation of the
+ * dials lives in `inpod.ts`; tests on loopback give plain ones.
+ */
+
+import type net from "node:net";
+import type { Logger } from "../../mesh/log.ts";
+import type { SpiffeId } from "../../mesh/identity.ts";
+import type { TcpMetrics } from "../../mesh/metrics.ts";
+import type { MeshState } from "../../mesh/store.ts";
+import type { Workload } from "../../mesh/workload.ts";
+import type { HbonePool } from "../hbone/pool.ts";
+import type { ConnectionManager } from "./connection_manager.ts";
+import type { ConnectionRecord } from "./access_log.ts";
+import type { SocketAddr } from "./route.ts";
+import type { RelayResult } from "./relay.ts";
+import type { TcpLabelSet } from "../../mesh/metrics.ts";
+
+/** Node-wide parts every pod uses. */
+export interface ProxyContext {
+  state(): MeshState;
+  metrics: TcpMetrics;
+  connections: ConnectionManager;
+  log: Logger;
+  /** The access log: one "connection complete" line per connection. */
+  access(record: ConnectionRecord): void;
+  random(): number;
+}
+
+/** One enrolled pod, as its listeners see it. */
+export interface PodContext {
+  uid: string;
+  identity: SpiffeId;
+  /** The pod's workload in the current state (undefined until the state knows it). */
+  workload(): Workload | undefined;
+  pool: HbonePool;
+  /**
+   * A TCP connection from inside the pod's namespace, marked so the in-pod rules skip it, from `source` (the
+   * pod's own address outbound; the original client's address inbound, so the app sees the real client).
+   */
+  dial(source: string, target: SocketAddr, signal?: AbortSignal): Promise<net.Socket>;
+  /** Sockets and streams open for this pod; destroyed when the pod is removed. */
+  open: Set<{ destroy(error?: Error): void }>;
+}
+
+/** Istio's response flag for a failure, in one place (reference §7 metrics). */
+export function responseFlag(error: unknown): string {
+  const code = (error as { code?: string })?.code;
+  switch (code) {
+    case "TIMEOUT":
+      return "NETWORK_POLICY";
+    case "TLS":
+      return "TLS_FAILURE";
+    case "IDENTITY":
+      return "IDENTITY_ERROR";
+    case "STREAM":
+      return "H2_HANDSHAKE_FAILURE";
+    case "DENY":
+      return "DENY";
+    default:
+      return "CONNECT";
+  }
+}
+
+export function formatAddr(a: SocketAddr): string {
+  return a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`;
+}
+
+export function stripV4Mapped(ip: string | undefined): string {
+  return !ip ? "" : ip.startsWith("::ffff:") ? ip.slice(7) : ip;
+}
+
+/** Counts a finished connection's bytes and close, and writes its access log line. */
+export function recordFinished(
+  ctx: ProxyContext,
+  labels: TcpLabelSet,
+  record: Omit<ConnectionRecord, "bytesSent" | "bytesRecv" | "durationMs" | "error">,
+  result: RelayResult,
+  started: number,
+) {
+  ctx.metrics.received.inc(labels, result.aToB);
+  ctx.metrics.sent.inc(labels, result.bToA);
+  ctx.metrics.closed.inc(labels);
+  ctx.access({
+    ...record,
+    bytesSent: result.bToA,
+    bytesRecv: result.aToB,
+    durationMs: performance.now() - started,
+    error: result.error?.message,
+  });
+}
