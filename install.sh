@@ -12,7 +12,9 @@ set -euo pipefail
 export RUST_BACKTRACE=0 DEBIAN_FRONTEND=noninteractive DENO_NO_UPDATE_CHECK=1
 
 DENO_VERSION=2.9.6
-PACKAGES=(iptables iproute2 procps openssl ca-certificates)
+# iptables/iproute2: the in-pod rules and test namespaces. nghttp2-client, python3-h2: HTTP/2 interop tests.
+# stunnel4: the mTLS baseline of the data-plane benchmark.
+PACKAGES=(iptables iproute2 procps openssl ca-certificates nghttp2-client python3-h2 stunnel4)
 LIB=/usr/local/lib/skiff
 BIN=/usr/local/bin/skiff
 PERMISSIONS=(--allow-read --allow-write --allow-net --allow-env --allow-sys --allow-run --allow-ffi)

@@ -14,7 +14,7 @@ import { clientTlsOptions } from "../dataplane/hbone/tls.ts";
 import { certificatesToPem } from "../certs/x509.ts";
 import { SpiffeId } from "../mesh/identity.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
-import { dialFrom } from "./harness/tcp.ts";
+import { dialFrom, listenIn } from "./harness/tcp.ts";
 import { echoApp, meshDir, ZtunnelProcess } from "./harness/ztunnel.ts";
 
 if (IS_ROOT) loadSocketSupport();
@@ -65,6 +65,28 @@ async function call(from: Pod, ip: string, port: number, message: string, timeou
       conn.close();
     } catch { /* closed by the timer */ }
   }
+}
+
+/** An app that reads until the client half-closes, then answers with the byte count and closes. */
+function countApp(pod: Pod, port: number) {
+  const listener = listenIn(pod.netnsPath, "0.0.0.0", port);
+  const loop = (async () => {
+    for await (const conn of listener) {
+      let n = 0;
+      const buf = new Uint8Array(65536);
+      try {
+        for (let r = await conn.read(buf); r !== null; r = await conn.read(buf)) n += r;
+        await conn.write(new TextEncoder().encode(`got ${n}`));
+      } catch { /* reset */ }
+      conn.close();
+    }
+  })().catch(() => {});
+  return {
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await loop;
+    },
+  };
 }
 
 /** How a held connection ends: "closed", an error name, or "data" if it did not end within 5 s. */
@@ -172,6 +194,22 @@ ${[denyPolicy("no-attacker", sa("attacker")), ...policies].join("\n")}
     assert.equal(outbound["dst.identity"], `spiffe://${sa("server")}`);
     assert.equal(outbound["dst.addr"], `${server.address}:15008`);
     assert.equal(outbound["dst.hbone_addr"], `${server.address}:8080`);
+  });
+
+  await t.step("half-close crosses the tunnel both ways: the server answers after the client's FIN", async () => {
+    await using _count = countApp(server, 9090);
+    const conn = await dialFrom(client.netnsPath, server.address, 9090);
+    try {
+      const payload = new Uint8Array(3 * 1024 * 1024).fill(7);
+      for (let off = 0; off < payload.byteLength;) off += await conn.write(payload.subarray(off));
+      await conn.closeWrite();
+      const buf = new Uint8Array(100);
+      const n = await conn.read(buf);
+      assert.equal(new TextDecoder().decode(buf.subarray(0, n ?? 0)), `got ${payload.byteLength}`);
+      assert.equal(await conn.read(buf), null, "then the server's FIN arrives");
+    } finally {
+      conn.close();
+    }
   });
 
   await t.step("captured client → captured server on the same node", async () => {
