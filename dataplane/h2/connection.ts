@@ -6,15 +6,9 @@
  * Defaults are ztunnel's (reference §2): 4 MiB stream window, 16 MiB connection window, 1 MiB frames, 200
  * concurrent streams and a 64 KiB header list on the server, PING every 10 s with a 20 s timeout.
  *
- * Limits that hold under attack, each answered with GOAWAY ENHANCE_YOUR_CALM at Envoy's thresholds:
- * - rapid reset (CVE-2023-44487): streams the peer resets before we answered, within a second of opening; the
- *   connection closes once they reach half of 500 closed streams, or half of all closed streams beyond that;
- * - empty frames (DATA/HEADERS/CONTINUATION with no payload and no END_STREAM): more than 1 in a row;
- * - WINDOW_UPDATE: more than 5 + 2 × (streams + 10 × DATA frames we sent);
- * - PRIORITY: more than 100 × (1 + streams);
- * - frames that demand a reply (PING, SETTINGS): more than 1,000 in 10 s, and more than 1,000 control frames
- *   queued while the peer is not reading (Envoy's max_outbound_control_frames);
- * - a header block (HEADERS + CONTINUATION) beyond the header-list limit before END_HEADERS (CVE-2024-27919).
+ * Limits that hold under attack: the flood thresholds of `flood.ts` (rapid reset, empty frames, PING, SETTINGS,
+ * WINDOW_UPDATE, PRIORITY, unread control frames), answered with GOAWAY ENHANCE_YOUR_CALM, and a header block
+ * (HEADERS + CONTINUATION) beyond the header-list limit before END_HEADERS (CVE-2024-27919), likewise.
  * Streams beyond the concurrency limit get REFUSED_STREAM; a decoded header list beyond the limit gets 431.
  */
 
@@ -44,6 +38,7 @@ import {
 import { type HeaderField, requestProblem, responseProblem, trailersProblem } from "./fields.ts";
 import { HpackDecoder, HpackEncoder, HpackError } from "./hpack.ts";
 import { H2Stream, type StreamHost } from "./stream.ts";
+import { FLOOD_LIMITS, FloodGuard } from "./flood.ts";
 
 export interface H2Options {
   role: "client" | "server";
@@ -67,18 +62,6 @@ export const H2_DEFAULTS = {
   maxConcurrentStreams: 200,
   pingIntervalMs: 10_000,
   pingTimeoutMs: 20_000,
-} as const;
-
-/** Envoy's flood thresholds (security-and-reliability §3). */
-export const FLOOD_LIMITS = {
-  prematureResetStreams: 500,
-  prematureResetLifetimeMs: 1_000,
-  consecutiveEmptyFrames: 1,
-  priorityPerStream: 100,
-  windowUpdatesPerDataFrame: 10,
-  replyFramesPerWindow: 1_000,
-  replyWindowMs: 10_000,
-  queuedControlFrames: 1_000,
 } as const;
 
 interface PendingBlock {
@@ -122,17 +105,7 @@ export class H2Connection implements StreamHost {
   #pingTimer: ReturnType<typeof setInterval> | undefined;
   #pingSentAt: number | undefined;
   #pingPayload: Uint8Array | undefined;
-  // flood accounting
-  #streamsOpened = 0;
-  #closedPeerStreams = 0;
-  #prematureResets = 0;
-  #consecutiveEmpty = 0;
-  #windowUpdates = 0;
-  #priorities = 0;
-  #dataFramesSent = 0;
-  #replyFrames = 0;
-  #replyWindowStart = performance.now();
-  #queuedControl = 0;
+  #flood = new FloodGuard(performance.now());
 
   constructor(socket: Duplex, options: H2Options) {
     this.role = options.role;
@@ -208,7 +181,7 @@ export class H2Connection implements StreamHost {
     this.#nextStreamId += 2;
     const stream = new H2Stream(id, this, fields, this.#peerInitialWindow, this.#opts.streamWindow);
     this.#streams.set(id, stream);
-    this.#streamsOpened++;
+    this.#flood.streamOpened();
     this.sendHeaders(stream, fields, options.endStream ?? false);
     if (options.endStream) stream.end();
     return stream;
@@ -258,7 +231,7 @@ export class H2Connection implements StreamHost {
       frame.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), FRAME_HEADER_LENGTH);
       stream.sendWindow -= n;
       this.#connSendWindow -= n;
-      this.#dataFramesSent++;
+      this.#flood.dataFrameSent();
       if (n === chunk.byteLength) {
         const callback = stream.pendingCallback;
         stream.pendingChunk = null;
@@ -351,26 +324,28 @@ export class H2Connection implements StreamHost {
     }
     switch (frame.type) {
       case FrameType.DATA:
-        if (this.#countEmpty(frame.data.byteLength === 0 && !frame.endStream)) return;
+        if (this.#flooded(this.#flood.frame(frame.data.byteLength === 0 && !frame.endStream))) return;
         return this.#onDataFrame(frame);
       case FrameType.HEADERS:
-        if (this.#countEmpty(frame.block.byteLength === 0 && !frame.endStream && !frame.endHeaders)) return;
+        if (this.#flooded(this.#flood.frame(frame.block.byteLength === 0 && !frame.endStream && !frame.endHeaders))) {
+          return;
+        }
         this.#block = { streamId: frame.streamId, endStream: frame.endStream, chunks: [], bytes: 0 };
         return this.#onBlockFragment(frame.block, frame.endHeaders);
       case FrameType.CONTINUATION:
-        if (this.#countEmpty(frame.block.byteLength === 0 && !frame.endHeaders)) return;
+        if (this.#flooded(this.#flood.frame(frame.block.byteLength === 0 && !frame.endHeaders))) return;
         if (!this.#block || this.#block.streamId !== frame.streamId) {
           throw new H2Error(ErrorCode.PROTOCOL_ERROR, `CONTINUATION on stream ${frame.streamId} out of sequence`);
         }
         return this.#onBlockFragment(frame.block, frame.endHeaders);
       case FrameType.PRIORITY:
-        if (++this.#priorities > FLOOD_LIMITS.priorityPerStream * (1 + this.#streamsOpened)) this.#calm("PRIORITY");
+        this.#flooded(this.#flood.priority());
         return;
       case FrameType.RST_STREAM:
         return this.#onReset(frame.streamId, frame.code);
       case FrameType.SETTINGS:
         if (frame.ack) return;
-        if (this.#countReply("SETTINGS")) return;
+        if (this.#flooded(this.#flood.replyDemanded("SETTINGS", performance.now()))) return;
         this.#applySettings(frame.settings);
         return this.#writeControl(SETTINGS_ACK);
       case FrameType.PING:
@@ -380,7 +355,7 @@ export class H2Connection implements StreamHost {
           }
           return;
         }
-        if (this.#countReply("PING")) return;
+        if (this.#flooded(this.#flood.replyDemanded("PING", performance.now()))) return;
         return this.#writeControl(encodePing(frame.payload, true));
       case FrameType.GOAWAY:
         return this.#onGoaway(frame.lastStreamId, frame.code, frame.debug);
@@ -488,7 +463,7 @@ export class H2Connection implements StreamHost {
 
   #onRequest(streamId: number, endStream: boolean, fields: HeaderField[] | null) {
     this.#lastPeerStreamId = streamId;
-    this.#streamsOpened++;
+    this.#flood.streamOpened();
     if (this.#goawaySent) return this.#writeControl(encodeRstStream(streamId, ErrorCode.REFUSED_STREAM));
     if (fields === null) {
       this.#write(encodeHeaders(streamId, this.#encoder.encode([[":status", "431"]]), true, this.#peerMaxFrameSize));
@@ -526,8 +501,7 @@ export class H2Connection implements StreamHost {
   }
 
   #onWindowUpdate(streamId: number, increment: number) {
-    const limit = 5 + 2 * (this.#streamsOpened + FLOOD_LIMITS.windowUpdatesPerDataFrame * this.#dataFramesSent);
-    if (++this.#windowUpdates > limit) return this.#calm("WINDOW_UPDATE");
+    if (this.#flooded(this.#flood.windowUpdate())) return;
     if (streamId === 0) {
       this.#connSendWindow += increment;
       if (this.#connSendWindow > MAX_WINDOW_SIZE) {
@@ -620,13 +594,7 @@ export class H2Connection implements StreamHost {
   }
 
   #peerStreamClosed(premature: boolean) {
-    this.#closedPeerStreams++;
-    if (premature) this.#prematureResets++;
-    const total = FLOOD_LIMITS.prematureResetStreams;
-    const tooMany = this.#closedPeerStreams < total
-      ? this.#prematureResets * 2 >= total
-      : this.#prematureResets * 2 >= this.#closedPeerStreams;
-    if (tooMany) this.#calm(`${this.#prematureResets} of ${this.#closedPeerStreams} streams reset early`);
+    this.#flooded(this.#flood.peerStreamClosed(premature));
   }
 
   #streamError(error: H2Error) {
@@ -655,15 +623,13 @@ export class H2Connection implements StreamHost {
 
   /** Frames the peer made us send; too many queued while it does not read is a flood. */
   #writeControl(bytes: Uint8Array) {
-    if (this.#blocked && ++this.#queuedControl > FLOOD_LIMITS.queuedControlFrames) {
-      return this.#calm("control frames queued while the peer does not read");
-    }
+    if (this.#flooded(this.#flood.controlQueued(this.#blocked))) return;
     this.#write(bytes);
   }
 
   #onDrain() {
     this.#blocked = false;
-    this.#queuedControl = 0;
+    this.#flood.drained();
     this.#flushWaiting();
   }
 
@@ -692,26 +658,10 @@ export class H2Connection implements StreamHost {
 
   // ---- limits, keepalive and teardown ----------------------------------------------------------------------------
 
-  /** True when this frame made it a flood (and the connection is closing). */
-  #countEmpty(empty: boolean): boolean {
-    if (!empty) {
-      this.#consecutiveEmpty = 0;
-      return false;
-    }
-    if (++this.#consecutiveEmpty <= FLOOD_LIMITS.consecutiveEmptyFrames) return false;
-    this.#calm("empty frames");
-    return true;
-  }
-
-  /** True when this frame made it a flood (and the connection is closing). */
-  #countReply(what: string): boolean {
-    const now = performance.now();
-    if (now - this.#replyWindowStart > FLOOD_LIMITS.replyWindowMs) {
-      this.#replyWindowStart = now;
-      this.#replyFrames = 0;
-    }
-    if (++this.#replyFrames <= FLOOD_LIMITS.replyFramesPerWindow) return false;
-    this.#calm(`${what} frames`);
+  /** True when `reason` says a flood limit was crossed; the connection is then closing. */
+  #flooded(reason: string | null): boolean {
+    if (reason === null) return false;
+    this.#calm(reason);
     return true;
   }
 
