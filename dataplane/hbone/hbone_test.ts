@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
+import tls from "node:tls";
 import { HboneError, HbonePool, type PoolKey } from "./pool.ts";
 import { type HboneRequest, HboneServer } from "./server.ts";
 import type { WorkloadCredentials } from "./tls.ts";
@@ -180,4 +181,59 @@ Deno.test("HBONE server drops a peer that never finishes its TLS handshake", asy
   });
   assert.ok(closedAt > 0);
   assert.equal(f.requests.length, 0);
+});
+
+Deno.test("HBONE server speaks only TLS 1.3 with AES-GCM suites and ALPN h2", async (t) => {
+  await using f = await fixture();
+  const attempt = (extra: tls.ConnectionOptions) =>
+    new Promise<string>((resolve) => {
+      const s = tls.connect({
+        host: "127.0.0.1",
+        port: f.port,
+        key: client.keyPem,
+        cert: client.chainPem,
+        ca: client.rootsPem,
+        ALPNProtocols: ["h2"],
+        checkServerIdentity: () => undefined,
+        ...extra,
+      });
+      s.once("secureConnect", () => {
+        const got = `${s.getProtocol()} ${s.getCipher()?.name} ${s.alpnProtocol}`;
+        s.destroy();
+        resolve(got);
+      });
+      s.once("error", (e) => resolve(`refused: ${e.message}`));
+    });
+  await t.step("a standard client gets TLS 1.3, AES-GCM and h2", async () => {
+    assert.match(await attempt({}), /^TLSv1\.3 TLS_AES_(256_GCM_SHA384|128_GCM_SHA256) h2$/);
+  });
+  await t.step("TLS 1.2 is refused", async () => {
+    assert.match(await attempt({ maxVersion: "TLSv1.2", minVersion: "TLSv1.2" }), /^refused/);
+  });
+  // Deno's node:tls ignores `ciphers` on both sides, so openssl offers the suite and the server must refuse the
+  // connection after the handshake.
+  for (const [suite, refused] of [["TLS_CHACHA20_POLY1305_SHA256", true], ["TLS_AES_128_GCM_SHA256", false]] as const) {
+    await t.step(`openssl offering only ${suite} is ${refused ? "refused" : "served"}`, async () => {
+      const dir = await Deno.makeTempDir();
+      try {
+        await Deno.writeTextFile(`${dir}/c.pem`, client.chainPem);
+        await Deno.writeTextFile(`${dir}/k.pem`, client.keyPem);
+        const before = f.rejected.length;
+        const out = await new Deno.Command("openssl", {
+          args: ["s_client", "-connect", `127.0.0.1:${f.port}`, "-tls1_3", "-ciphersuites", suite, "-alpn", "h2"]
+            .concat(["-cert", `${dir}/c.pem`, "-key", `${dir}/k.pem`]),
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        assert.match(new TextDecoder().decode(out.stdout), new RegExp(`Cipher is ${suite}`));
+        await new Promise((r) => setTimeout(r, 100));
+        const reasons = f.rejected.slice(before).map(String);
+        if (refused) assert.ok(reasons.some((r) => /not TLS 1.3 with an AES-GCM suite/.test(r)), reasons.join());
+        else assert.deepEqual(reasons, []);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    });
+  }
 });

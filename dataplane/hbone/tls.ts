@@ -13,6 +13,7 @@ import type { SpiffeId } from "../../mesh/identity.ts";
 
 /** ztunnel's suites: no ChaCha20, no TLS 1.2. */
 export const HBONE_CIPHERS = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256";
+const ALLOWED_SUITES = new Set(HBONE_CIPHERS.split(":"));
 /** A peer that has not finished its handshake by then is dropped (slowloris). */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
 
@@ -54,6 +55,12 @@ export function clientTlsOptions(creds: WorkloadCredentials, socket: import("nod
  * @throws {CertError} when the peer is not an acceptable workload.
  */
 export function peerIdentity(socket: tls.TLSSocket, trustDomain: string, purpose: "server" | "client"): SpiffeId {
+  // Deno's node:tls ignores the `ciphers` option (a ChaCha20-only openssl client is served), so the suite is
+  // checked here, after the handshake and before any application byte: the connection is refused instead.
+  const suite = socket.getCipher()?.name;
+  if (socket.getProtocol() !== "TLSv1.3" || !suite || !ALLOWED_SUITES.has(suite)) {
+    throw new CertError("WEAK_TLS", `${socket.getProtocol()} ${suite} is not TLS 1.3 with an AES-GCM suite`);
+  }
   if (socket.alpnProtocol !== "h2") {
     throw new CertError("NO_ALPN", `the peer did not negotiate ALPN h2 (got ${socket.alpnProtocol || "none"})`);
   }
