@@ -222,7 +222,10 @@ export function loggable<S extends Spec>(spec: S, values: Values<S>): Record<str
 export function describeOptions(spec: Spec): string {
   const rows = Object.values(spec).map((o) => {
     const left = `  --${o.flag}${o.parser.boolean ? "" : " VALUE"}`;
-    const def = o.default !== undefined && o.default !== false ? ` (default ${JSON.stringify(o.default)})` : "";
+    const shown = typeof o.default === "number" && o.parser.expected.startsWith("a duration")
+      ? formatDuration(o.default)
+      : JSON.stringify(o.default);
+    const def = o.default !== undefined && o.default !== false ? ` (default ${shown})` : "";
     const env = o.env ? ` [env ${o.env}]` : "";
     return `${left.padEnd(28)} ${o.help}${def}${env}`;
   });
