@@ -15,6 +15,7 @@
 
 import type net from "node:net";
 import { field } from "../h2/fields.ts";
+import { ErrorCode } from "../h2/frame.ts";
 import type { HboneRequest } from "../hbone/server.ts";
 import { tcpLabels } from "../../mesh/metrics.ts";
 import type { Workload } from "../../mesh/workload.ts";
@@ -62,7 +63,11 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
     dstIdentity: pod.identity,
   };
   const fail = (status: number, flag: string, reason: string) => {
-    if (!stream.destroyed) stream.respond([[":status", String(status)]], { endStream: true });
+    if (!stream.destroyed) {
+      stream.respond([[":status", String(status)]], { endStream: true });
+      // The answer is complete; the client's half is of no more use (RFC 9113 §8.1), so free the stream now.
+      stream.reset(ErrorCode.NO_ERROR);
+    }
     const labels = tcpLabels({ ...facts, responseFlags: flag || "-" });
     ctx.metrics.opened.inc(labels);
     ctx.metrics.closed.inc(labels);

@@ -84,6 +84,13 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   log.info({ config: loggable(ZTUNNEL_OPTIONS, values) }, "config loaded");
   loadNetnsSupport();
   loadSocketSupport();
+  // A bug in one connection's handling must not take down every pod's traffic: log it loudly and go on.
+  const onBug = (event: Event & { reason?: unknown; error?: unknown }) => {
+    event.preventDefault();
+    log.error({ error: String(event.reason ?? event.error) }, "BUG: unhandled error in a connection; serving on");
+  };
+  globalThis.addEventListener("unhandledrejection", onBug);
+  globalThis.addEventListener("error", onBug);
 
   let state: MeshState = stateOf(await readLocalConfig(values.localConfig));
   const ca = await CertificateAuthority.load(values.caDir);
