@@ -35,7 +35,7 @@ import {
   Setting,
   SETTINGS_ACK,
 } from "./frame.ts";
-import { type HeaderField, requestProblem, responseProblem, trailersProblem } from "./fields.ts";
+import { contentLength, field, type HeaderField, requestProblem, responseProblem, trailersProblem } from "./fields.ts";
 import { HpackDecoder, HpackEncoder, HpackError } from "./hpack.ts";
 import { H2Stream, type StreamHost } from "./stream.ts";
 import { FLOOD_LIMITS, FloodGuard } from "./flood.ts";
@@ -139,6 +139,8 @@ export class H2Connection implements StreamHost {
       this.#write(encodeWindowUpdate(0, this.#opts.connectionWindow - DEFAULT_WINDOW_SIZE));
     }
 
+    // Without TCP_NODELAY every window refill waits out a delayed ACK (~40 ms): ztunnel sets it on every socket.
+    (socket as Duplex & { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     socket.on("data", (chunk: Uint8Array) => this.#onData(chunk));
     socket.on("drain", () => this.#onDrain());
     socket.on("end", () => this.#teardown(this.#streams.size ? new Error("peer closed the connection") : undefined));
@@ -391,6 +393,10 @@ export class H2Connection implements StreamHost {
       this.#creditConnection(padding);
       stream.recvUnacked += padding;
     }
+    stream.receivedLength += frame.data.byteLength;
+    if (stream.expectedLength !== undefined && stream.receivedLength > stream.expectedLength) {
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, `DATA beyond content-length ${stream.expectedLength}`, stream.id);
+    }
     if (frame.data.byteLength > 0) {
       stream.receive(frame.data);
       this.credit(stream);
@@ -450,6 +456,12 @@ export class H2Connection implements StreamHost {
         }
         return;
       }
+      const method = field(stream.requestHeaders, ":method");
+      if (method !== "HEAD" && method !== "CONNECT" && status !== "204" && status !== "304") {
+        const length = contentLength(fields);
+        if (length === "invalid") throw new H2Error(ErrorCode.PROTOCOL_ERROR, "invalid content-length", streamId);
+        stream.expectedLength = length;
+      }
       stream.gotResponse(fields);
     } else {
       if (!endStream) throw new H2Error(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM", streamId);
@@ -481,7 +493,14 @@ export class H2Connection implements StreamHost {
       this.#peerStreamClosed(false);
       return;
     }
+    const length = field(fields, ":method") === "CONNECT" ? undefined : contentLength(fields);
+    if (length === "invalid") {
+      this.#writeControl(encodeRstStream(streamId, ErrorCode.PROTOCOL_ERROR));
+      this.#peerStreamClosed(false);
+      return;
+    }
     const stream = new H2Stream(streamId, this, fields, this.#peerInitialWindow, this.#opts.streamWindow);
+    stream.expectedLength = length;
     this.#streams.set(streamId, stream);
     if (endStream) this.#remoteEnd(stream);
     if (this.#onStream) this.#onStream(stream);
@@ -576,6 +595,10 @@ export class H2Connection implements StreamHost {
   }
 
   #remoteEnd(stream: H2Stream) {
+    if (stream.expectedLength !== undefined && stream.receivedLength !== stream.expectedLength) {
+      const what = `${stream.receivedLength} bytes of DATA for content-length ${stream.expectedLength}`;
+      throw new H2Error(ErrorCode.PROTOCOL_ERROR, what, stream.id);
+    }
     stream.remoteEnded = true;
     stream.push(null);
     if (stream.localEnded) this.#forget(stream);

@@ -98,3 +98,18 @@ export function field(fields: HeaderField[], name: string): string | undefined {
   for (const [n, v] of fields) if (n === name) return v;
   return undefined;
 }
+
+/**
+ * The declared content-length (RFC 9110 §8.6): undefined when absent, "invalid" when it is not a decimal number
+ * or is repeated with different values. The DATA received must add up to it (RFC 9113 §8.1.1).
+ */
+export function contentLength(fields: HeaderField[]): number | undefined | "invalid" {
+  let found: string | undefined;
+  for (const [n, v] of fields) {
+    if (n !== "content-length") continue;
+    if (found !== undefined && found !== v) return "invalid";
+    found = v;
+  }
+  if (found === undefined) return undefined;
+  return /^[0-9]{1,15}$/.test(found) ? Number(found) : "invalid";
+}

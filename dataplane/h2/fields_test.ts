@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type HeaderField, requestProblem, responseProblem, trailersProblem } from "./fields.ts";
+import { contentLength, type HeaderField, requestProblem, responseProblem, trailersProblem } from "./fields.ts";
 
 const connect: HeaderField[] = [[":method", "CONNECT"], [":authority", "10.0.1.2:8080"]];
 const get: HeaderField[] = [[":method", "GET"], [":scheme", "https"], [":path", "/x"], [":authority", "a"]];
@@ -46,4 +46,14 @@ Deno.test("responseProblem() and trailersProblem() check their own sections", ()
   assert.match(responseProblem([[":status", "200"], [":path", "/"]]) ?? "", /not allowed/);
   assert.equal(trailersProblem([["grpc-status", "0"]]), null);
   assert.match(trailersProblem([[":status", "200"]]) ?? "", /not allowed/);
+});
+
+Deno.test("contentLength() reads one decimal value and refuses anything else", () => {
+  assert.equal(contentLength([["content-length", "42"]]), 42);
+  assert.equal(contentLength([["content-length", "7"], ["content-length", "7"]]), 7);
+  assert.equal(contentLength([["x", "1"]]), undefined);
+  for (const bad of ["-1", "1.5", "0x10", "", " 5", "1e3", "9".repeat(16)]) {
+    assert.equal(contentLength([["content-length", bad]]), "invalid", bad);
+  }
+  assert.equal(contentLength([["content-length", "7"], ["content-length", "8"]]), "invalid");
 });

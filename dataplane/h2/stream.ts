@@ -50,6 +50,9 @@ export class H2Stream extends Duplex {
   pendingCallback: ((error?: Error | null) => void) | null = null;
   finalCallback: ((error?: Error | null) => void) | null = null;
   trailersToSend: HeaderField[] | null = null;
+  /** The peer's declared content-length, when it must be checked against the DATA received. */
+  expectedLength: number | undefined;
+  receivedLength = 0;
 
   #resolveResponse!: (headers: HeaderField[]) => void;
   #rejectResponse!: (error: Error) => void;

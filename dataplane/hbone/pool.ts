@@ -205,6 +205,7 @@ export class HbonePool {
         cause: error,
       });
     }
+    raw.setNoDelay(true);
     const socket = tls.connect(clientTlsOptions(creds, raw));
     try {
       await handshake(socket, where);

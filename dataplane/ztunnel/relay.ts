@@ -23,6 +23,8 @@ export interface RelayResult {
 /** Relays until both sides are closed; `stop()` ends it early (a policy change, a removed pod). */
 export function relay(a: Duplex, b: Duplex): { done: Promise<RelayResult>; stop(reason: Error): void } {
   const result: RelayResult = { aToB: 0, bToA: 0 };
+  // TCP_NODELAY, as upstream sets on its sockets: a proxy must not add Nagle's delay to small writes.
+  for (const s of [a, b]) (s as Duplex & { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
   a.on("data", (chunk: Uint8Array) => result.aToB += chunk.byteLength);
   b.on("data", (chunk: Uint8Array) => result.bToA += chunk.byteLength);
   const fail = (error: Error) => {
