@@ -11,6 +11,7 @@ import tls from "node:tls";
 import { H2Connection } from "../dataplane/h2/connection.ts";
 import type { H2Stream } from "../dataplane/h2/stream.ts";
 import { field } from "../dataplane/h2/fields.ts";
+import { readAll } from "./harness/h2peer.ts";
 
 const IN_CI = Deno.env.get("CI") === "true";
 /** Debian's interpreter: the pyenv shim first on PATH has no `h2`. */
@@ -97,18 +98,6 @@ function assertSameBytes(got: Uint8Array, want: Uint8Array, what: string) {
   assert.equal(got.byteLength, want.byteLength, `${what}: length`);
   const at = got.findIndex((b, i) => b !== want[i]);
   assert.equal(at, -1, `${what}: first difference at byte ${at}`);
-}
-
-/** Reads a stream to its end with 'data' events: `for await` would destroy it and reset the other half. */
-async function readAll(stream: H2Stream): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  stream.on("data", (chunk: Uint8Array) => chunks.push(chunk));
-  stream.resume();
-  await new Promise<void>((resolve, reject) => {
-    stream.once("end", resolve);
-    stream.once("close", () => stream.readableEnded ? resolve() : reject(stream.errored ?? new Error("closed")));
-  });
-  return concat(chunks);
 }
 
 // ---- our server ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { H2Stream } from "./stream.ts";
-import { connectionPair, literalBlock, rawClientPair } from "../../tests/harness/h2peer.ts";
+import { connectionPair, literalBlock, rawClientPair, readAll } from "../../tests/harness/h2peer.ts";
 import { ErrorCode, Flag, type Frame, FrameType } from "./frame.ts";
 import type { HeaderField } from "./fields.ts";
 
@@ -10,21 +10,6 @@ const CONNECT: HeaderField[] = [[":method", "CONNECT"], [":authority", "10.0.1.2
 function echo(stream: H2Stream) {
   stream.respond([[":status", "200"]]);
   stream.pipe(stream);
-}
-
-/** Reads to the end without destroying the stream (a `for await` loop would, and reset the other half). */
-async function readAll(stream: H2Stream): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  stream.on("data", (chunk: Uint8Array) => chunks.push(chunk));
-  stream.resume();
-  await new Promise<void>((resolve, reject) => {
-    stream.once("end", resolve);
-    stream.once("close", () => stream.readableEnded ? resolve() : reject(stream.errored ?? new Error("closed")));
-  });
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const c of chunks) out.set(c, (at += c.byteLength) - c.byteLength);
-  return out;
 }
 
 function pattern(n: number, seed: number): Uint8Array {

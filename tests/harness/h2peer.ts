@@ -154,3 +154,18 @@ export async function rawClientPair(serverOptions: Partial<H2Options> = {}) {
     },
   };
 }
+
+/** Reads a stream to its end with 'data' events: `for await` would destroy it and reset the other half. */
+export async function readAll(stream: import("../../dataplane/h2/stream.ts").H2Stream): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  stream.on("data", (chunk: Uint8Array) => chunks.push(chunk));
+  stream.resume();
+  await new Promise<void>((resolve, reject) => {
+    stream.once("end", resolve);
+    stream.once("close", () => stream.readableEnded ? resolve() : reject(stream.errored ?? new Error("closed")));
+  });
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+  let at = 0;
+  for (const c of chunks) out.set(c, (at += c.byteLength) - c.byteLength);
+  return out;
+}
