@@ -50,7 +50,7 @@ async function call(from: string, ip: string, port: number, message: string): Pr
   const server = await cluster.addPod(b, "server");
   console.log(`cluster: ${a.name} with pod client ${client.address}, ${b.name} with pod server ${server.address}`);
   for (const p of [client, server]) await installRedirect(p.netnsPath);
-  const mesh = await meshDir();
+  await using mesh = await meshDir();
   const config = (deny: boolean) =>
     `workloads:
 ${
@@ -70,46 +70,42 @@ policies:${
     }
 `;
   await Deno.writeTextFile(mesh.configFile, config(false));
-  try {
-    await using _app = echoApp(server, 8080);
-    const app = _app;
-    await using za = await ZtunnelProcess.start(a.name, mesh);
-    await using zb = await ZtunnelProcess.start(b.name, mesh);
-    await za.add("Kubernetes//Pod/default/client", client, {
-      name: "client",
-      namespace: "default",
-      serviceAccount: "client",
-    });
-    await za.snapshotSent();
-    await zb.add("Kubernetes//Pod/default/server", server, {
-      name: "server",
-      namespace: "default",
-      serviceAccount: "server",
-    });
-    await zb.snapshotSent();
-    console.log("ztunnels started on both nodes; pods enrolled (in-pod TPROXY rules, listeners on 15001/15006/15008)");
+  await using _app = echoApp(server, 8080);
+  const app = _app;
+  await using za = await ZtunnelProcess.start(a.name, mesh);
+  await using zb = await ZtunnelProcess.start(b.name, mesh);
+  await za.add("Kubernetes//Pod/default/client", client, {
+    name: "client",
+    namespace: "default",
+    serviceAccount: "client",
+  });
+  await za.snapshotSent();
+  await zb.add("Kubernetes//Pod/default/server", server, {
+    name: "server",
+    namespace: "default",
+    serviceAccount: "server",
+  });
+  await zb.snapshotSent();
+  console.log("ztunnels started on both nodes; pods enrolled (in-pod TPROXY rules, listeners on 15001/15006/15008)");
 
-    const reply = await call(client.netnsPath, server.address, 8080, "hello");
-    say(reply === "server:hello", `client → ${server.address}:8080 answered ${JSON.stringify(reply)}`);
-    say(app.peers.at(-1) === client.address, `the server app saw the client's own address ${app.peers.at(-1)}`);
-    const out = await za.waitForLog((l) => l.msg === "connection complete" && l.direction === "outbound");
-    const inb = await zb.waitForLog((l) => l.msg === "connection complete" && l.direction === "inbound");
-    say(
-      out["dst.identity"] === "spiffe://cluster.local/ns/default/sa/server",
-      `client's ztunnel: outbound over HBONE to ${out["dst.addr"]}, server identity ${out["dst.identity"]}`,
-    );
-    say(
-      inb["src.identity"] === "spiffe://cluster.local/ns/default/sa/client",
-      `server's ztunnel: inbound from ${inb["src.addr"]}, client identity ${inb["src.identity"]} (mTLS verified)`,
-    );
+  const reply = await call(client.netnsPath, server.address, 8080, "hello");
+  say(reply === "server:hello", `client → ${server.address}:8080 answered ${JSON.stringify(reply)}`);
+  say(app.peers.at(-1) === client.address, `the server app saw the client's own address ${app.peers.at(-1)}`);
+  const out = await za.waitForLog((l) => l.msg === "connection complete" && l.direction === "outbound");
+  const inb = await zb.waitForLog((l) => l.msg === "connection complete" && l.direction === "inbound");
+  say(
+    out["dst.identity"] === "spiffe://cluster.local/ns/default/sa/server",
+    `client's ztunnel: outbound over HBONE to ${out["dst.addr"]}, server identity ${out["dst.identity"]}`,
+  );
+  say(
+    inb["src.identity"] === "spiffe://cluster.local/ns/default/sa/client",
+    `server's ztunnel: inbound from ${inb["src.addr"]}, client identity ${inb["src.identity"]} (mTLS verified)`,
+  );
 
-    await Deno.writeTextFile(mesh.configFile, config(true));
-    await zb.waitForLog((l) => l.msg === "local config reloaded");
-    const denied = await call(client.netnsPath, server.address, 8080, "again");
-    say(denied !== "server:again", `with a DENY policy for the client, the call got ${denied}`);
-  } finally {
-    await Deno.remove(mesh.dir, { recursive: true });
-  }
+  await Deno.writeTextFile(mesh.configFile, config(true));
+  await zb.waitForLog((l) => l.msg === "local config reloaded");
+  const denied = await call(client.netnsPath, server.address, 8080, "again");
+  say(denied !== "server:again", `with a DENY policy for the client, the call got ${denied}`);
 }
 console.log(failed ? "smoke failed" : "smoke passed; namespaces, links and processes removed");
 Deno.exit(failed ? 1 : 0);

@@ -144,7 +144,7 @@ netnsTest("ztunnel: captured traffic over HBONE, plaintext paths, services, poli
   const plain = await cluster.addPod(nodeB, "plain");
   for (const p of [client, near, server]) await installRedirect(p.netnsPath);
 
-  const mesh = await meshDir();
+  await using mesh = await meshDir();
   const baseConfig = (policies: string[] = []) =>
     `workloads:
 ${workload(client, { captured: true })}

@@ -13,13 +13,21 @@ import { listenIn } from "./tcp.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
-/** A directory with a fresh root CA (the cacerts layout) and a local config file. */
-export async function meshDir(): Promise<{ dir: string; caDir: string; configFile: string; ca: CertificateAuthority }> {
+/** A directory with a fresh root CA (the cacerts layout) and a local config file; disposing removes it. */
+export async function meshDir() {
   const dir = await Deno.makeTempDir({ prefix: "skiff-zt-" });
   const caDir = join(dir, "ca");
   const { ca, keyPem } = await CertificateAuthority.createRoot("cluster.local");
   await ca.save(caDir, keyPem);
-  return { dir, caDir, configFile: join(dir, "mesh.yaml"), ca };
+  return {
+    dir,
+    caDir,
+    configFile: join(dir, "mesh.yaml"),
+    ca,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
 }
 
 export class ZtunnelProcess implements AsyncDisposable {
@@ -41,7 +49,16 @@ export class ZtunnelProcess implements AsyncDisposable {
     this.#done = Promise.all([this.#read(child.stdout), this.#read(child.stderr)]);
   }
 
-  static async start(name: string, opts: { dir: string; caDir: string; configFile: string }) {
+  /** The process id, for RSS readings. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  static async start(
+    name: string,
+    opts: { dir: string; caDir: string; configFile: string },
+    env: Record<string, string> = {},
+  ) {
     const socket = join(opts.dir, `${name}.sock`);
     const listener = Deno.listen({ transport: "unix", path: socket });
     const base = 20_000 + Math.floor(Math.random() * 40_000);
@@ -59,7 +76,7 @@ export class ZtunnelProcess implements AsyncDisposable {
         `--metrics-port=${ports.metrics}`,
         `--readiness-port=${ports.readiness}`,
       ],
-      env: { LOG_FORMAT: "json", LOG_LEVEL: "debug", RUST_BACKTRACE: "0" },
+      env: { LOG_FORMAT: "json", LOG_LEVEL: "debug", RUST_BACKTRACE: "0", ...env },
       stdout: "piped",
       stderr: "piped",
     }).spawn();
