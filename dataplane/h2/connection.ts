@@ -27,7 +27,6 @@ import {
   ErrorCode,
   errorName,
   type Frame,
-  FRAME_HEADER_LENGTH,
   FrameReader,
   FrameType,
   H2Error,
@@ -228,9 +227,9 @@ export class H2Connection implements StreamHost {
       if (room <= 0) return void this.#waiting.add(stream);
       const chunk = stream.pendingChunk;
       const n = Math.min(room, chunk.byteLength);
-      const frame = new Uint8Array(FRAME_HEADER_LENGTH + n);
-      frame.set(dataFrameHeader(stream.id, n, false));
-      frame.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), FRAME_HEADER_LENGTH);
+      // Header and payload go out as two writes in one corked batch: no copy of the payload.
+      this.#write(dataFrameHeader(stream.id, n, false));
+      const frame = n === chunk.byteLength ? chunk : chunk.subarray(0, n);
       stream.sendWindow -= n;
       this.#connSendWindow -= n;
       this.#flood.dataFrameSent();
@@ -641,8 +640,20 @@ export class H2Connection implements StreamHost {
 
   #write(bytes: Uint8Array) {
     if (this.#socket.destroyed || this.#socket.writableEnded) return;
+    if (!this.#corked) {
+      // Frames written in one turn of the event loop leave together: one TLS record run, one syscall.
+      this.#corked = true;
+      this.#socket.cork();
+      queueMicrotask(this.#uncork);
+    }
     if (!this.#socket.write(bytes)) this.#blocked = true;
   }
+
+  #corked = false;
+  #uncork = () => {
+    this.#corked = false;
+    this.#socket.uncork();
+  };
 
   /** Frames the peer made us send; too many queued while it does not read is a flood. */
   #writeControl(bytes: Uint8Array) {
