@@ -21,7 +21,15 @@ import { tcpLabels } from "../../mesh/metrics.ts";
 import type { Workload } from "../../mesh/workload.ts";
 import { checkInbound } from "./inbound_check.ts";
 import { authorize, type ConnectionAttributes } from "./rbac.ts";
-import { formatAddr, type PodContext, type ProxyContext, recordFinished, responseFlag, stripV4Mapped } from "./pod.ts";
+import {
+  abortOnClose,
+  formatAddr,
+  type PodContext,
+  type ProxyContext,
+  recordFinished,
+  responseFlag,
+  stripV4Mapped,
+} from "./pod.ts";
 import { relay } from "./relay.ts";
 import { ILLEGAL_PORTS } from "./route.ts";
 import { baggage } from "./outbound.ts";
@@ -75,13 +83,14 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
   };
   if (!decision.ok) return fail(decision.status, decision.flag, decision.reason);
 
-  const abort = new AbortController();
-  stream.once("close", () => abort.abort());
+  const cancel = abortOnClose(stream);
   let app: net.Socket;
   try {
-    app = await pod.dial(req.remote.ip, decision.upstream, abort.signal);
+    app = await pod.dial(req.remote.ip, decision.upstream, cancel.signal);
   } catch (error) {
     return fail(503, responseFlag(error), `cannot reach ${formatAddr(decision.upstream)}: ${(error as Error).message}`);
+  } finally {
+    cancel.release();
   }
   if (stream.destroyed) {
     app.destroy();
@@ -119,13 +128,14 @@ export async function handlePlaintextInbound(socket: net.Socket, pod: PodContext
   const attributes: ConnectionAttributes = { srcIp: src.ip, dstIp: dst.ip, dstPort: dst.port };
   const decision = authorize(ctx.state().policies.forWorkload(local), attributes);
   if (!decision.allowed) return refuse("DENY", decision.reason);
-  const abort = new AbortController();
-  socket.once("close", () => abort.abort());
+  const cancel = abortOnClose(socket);
   let app: net.Socket;
   try {
-    app = await pod.dial(src.ip, dst, abort.signal);
+    app = await pod.dial(src.ip, dst, cancel.signal);
   } catch (error) {
     return refuse(responseFlag(error), `cannot reach ${formatAddr(dst)}: ${(error as Error).message}`);
+  } finally {
+    cancel.release();
   }
   await serve(socket, app, attributes, facts, record, started, pod, ctx);
 }

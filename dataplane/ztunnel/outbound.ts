@@ -12,7 +12,15 @@ import type { HeaderField } from "../h2/fields.ts";
 import type { Service, Workload } from "../../mesh/workload.ts";
 import { tcpLabels } from "../../mesh/metrics.ts";
 import { buildRequest, type SocketAddr, workloadIdentity } from "./route.ts";
-import { formatAddr, type PodContext, type ProxyContext, recordFinished, responseFlag, stripV4Mapped } from "./pod.ts";
+import {
+  abortOnClose,
+  formatAddr,
+  type PodContext,
+  type ProxyContext,
+  recordFinished,
+  responseFlag,
+  stripV4Mapped,
+} from "./pod.ts";
 import { relay } from "./relay.ts";
 
 /** Upstream's baggage (`src/baggage.rs`): who is calling, for the other side's telemetry. Empty values left out. */
@@ -82,8 +90,7 @@ export async function handleOutbound(socket: net.Socket, pod: PodContext, ctx: P
     dstIdentity: facts.destinationIdentity,
   };
   pod.open.add(socket);
-  const abort = new AbortController();
-  socket.once("close", () => abort.abort());
+  const cancel = abortOnClose(socket);
   let upstream: Duplex;
   try {
     upstream = hbone
@@ -96,9 +103,9 @@ export async function handleOutbound(socket: net.Socket, pod: PodContext, ctx: P
         },
         formatAddr(req.authority),
         hboneHeaders(source, src, req.destinationService),
-        abort.signal,
+        cancel.signal,
       )
-      : await pod.dial(src.ip, req.target, abort.signal);
+      : await pod.dial(src.ip, req.target, cancel.signal);
   } catch (error) {
     pod.open.delete(socket);
     socket.resetAndDestroy();
@@ -113,6 +120,8 @@ export async function handleOutbound(socket: net.Socket, pod: PodContext, ctx: P
       error: String(error),
     });
     return;
+  } finally {
+    cancel.release();
   }
   const labels = tcpLabels(facts);
   ctx.metrics.opened.inc(labels);

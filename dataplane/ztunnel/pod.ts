@@ -4,6 +4,7 @@
  * dials lives in `inpod.ts`; tests on loopback give plain ones.
  */
 
+import type { EventEmitter } from "node:events";
 import type net from "node:net";
 import type { Logger } from "../../mesh/log.ts";
 import type { SpiffeId } from "../../mesh/identity.ts";
@@ -89,4 +90,15 @@ export function recordFinished(
     durationMs: performance.now() - started,
     error: result.error?.message,
   });
+}
+
+/**
+ * A signal that aborts when `peer` closes while a dial for it is pending. `release()` once the dial settles: an
+ * abort after that would only cost a DOMException (and its stack) per connection for nothing.
+ */
+export function abortOnClose(peer: EventEmitter): { signal: AbortSignal; release(): void } {
+  const controller = new AbortController();
+  const onClose = () => controller.abort();
+  peer.once("close", onClose);
+  return { signal: controller.signal, release: () => peer.off("close", onClose) };
 }
