@@ -512,10 +512,9 @@ export class H2Connection implements StreamHost {
     stream.resetCode = code;
     const premature = this.role === "server" && !stream.localEnded &&
       performance.now() - stream.createdAt < FLOOD_LIMITS.prematureResetLifetimeMs;
-    const error = new H2Error(code, `stream ${streamId} reset by the peer: ${errorName(code)}`, streamId);
     this.#forget(stream, premature);
     if (code === ErrorCode.NO_ERROR && stream.remoteEnded) stream.destroy();
-    else stream.destroy(error);
+    else stream.destroy(new H2Error(code, `stream ${streamId} reset by the peer: ${errorName(code)}`, streamId));
   }
 
   #onWindowUpdate(streamId: number, increment: number) {

@@ -138,10 +138,11 @@ export class H2Stream extends Duplex {
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void) {
     this.host.streamDestroyed(this, error);
-    this.failResponse(error ?? new Error(`stream ${this.id} closed before a response`));
+    // Errors are built only when someone will see them: a stack per closed stream is measurable under churn.
+    if (!this.responseHeaders) this.failResponse(error ?? new Error(`stream ${this.id} closed before a response`));
     const pending = this.pendingCallback;
     this.pendingCallback = null;
-    pending?.(error ?? new Error(`stream ${this.id} closed`));
+    if (pending) pending(error ?? new Error(`stream ${this.id} closed`));
     callback(error);
   }
 }
