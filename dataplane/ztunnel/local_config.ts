@@ -24,6 +24,7 @@
 import { LineCounter, parseDocument } from "yaml";
 import { type Authorization, decodeAuthorization, policyKey } from "../../mesh/authorization.ts";
 import { MeshState } from "../../mesh/store.ts";
+import { lineOfField } from "../../mesh/yaml.ts";
 import { Fields, ValidationError } from "../../mesh/validate.ts";
 import { decodeService, decodeWorkload, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
 
@@ -52,18 +53,6 @@ export interface LocalConfig {
   policies: Authorization[];
 }
 
-/** Splits a field path (`workloads[1].services["a/b"][0].port`) into keys for YAML lookup. */
-export function pathSegments(field: string): (string | number)[] {
-  const out: (string | number)[] = [];
-  const re = /([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]/g;
-  for (const m of field.matchAll(re)) {
-    if (m[1] !== undefined) out.push(m[1]);
-    else if (m[2] !== undefined) out.push(Number(m[2]));
-    else out.push(JSON.parse(m[3]));
-  }
-  return out;
-}
-
 /**
  * Parses and validates a local config from its text.
  * @throws {LocalConfigError} naming `file`, the line and the field.
@@ -78,16 +67,6 @@ export function parseLocalConfig(text: string, file: string): LocalConfig {
     });
   }
   const value = doc.toJS({ maxAliasCount: 100 }) ?? {};
-  const lineOf = (field: string): number | undefined => {
-    const segs = pathSegments(field);
-    // The deepest node that exists: a missing field is reported at its parent.
-    for (let n = segs.length; n >= 0; n--) {
-      const node = n === 0 ? doc.contents : doc.getIn(segs.slice(0, n), true);
-      const range = (node as { range?: [number, number, number] } | undefined)?.range;
-      if (range) return lines.linePos(range[0]).line;
-    }
-    return undefined;
-  };
   try {
     const f = Fields.of(value, "");
     const config: LocalConfig = {
@@ -100,7 +79,7 @@ export function parseLocalConfig(text: string, file: string): LocalConfig {
     return config;
   } catch (err) {
     if (err instanceof ValidationError) {
-      throw new LocalConfigError(file, err.message, { line: lineOf(err.field), field: err.field });
+      throw new LocalConfigError(file, err.message, { line: lineOfField(doc, lines, err.field), field: err.field });
     }
     throw err;
   }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { LocalConfigError, parseLocalConfig, pathSegments, readLocalConfig, stateOf } from "./local_config.ts";
+import { LocalConfigError, parseLocalConfig, readLocalConfig, stateOf } from "./local_config.ts";
 
 const GOOD = `# a two-pod mesh
 workloads:
@@ -107,18 +107,6 @@ Deno.test("parseLocalConfig() names the file, line and field of a bad value", as
   );
   await t.step("not YAML", () => rejects("workloads: [\n  - {", { line: 2, message: /not valid YAML/ }));
   await t.step("a list at the top", () => rejects("- a\n", { line: 1, field: "", message: /expected an object/ }));
-});
-
-Deno.test("pathSegments() splits field paths, keys with slashes and dots included", () => {
-  assert.deepEqual(pathSegments('workloads[1].services["a/b.c"][0].port'), [
-    "workloads",
-    1,
-    "services",
-    "a/b.c",
-    0,
-    "port",
-  ]);
-  assert.deepEqual(pathSegments(""), []);
 });
 
 Deno.test("readLocalConfig() names a file it cannot read", async () => {
