@@ -17,7 +17,7 @@ import type net from "node:net";
 import { field } from "../h2/fields.ts";
 import { ErrorCode } from "../h2/frame.ts";
 import type { HboneRequest } from "../hbone/server.ts";
-import { tcpLabels } from "../../mesh/metrics.ts";
+import { type ConnectionFacts, tcpLabels } from "../../mesh/metrics.ts";
 import type { Workload } from "../../mesh/workload.ts";
 import { checkInbound } from "./inbound_check.ts";
 import { authorize, type ConnectionAttributes } from "./rbac.ts";
@@ -27,8 +27,9 @@ import {
   type PodContext,
   type ProxyContext,
   recordFinished,
+  recordRefused,
   responseFlag,
-  stripV4Mapped,
+  socketEnds,
 } from "./pod.ts";
 import { relay } from "./relay.ts";
 import { ILLEGAL_PORTS } from "./route.ts";
@@ -76,10 +77,7 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
       // The answer is complete; the client's half is of no more use (RFC 9113 §8.1), so free the stream now.
       stream.reset(ErrorCode.NO_ERROR);
     }
-    const labels = tcpLabels({ ...facts, responseFlags: flag || "-" });
-    ctx.metrics.opened.inc(labels);
-    ctx.metrics.closed.inc(labels);
-    ctx.access({ ...record, bytesSent: 0, bytesRecv: 0, durationMs: performance.now() - started, error: reason });
+    recordRefused(ctx, facts, record, started, flag, reason);
   };
   if (!decision.ok) return fail(decision.status, decision.flag, decision.reason);
 
@@ -110,18 +108,14 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
 export async function handlePlaintextInbound(socket: net.Socket, pod: PodContext, ctx: ProxyContext): Promise<void> {
   const started = performance.now();
   socket.on("error", () => {});
-  const src = { ip: stripV4Mapped(socket.remoteAddress), port: socket.remotePort ?? 0 };
-  const dst = { ip: stripV4Mapped(socket.localAddress), port: socket.localPort ?? 0 };
+  const { src, dst } = socketEnds(socket);
   const local = pod.workload();
   const source = sourceWorkload(ctx, local, src.ip);
   const facts = { reporter: "destination" as const, source, destination: local, mtls: false };
   const record = { direction: "inbound" as const, src, srcWorkload: source, dst, dstWorkload: local };
   const refuse = (flag: string, reason: string) => {
     socket.resetAndDestroy();
-    const labels = tcpLabels({ ...facts, responseFlags: flag });
-    ctx.metrics.opened.inc(labels);
-    ctx.metrics.closed.inc(labels);
-    ctx.access({ ...record, bytesSent: 0, bytesRecv: 0, durationMs: performance.now() - started, error: reason });
+    recordRefused(ctx, facts, record, started, flag, reason);
   };
   if (ILLEGAL_PORTS.has(dst.port)) return refuse("SELF_CALL", `port ${dst.port} is one of ztunnel's own`);
   if (!local) return refuse("NO_ROUTE", `no workload is known for ${dst.ip}`);
@@ -145,7 +139,7 @@ async function serve(
   downstream: import("node:stream").Duplex,
   app: net.Socket,
   attributes: ConnectionAttributes,
-  facts: Parameters<typeof tcpLabels>[0],
+  facts: ConnectionFacts,
   record: Parameters<typeof recordFinished>[2],
   started: number,
   pod: PodContext,

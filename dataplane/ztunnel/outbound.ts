@@ -18,8 +18,9 @@ import {
   type PodContext,
   type ProxyContext,
   recordFinished,
+  recordRefused,
   responseFlag,
-  stripV4Mapped,
+  socketEnds,
 } from "./pod.ts";
 import { relay } from "./relay.ts";
 
@@ -54,8 +55,7 @@ export function hboneHeaders(source: Workload, client: SocketAddr, service: Serv
 export async function handleOutbound(socket: net.Socket, pod: PodContext, ctx: ProxyContext): Promise<void> {
   const started = performance.now();
   socket.on("error", () => {});
-  const src = { ip: stripV4Mapped(socket.remoteAddress), port: socket.remotePort ?? 0 };
-  const dst = { ip: stripV4Mapped(socket.localAddress), port: socket.localPort ?? 0 };
+  const { src, dst } = socketEnds(socket);
   const source = pod.workload();
   if (!source) {
     ctx.log.warn({ uid: pod.uid, dst: formatAddr(dst) }, "outbound connection from a pod the state does not know yet");
@@ -109,16 +109,7 @@ export async function handleOutbound(socket: net.Socket, pod: PodContext, ctx: P
   } catch (error) {
     pod.open.delete(socket);
     socket.resetAndDestroy();
-    const labels = tcpLabels({ ...facts, responseFlags: responseFlag(error) });
-    ctx.metrics.opened.inc(labels);
-    ctx.metrics.closed.inc(labels);
-    ctx.access({
-      ...record,
-      bytesSent: 0,
-      bytesRecv: 0,
-      durationMs: performance.now() - started,
-      error: String(error),
-    });
+    recordRefused(ctx, facts, record, started, responseFlag(error), String(error));
     return;
   } finally {
     cancel.release();

@@ -16,7 +16,7 @@ import type { ConnectionManager } from "./connection_manager.ts";
 import type { ConnectionRecord } from "./access_log.ts";
 import type { SocketAddr } from "./route.ts";
 import type { RelayResult } from "./relay.ts";
-import type { TcpLabelSet } from "../../mesh/metrics.ts";
+import { type ConnectionFacts, tcpLabels, type TcpLabelSet } from "../../mesh/metrics.ts";
 
 /** Node-wide parts every pod uses. */
 export interface ProxyContext {
@@ -72,11 +72,36 @@ export function stripV4Mapped(ip: string | undefined): string {
   return !ip ? "" : ip.startsWith("::ffff:") ? ip.slice(7) : ip;
 }
 
+/** A socket's two ends as ztunnel sees them; for a captured connection `dst` is the original destination. */
+export function socketEnds(socket: net.Socket): { src: SocketAddr; dst: SocketAddr } {
+  return {
+    src: { ip: stripV4Mapped(socket.remoteAddress), port: socket.remotePort ?? 0 },
+    dst: { ip: stripV4Mapped(socket.localAddress), port: socket.localPort ?? 0 },
+  };
+}
+
+type RecordBase = Omit<ConnectionRecord, "bytesSent" | "bytesRecv" | "durationMs" | "error">;
+
+/** Counts a connection that never carried a byte (refused, or its upstream unreachable) and logs why. */
+export function recordRefused(
+  ctx: ProxyContext,
+  facts: ConnectionFacts,
+  record: RecordBase,
+  started: number,
+  flag: string,
+  reason: string,
+) {
+  const labels = tcpLabels({ ...facts, responseFlags: flag });
+  ctx.metrics.opened.inc(labels);
+  ctx.metrics.closed.inc(labels);
+  ctx.access({ ...record, bytesSent: 0, bytesRecv: 0, durationMs: performance.now() - started, error: reason });
+}
+
 /** Counts a finished connection's bytes and close, and writes its access log line. */
 export function recordFinished(
   ctx: ProxyContext,
   labels: TcpLabelSet,
-  record: Omit<ConnectionRecord, "bytesSent" | "bytesRecv" | "durationMs" | "error">,
+  record: RecordBase,
   result: RelayResult,
   started: number,
 ) {
