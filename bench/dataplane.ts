@@ -15,7 +15,7 @@ import { certificatesToPem } from "../certs/x509.ts";
 import { SpiffeId } from "../mesh/identity.ts";
 import { IS_ROOT, NetnsCluster, type Pod } from "../tests/harness/netns.ts";
 import { dialFrom, listenIn } from "../tests/harness/tcp.ts";
-import { meshDir, ZtunnelProcess } from "../tests/harness/ztunnel.ts";
+import { hboneWorkload, meshDir, ZtunnelProcess } from "../tests/harness/ztunnel.ts";
 
 const SINK = 5001;
 const ECHO = 5002;
@@ -139,7 +139,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 // ---- setup ---------------------------------------------------------------------------------------------------------
 
-async function stunnel(pod: Pod, dir: string, name: string, conf: string): Promise<Deno.ChildProcess> {
+/** Starts stunnel in `pod` and resolves once it accepts on 127.0.0.1:`port` there. */
+async function stunnel(pod: Pod, dir: string, name: string, conf: string, port: number): Promise<Deno.ChildProcess> {
   const file = join(dir, `${name}.conf`);
   await Deno.writeTextFile(file, `foreground = yes\npid =\ndebug = 3\n${conf}`);
   const child = new Deno.Command("ip", {
@@ -147,8 +148,19 @@ async function stunnel(pod: Pod, dir: string, name: string, conf: string): Promi
     stdout: "null",
     stderr: "null",
   }).spawn();
-  await new Promise((r) => setTimeout(r, 500));
-  return child;
+  for (const deadline = Date.now() + 5000;;) {
+    try {
+      (await dialFrom(pod.netnsPath, "127.0.0.1", port)).close();
+      return child;
+    } catch (error) {
+      if (Date.now() > deadline) {
+        child.kill();
+        await child.status;
+        throw new Error(`stunnel ${name} is not accepting on port ${port} after 5 s: ${error}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
 
 async function main() {
@@ -192,18 +204,12 @@ async function main() {
     // Skiff: both pods enrolled, a ztunnel per node, info-level logs off the hot path.
     await Deno.writeTextFile(
       mesh.configFile,
-      `workloads:\n${
-        [pods.skiffA, pods.skiffB].map((p) =>
-          `  - { uid: "Kubernetes//Pod/bench/${p.name}", name: ${p.name}, namespace: bench, serviceAccount: ${p.name}, node: ${p.node.name}, addresses: [${p.address}], tunnelProtocol: HBONE }`
-        ).join("\n")
-      }\n`,
+      `workloads:\n${[pods.skiffA, pods.skiffB].map((p) => hboneWorkload(p, "bench")).join("\n")}\n`,
     );
     await using za = await ZtunnelProcess.start(a.name, mesh, { LOG_LEVEL: "warn" });
     await using zb = await ZtunnelProcess.start(b.name, mesh, { LOG_LEVEL: "warn" });
-    for (const [z, p] of [[za, pods.skiffA], [zb, pods.skiffB]] as const) {
-      await z.add(`Kubernetes//Pod/bench/${p.name}`, p, { name: p.name, namespace: "bench", serviceAccount: p.name });
-      await z.snapshotSent();
-    }
+    await za.enroll(pods.skiffA, "bench");
+    await zb.enroll(pods.skiffB, "bench");
 
     // stunnel: P-256 certificates from a mesh CA, TLS 1.3 only, client certificates required and verified.
     const tlsDir = join(mesh.dir, "stunnel");
@@ -222,6 +228,7 @@ async function main() {
         "server",
         `${common("server")}[sink]\naccept = 0.0.0.0:6001\nconnect = 127.0.0.1:${SINK}\n` +
           `[echo]\naccept = 0.0.0.0:6002\nconnect = 127.0.0.1:${ECHO}\n`,
+        6002,
       ),
       await stunnel(
         pods.tlsA,
@@ -229,6 +236,7 @@ async function main() {
         "client",
         `client = yes\n${common("client")}[sink]\naccept = 127.0.0.1:7001\nconnect = ${pods.tlsB.address}:6001\n` +
           `[echo]\naccept = 127.0.0.1:7002\nconnect = ${pods.tlsB.address}:6002\n`,
+        7002,
       ),
     );
 

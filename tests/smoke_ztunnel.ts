@@ -9,7 +9,7 @@ import { installRedirect } from "../cni/redirect_linux.ts";
 import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
 import { IS_ROOT, NetnsCluster } from "./harness/netns.ts";
 import { dialFrom } from "./harness/tcp.ts";
-import { echoApp, meshDir, ZtunnelProcess } from "./harness/ztunnel.ts";
+import { echoApp, hboneWorkload, meshDir, ZtunnelProcess } from "./harness/ztunnel.ts";
 
 if (!IS_ROOT) {
   console.error("smoke_ztunnel: run as root (it builds network namespaces)");
@@ -53,11 +53,7 @@ async function call(from: string, ip: string, port: number, message: string): Pr
   await using mesh = await meshDir();
   const config = (deny: boolean) =>
     `workloads:
-${
-      [client, server].map((p) =>
-        `  - { uid: "Kubernetes//Pod/default/${p.name}", name: ${p.name}, namespace: default, serviceAccount: ${p.name}, node: ${p.node.name}, addresses: [${p.address}], tunnelProtocol: HBONE }`
-      ).join("\n")
-    }
+${[client, server].map((p) => hboneWorkload(p, "default")).join("\n")}
 policies:${
       deny
         ? `
@@ -74,18 +70,8 @@ policies:${
   const app = _app;
   await using za = await ZtunnelProcess.start(a.name, mesh);
   await using zb = await ZtunnelProcess.start(b.name, mesh);
-  await za.add("Kubernetes//Pod/default/client", client, {
-    name: "client",
-    namespace: "default",
-    serviceAccount: "client",
-  });
-  await za.snapshotSent();
-  await zb.add("Kubernetes//Pod/default/server", server, {
-    name: "server",
-    namespace: "default",
-    serviceAccount: "server",
-  });
-  await zb.snapshotSent();
+  await za.enroll(client, "default");
+  await zb.enroll(server, "default");
   console.log("ztunnels started on both nodes; pods enrolled (in-pod TPROXY rules, listeners on 15001/15006/15008)");
 
   const reply = await call(client.netnsPath, server.address, 8080, "hello");

@@ -30,6 +30,15 @@ export async function meshDir() {
   };
 }
 
+/** The uid the harness gives a pod of `namespace`. */
+export const podUid = (pod: Pod, namespace: string) => `Kubernetes//Pod/${namespace}/${pod.name}`;
+
+/** A local-config workload entry for a pod enrolled for HBONE, its service account named after it. */
+export function hboneWorkload(pod: Pod, namespace: string): string {
+  return `  - { uid: "${podUid(pod, namespace)}", name: ${pod.name}, namespace: ${namespace}, ` +
+    `serviceAccount: ${pod.name}, node: ${pod.node.name}, addresses: [${pod.address}], tunnelProtocol: HBONE }`;
+}
+
 export class ZtunnelProcess implements AsyncDisposable {
   readonly lines: Record<string, unknown>[] = [];
   #child: Deno.ChildProcess;
@@ -104,6 +113,14 @@ export class ZtunnelProcess implements AsyncDisposable {
 
   snapshotSent() {
     return this.#agent!.send({ type: "snapshot-sent" });
+  }
+
+  /** Enrols `pod` of `namespace` (service account named after the pod) and ends the snapshot; throws on a nack. */
+  async enroll(pod: Pod, namespace: string) {
+    const info = { name: pod.name, namespace, serviceAccount: pod.name };
+    for (const answer of [await this.add(podUid(pod, namespace), pod, info), await this.snapshotSent()]) {
+      if (answer.type !== "ack") throw new Error(`ztunnel ${this.name} refused ${pod.name}: ${JSON.stringify(answer)}`);
+    }
   }
 
   /** Waits for a log line satisfying `test`. */
