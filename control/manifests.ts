@@ -12,6 +12,7 @@
  * @module
  */
 
+import { join } from "node:path";
 import { LineCounter, parseAllDocuments } from "yaml";
 import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../mesh/validate.ts";
 import { lineOfField } from "../mesh/yaml.ts";
@@ -94,9 +95,8 @@ export function parseManifestFile(text: string, file: string): ParsedFile {
     out.complete = false;
     return out;
   }
-  if (!Array.isArray(docs)) docs = [docs]; // an empty stream
+  const line = (pos: number) => lines.linePos(pos).line;
   for (const doc of docs) {
-    const line = (pos: number) => lines.linePos(pos).line;
     const start = doc.contents?.range?.[0] ?? doc.range[0];
     if (doc.errors.length > 0) {
       const e = doc.errors[0];
@@ -259,7 +259,7 @@ export async function manifestFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   for await (const entry of Deno.readDir(dir)) {
     if (entry.name.startsWith(".") || entry.isDirectory) continue;
-    if (/\.(ya?ml|json)$/.test(entry.name)) out.push(`${dir.replace(/\/+$/, "")}/${entry.name}`);
+    if (/\.(ya?ml|json)$/.test(entry.name)) out.push(join(dir, entry.name));
   }
   return out.sort();
 }

@@ -97,6 +97,12 @@ export class H2Connection implements StreamHost {
   #connRecvUnacked = 0;
   #block: PendingBlock | null = null;
   #blocked = false;
+  /** Corked until the end of this turn of the event loop (see #write). */
+  #corked = false;
+  #uncork = () => {
+    this.#corked = false;
+    this.#socket.uncork();
+  };
   #waiting = new Set<H2Stream>();
   #goawaySent = false;
   #isClosed = false;
@@ -647,12 +653,6 @@ export class H2Connection implements StreamHost {
     }
     if (!this.#socket.write(bytes)) this.#blocked = true;
   }
-
-  #corked = false;
-  #uncork = () => {
-    this.#corked = false;
-    this.#socket.uncork();
-  };
 
   /** Frames the peer made us send; too many queued while it does not read is a flood. */
   #writeControl(bytes: Uint8Array) {
