@@ -4,8 +4,8 @@
  * order, each holding one or more `---`-separated documents. Hidden files (editor swap files, the `..data` links of
  * a mounted ConfigMap) are skipped.
  *
- * This module reads the envelope every object shares (apiVersion, kind, metadata) and says which objects a file
- * declares; the builders of the model decode each kind's spec. A bad document is reported with its file, line and
+ * This module reads the envelope every object shares (apiVersion, kind, metadata), has each kind's reader
+ * (control/build) decode the spec, and says which objects a file declares. A bad document is reported with its file, line and
  * field, and never costs anything else: the other documents of the file still count, and {@link ManifestSet}
  * keeps the last good version of an object whose new version is broken.
  *
@@ -14,8 +14,9 @@
 
 import { join } from "node:path";
 import { LineCounter, parseAllDocuments } from "yaml";
-import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../mesh/validate.ts";
-import { lineOfField } from "../mesh/yaml.ts";
+import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../../mesh/validate.ts";
+import { lineOfField } from "../../mesh/yaml.ts";
+import { readSpec } from "../build/mod.ts";
 
 /** Largest manifest file read; a larger one is reported and its objects are kept as they were. */
 export const MAX_MANIFEST_BYTES = 8 * 1024 * 1024;
@@ -47,8 +48,10 @@ export interface ManifestObject {
   name: string;
   labels: Record<string, string>;
   annotations: Record<string, string>;
-  /** The whole document, for the kind's builder (spec, and anything else it reads). */
+  /** The whole document as written. */
   document: Record<string, unknown>;
+  /** The kind's spec as its reader decoded it (control/build). */
+  spec: unknown;
   /** Where it was declared. */
   file: string;
   line: number;
@@ -121,12 +124,27 @@ export function parseManifestFile(text: string, file: string): ParsedFile {
       continue;
     }
     const document = value as Record<string, unknown>;
-    out.objects.push({ ...envelope, document, file, line: line(start), digest: JSON.stringify(document) });
+    let spec: unknown;
+    try {
+      spec = readSpec(envelope.kind, document);
+    } catch (error) {
+      if (!(error instanceof ValidationError)) throw error;
+      const field = error.field;
+      out.problems.push({
+        file,
+        line: lineOfField(doc, lines, field) ?? line(start),
+        field,
+        message: error.problem,
+        key: objectKey(envelope),
+      });
+      continue;
+    }
+    out.objects.push({ ...envelope, document, spec, file, line: line(start), digest: JSON.stringify(document) });
   }
   return out;
 }
 
-type Envelope = Omit<ManifestObject, "document" | "file" | "line" | "digest">;
+type Envelope = Omit<ManifestObject, "document" | "spec" | "file" | "line" | "digest">;
 
 function readEnvelope(value: unknown): Envelope | { field: string; problem: string; key?: string } {
   let key: string | undefined;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import type { AuthorizationPolicySpec } from "../build/authorization_policy.ts";
 import { formatProblem, loadManifestDir, ManifestSet, parseManifestFile } from "./manifests.ts";
 
 const SHOP = `apiVersion: v1
@@ -149,4 +150,25 @@ Deno.test("loadManifestDir() reads the directory like kubectl apply -f: yaml/yml
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a bad spec is reported at its field and line, and the object's last good version stays", () => {
+  const good = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-web, namespace: shop }
+spec:
+  rules:
+    - from:
+        - source: { principals: [cluster.local/ns/shop/sa/web] }
+`;
+  const set = new ManifestSet();
+  set.update("p.yaml", parseManifestFile(good, "p.yaml"));
+  const bad = good.replace("principals:", "principal:");
+  const changed = set.update("p.yaml", parseManifestFile(bad, "p.yaml"));
+  assert.deepEqual([...changed], []);
+  assert.deepEqual(set.problems().map(formatProblem), [
+    "p.yaml:7: spec.rules[0].from[0].source.principal: is not a known field",
+  ]);
+  const spec = set.objects().get("AuthorizationPolicy/shop/allow-web")!.spec as AuthorizationPolicySpec;
+  assert.deepEqual(spec.rules[0].from[0].principals, ["cluster.local/ns/shop/sa/web"]);
 });

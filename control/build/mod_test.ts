@@ -1,0 +1,327 @@
+import assert from "node:assert/strict";
+import { parseManifestFile } from "../sources/manifests.ts";
+import { DEFAULT_SETTINGS } from "./common.ts";
+import { buildMesh, type MeshModel } from "./mod.ts";
+import type { Registration } from "./workloads.ts";
+
+const NS = (name: string, labels = "") =>
+  `apiVersion: v1
+kind: Namespace
+metadata:
+  name: ${name}
+  labels: {${labels}}
+---
+`;
+
+const POD = (name: string, ns: string, ip: string, opts: { labels?: string; sa?: string; node?: string } = {}) =>
+  `apiVersion: v1
+kind: Pod
+metadata:
+  name: ${name}
+  namespace: ${ns}
+  labels: {${opts.labels ?? ""}}
+spec:
+  nodeName: ${opts.node ?? "node-a"}
+  serviceAccountName: ${opts.sa ?? "default"}
+  containers:
+    - name: app
+      ports: [{ name: http, containerPort: 8080 }]
+status:
+  podIP: ${ip}
+---
+`;
+
+function build(yaml: string, registrations: Registration[] = [], vips = new Map<string, string>()): MeshModel {
+  const parsed = parseManifestFile(yaml, "test.yaml");
+  assert.deepEqual(parsed.problems, []);
+  return buildMesh({ objects: parsed.objects, registrations, vips, settings: DEFAULT_SETTINGS });
+}
+
+const redirected = (name: string, ns: string, node = "node-a"): Registration => ({
+  namespace: ns,
+  name,
+  node,
+  ips: [],
+  redirected: true,
+});
+
+Deno.test("buildMesh() makes workloads from pods: uid, identity, canonical labels, HBONE only once redirected", async (t) => {
+  const yaml = NS("shop", `istio.io/dataplane-mode: ambient`) +
+    POD("web-1", "shop", "10.0.1.2", { labels: "app: web, version: v2", sa: "web" }) +
+    POD("db-1", "shop", "10.0.1.3", { labels: "istio.io/dataplane-mode: none" }) +
+    POD("off-1", "other", "10.0.2.2") +
+    POD("in-1", "other", "10.0.2.3", { labels: "istio.io/dataplane-mode: ambient" });
+  await t.step("before the node agent reports, every pod is plaintext", () => {
+    const m = build(yaml);
+    assert.deepEqual(m.workloads.map((w) => [w.name, w.tunnelProtocol]), [
+      ["in-1", "NONE"],
+      ["off-1", "NONE"],
+      ["db-1", "NONE"],
+      ["web-1", "NONE"],
+    ]);
+  });
+  await t.step("after it reports, enrolled pods are HBONE; opted-out and unenrolled ones stay plaintext", () => {
+    const regs = ["web-1", "db-1"].map((n) => redirected(n, "shop")).concat(
+      ["off-1", "in-1"].map((n) => redirected(n, "other")),
+    );
+    const m = build(yaml, regs);
+    const byName = new Map(m.workloads.map((w) => [w.name, w]));
+    assert.equal(byName.get("web-1")!.tunnelProtocol, "HBONE");
+    assert.equal(byName.get("db-1")!.tunnelProtocol, "NONE");
+    assert.equal(byName.get("off-1")!.tunnelProtocol, "NONE");
+    assert.equal(byName.get("in-1")!.tunnelProtocol, "HBONE");
+    const web = byName.get("web-1")!;
+    assert.equal(web.uid, "Kubernetes//Pod/shop/web-1");
+    assert.equal(web.serviceAccount, "web");
+    assert.equal(web.node, "node-a");
+    assert.deepEqual([web.canonicalName, web.canonicalRevision], ["web", "v2"]);
+  });
+  await t.step("the CA's registry knows each node's identities", () => {
+    const m = build(yaml + POD("late", "shop", "10.0.1.9", { sa: "batch", node: "node-b" }));
+    assert.deepEqual(m.identities.get("node-b"), [{
+      namespace: "shop",
+      serviceAccount: "batch",
+      trustDomain: "cluster.local",
+    }]);
+    assert.equal(m.identities.get("node-a")!.length, 3);
+  });
+});
+
+Deno.test("buildMesh() takes a pod's address from its node agent when the manifest has none", () => {
+  const yaml = POD("web-1", "shop", "10.0.1.2").replace("status:\n  podIP: 10.0.1.2\n", "");
+  assert.equal(build(yaml).workloads.length, 0);
+  const m = build(yaml, [{ ...redirected("web-1", "shop"), ips: ["10.0.1.7"] }]);
+  assert.deepEqual(m.workloads[0].addresses, ["10.0.1.7"]);
+  // A pod only a node agent knows of is a workload too, with what the agent reported.
+  const only = build("", [{ ...redirected("job-1", "batch", "node-c"), ips: ["10.0.3.3"], serviceAccount: "jobs" }]);
+  assert.deepEqual(
+    only.workloads.map((w) => [w.uid, w.node, w.serviceAccount]),
+    [["Kubernetes//Pod/batch/job-1", "node-c", "jobs"]],
+  );
+});
+
+Deno.test("buildMesh() refuses a second claim on an address and says whose it is", () => {
+  const m = build(POD("a", "shop", "10.0.1.2") + POD("b", "shop", "10.0.1.2"));
+  assert.deepEqual(m.workloads.map((w) => w.name), ["a"]);
+  assert.deepEqual(m.notes, [{
+    key: "Pod/shop/b",
+    severity: "error",
+    message: "address 10.0.1.2 is already used by Pod/shop/a",
+  }]);
+});
+
+Deno.test("buildMesh() makes services with VIPs, named target ports resolved per endpoint, and WorkloadEntries", () => {
+  const yaml = POD("web-1", "shop", "10.0.1.2", { labels: "app: web" }) +
+    POD("web-2", "shop", "10.0.1.3", { labels: "app: web" }) +
+    POD("db-1", "shop", "10.0.1.4", { labels: "app: db" }) +
+    `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: vm-1, namespace: shop, annotations: { skiff.io/node: vm-1 } }
+spec:
+  address: 192.168.5.10
+  labels: { app: web }
+  ports: { http: 9090 }
+  serviceAccount: legacy
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec:
+  clusterIP: 10.96.0.10
+  selector: { app: web }
+  ports:
+    - { name: http, port: 80, targetPort: http }
+    - { name: metrics, port: 9100, targetPort: 9100 }
+    - { name: dns, port: 53, protocol: UDP }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: auto, namespace: shop }
+spec:
+  selector: { app: db }
+  ports: [{ port: 5432 }]
+`;
+  const m = build(yaml, [], new Map([["Service/shop/auto", "10.96.0.99"]]));
+  const web = m.services.find((s) => s.name === "web")!;
+  assert.equal(web.hostname, "web.shop.svc.cluster.local");
+  assert.deepEqual(web.addresses, [{ network: "", address: "10.96.0.10" }]);
+  assert.deepEqual(web.ports, [{ port: 80, targetPort: 0, targetPortName: "http" }, { port: 9100, targetPort: 9100 }]);
+  const svcKey = "shop/web.shop.svc.cluster.local";
+  const byName = new Map(m.workloads.map((w) => [w.name, w]));
+  assert.deepEqual(byName.get("web-1")!.services[svcKey], [
+    { servicePort: 80, targetPort: 8080 },
+    { servicePort: 9100, targetPort: 9100 },
+  ]);
+  assert.deepEqual(byName.get("vm-1")!.services[svcKey][0], { servicePort: 80, targetPort: 9090 });
+  assert.equal(byName.get("vm-1")!.uid, "Kubernetes/networking.istio.io/WorkloadEntry/shop/vm-1");
+  assert.equal(byName.get("vm-1")!.node, "vm-1");
+  assert.equal(byName.get("db-1")!.services[svcKey], undefined);
+  assert.deepEqual(m.services.find((s) => s.name === "auto")!.addresses, [{ network: "", address: "10.96.0.99" }]);
+  assert.deepEqual(m.needAddresses, []);
+  assert.deepEqual(build(yaml).needAddresses, ["Service/shop/auto"]);
+});
+
+Deno.test("buildMesh() binds services and workloads to waypoints as istio.io/use-waypoint says", async (t) => {
+  const gateway = (name: string, waypointFor = "") =>
+    `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: ${name}
+  namespace: shop
+  labels: {${waypointFor ? `istio.io/waypoint-for: ${waypointFor}` : ""}}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{ type: IPAddress, value: 10.96.1.1 }]
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
+---
+`;
+  const svc = (name: string, labels = "") =>
+    `apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: shop, labels: {${labels}} }
+spec: { clusterIP: 10.96.0.${name.length}, selector: { app: ${name} }, ports: [{ port: 80 }] }
+---
+`;
+  const address = { hostname: { namespace: "shop", hostname: "wp.shop.svc.cluster.local" }, hboneMtlsPort: 15008 };
+  await t.step("a namespace label binds its services; a service's own label wins, none opts out", () => {
+    const m = build(
+      NS("shop", "istio.io/use-waypoint: wp") + gateway("wp") + svc("a") + svc("bb", "istio.io/use-waypoint: none") +
+        POD("wp-1", "shop", "10.0.1.50", { labels: "gateway.networking.k8s.io/gateway-name: wp" }) +
+        POD("a-1", "shop", "10.0.1.2", { labels: "app: a" }),
+    );
+    const byName = new Map(m.services.map((s) => [s.name, s]));
+    assert.deepEqual(byName.get("a")!.waypoint, address);
+    assert.equal(byName.get("bb")!.waypoint, undefined);
+    assert.deepEqual(byName.get("wp")!.addresses, [{ network: "", address: "10.96.1.1" }]);
+    assert.deepEqual(byName.get("wp")!.ports, [{ port: 15008, targetPort: 15008 }]);
+    const wl = new Map(m.workloads.map((w) => [w.name, w]));
+    // waypoint-for defaults to service: workloads are not bound; the waypoint's own workload is HBONE.
+    assert.equal(wl.get("a-1")!.waypoint, undefined);
+    assert.equal(wl.get("wp-1")!.tunnelProtocol, "HBONE");
+    assert.deepEqual(Object.keys(wl.get("wp-1")!.services), ["shop/wp.shop.svc.cluster.local"]);
+  });
+  await t.step("waypoint-for workload binds workloads, not services", () => {
+    const m = build(
+      NS("shop", "istio.io/use-waypoint: wp") + gateway("wp", "workload") + svc("a") +
+        POD("a-1", "shop", "10.0.1.2", { labels: "app: a" }),
+    );
+    assert.equal(m.services.find((s) => s.name === "a")!.waypoint, undefined);
+    assert.deepEqual(m.workloads.find((w) => w.name === "a-1")!.waypoint, address);
+  });
+  await t.step("a binding to a waypoint nobody declared is kept, so traffic is refused, and reported", () => {
+    const m = build(svc("a", "istio.io/use-waypoint: wp"));
+    assert.deepEqual(m.services[0].waypoint, address);
+    assert.match(m.notes[0].message, /waypoint shop\/wp is not declared/);
+  });
+});
+
+Deno.test("buildMesh() converts AuthorizationPolicy as istiod does for ztunnel, stricter on L7", async (t) => {
+  const policy = (name: string, ns: string, spec: string) =>
+    `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ${name}, namespace: ${ns} }
+spec:
+${spec}
+---
+`;
+  const yaml = POD("web-1", "shop", "10.0.1.2", { labels: "app: web" }) +
+    POD("db-1", "shop", "10.0.1.3", { labels: "app: db" }) +
+    policy(
+      "mesh",
+      "istio-system",
+      "  action: DENY\n  rules: [{ from: [{ source: { ipBlocks: [203.0.113.0/24] } }] }]",
+    ) +
+    policy("ns", "shop", "  rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/*'] } }] }]") +
+    policy(
+      "web-only",
+      "shop",
+      `  selector: { matchLabels: { app: web } }
+  rules:
+    - from: [{ source: { namespaces: [front] } }, { source: { principals: ["*"] } }]
+      to: [{ operation: { ports: ["8080"] } }]
+      when: [{ key: source.ip, values: [10.0.0.0/8] }]
+    - to: [{ operation: { methods: [GET] } }]`,
+    ) +
+    policy(
+      "deny-admin",
+      "shop",
+      `  action: DENY
+  rules: [{ to: [{ operation: { paths: [/admin], ports: ["9000"] } }] }]`,
+    ) +
+    policy("for-waypoint", "shop", "  targetRefs: [{ kind: Service, group: '', name: web }]\n  rules: [{}]");
+  const m = build(yaml);
+  const byName = new Map(m.policies.map((p) => [p.name, p]));
+  await t.step(
+    "scope: root namespace GLOBAL, namespace NAMESPACE, selector WORKLOAD_SELECTOR; targetRefs not sent",
+    () => {
+      assert.deepEqual(m.policies.map((p) => [p.name, p.scope, p.action]), [
+        ["mesh", "GLOBAL", "DENY"],
+        ["deny-admin", "NAMESPACE", "DENY"],
+        ["ns", "NAMESPACE", "ALLOW"],
+        ["web-only", "WORKLOAD_SELECTOR", "ALLOW"],
+      ]);
+      assert.deepEqual(m.workloads.find((w) => w.name === "web-1")!.authorizationPolicies, ["shop/web-only"]);
+      assert.deepEqual(m.workloads.find((w) => w.name === "db-1")!.authorizationPolicies, []);
+    },
+  );
+  await t.step("from, to and each when become clauses; patterns become prefix/suffix/presence", () => {
+    const [rule] = byName.get("web-only")!.rules;
+    assert.equal(rule.clauses.length, 3);
+    assert.deepEqual(rule.clauses[0].matches.map((x) => [x.namespaces, x.principals]), [
+      [[{ exact: "front" }], []],
+      [[], [{ presence: true }]],
+    ]);
+    assert.deepEqual(rule.clauses[1].matches[0].destinationPorts, [8080]);
+    assert.deepEqual(rule.clauses[2].matches[0].sourceIps, [{ address: "10.0.0.0", length: 8 }]);
+    assert.deepEqual(byName.get("ns")!.rules[0].clauses[0].matches[0].principals, [{
+      prefix: "cluster.local/ns/shop/sa/",
+    }]);
+  });
+  await t.step("an ALLOW rule with L7 fields is dropped; a DENY rule keeps its L4 part; both are warned", () => {
+    assert.equal(byName.get("web-only")!.rules.length, 1);
+    const deny = byName.get("deny-admin")!.rules;
+    assert.equal(deny.length, 1);
+    assert.deepEqual(deny[0].clauses[0].matches[0].destinationPorts, [9000]);
+    const warnings = m.notes.filter((n) => n.severity === "warning").map((n) => n.key);
+    assert.deepEqual(warnings, ["AuthorizationPolicy/shop/deny-admin", "AuthorizationPolicy/shop/web-only"]);
+  });
+});
+
+Deno.test("buildMesh() turns PeerAuthentication STRICT into a DENY of plaintext, with Istio's precedence", async (t) => {
+  const pa = (name: string, ns: string, spec: string) =>
+    `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: ${name}, namespace: ${ns} }
+spec:
+${spec}
+---
+`;
+  const pods = POD("web-1", "shop", "10.0.1.2", { labels: "app: web" }) +
+    POD("db-1", "shop", "10.0.1.3", { labels: "app: db" }) + POD("x-1", "other", "10.0.2.2");
+  const policiesOf = (m: MeshModel) => Object.fromEntries(m.workloads.map((w) => [w.name, w.authorizationPolicies]));
+  await t.step("mesh-wide STRICT applies everywhere; a namespace PERMISSIVE overrides it", () => {
+    const m = build(
+      pods + pa("default", "istio-system", "  mtls: { mode: STRICT }") +
+        pa("default", "other", "  mtls: { mode: PERMISSIVE }"),
+    );
+    const strict = "istio-system/istio_converted_static_strict";
+    assert.deepEqual(policiesOf(m), { "x-1": [], "db-1": [strict], "web-1": [strict] });
+    const p = m.policies.find((x) => x.name === "istio_converted_static_strict")!;
+    assert.equal(p.action, "DENY");
+    assert.deepEqual(p.rules[0].clauses[0].matches[0].notPrincipals, [{ presence: true }]);
+  });
+  await t.step("a workload policy with UNSET inherits; port-level modes become port rules", () => {
+    const m = build(
+      pods + pa("default", "shop", "  mtls: { mode: STRICT }") +
+        pa(
+          "web",
+          "shop",
+          "  selector: { matchLabels: { app: web } }\n  portLevelMtls: { '8081': { mode: PERMISSIVE } }",
+        ),
+    );
+    const key = "shop/istio_converted_peer_authentication_web";
+    assert.deepEqual(policiesOf(m)["web-1"], [key]);
+    const p = m.policies.find((x) => `${x.namespace}/${x.name}` === key)!;
+    assert.deepEqual(p.rules[0].clauses[0].matches[0].notDestinationPorts, [8081]);
+  });
+});

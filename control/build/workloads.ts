@@ -1,0 +1,242 @@
+/**
+ * Workloads from Pods and WorkloadEntries, as istiod's ambient index builds them (`pilot/pkg/serviceregistry/
+ * ambient/workloads.go`): uid `<cluster>//Pod/<ns>/<name>`, the identity from the service account, Istio's
+ * canonical name and revision labels for telemetry, and the tunnel: HBONE only for a workload that is enrolled
+ * (`istio.io/dataplane-mode=ambient` on it, or on its namespace and not `none` on it) *and* whose node agent
+ * reported its redirection in place. Until then peers reach it in plaintext, as upstream does before the CNI
+ * has finished. A waypoint's own workload (label `gateway.networking.k8s.io/gateway-name`) speaks HBONE itself
+ * and is never captured.
+ *
+ * Pods with `hostNetwork` share the node's address and are left out, as are pods that finished (Succeeded,
+ * Failed). A pod's address comes from its manifest's `status.podIP(s)` or from the node agent's registration.
+ *
+ * @module
+ */
+
+import { canonicalIp } from "../../mesh/net.ts";
+import { checkInt, checkString, dnsSubdomain, fieldPath, Fields, ValidationError } from "../../mesh/validate.ts";
+import { decodeIp } from "../../mesh/net.ts";
+import type { Locality, Workload } from "../../mesh/workload.ts";
+import { LABELS, listAt, type MeshSettings, objectAt, stringMap } from "./common.ts";
+
+/** What Skiff reads of a Pod. */
+export interface PodSpec {
+  nodeName: string;
+  serviceAccount: string;
+  hostNetwork: boolean;
+  /** From `status.podIPs` / `status.podIP`; empty until known. */
+  ips: string[];
+  phase: string;
+  /** Named container ports, for services' named target ports. */
+  namedPorts: Record<string, number>;
+}
+
+/** Decodes the parts of a Pod Skiff uses; other fields are Kubernetes' and are left alone. */
+export function readPod(doc: Record<string, unknown>): PodSpec {
+  const spec = objectAt(doc.spec, "spec");
+  const status = objectAt(doc.status, "status");
+  const str = (v: unknown, path: string, check = dnsSubdomain) =>
+    v === undefined || v === null || v === "" ? "" : checkString(v, path, { check });
+  const namedPorts: Record<string, number> = {};
+  listAt(spec.containers, "spec.containers").forEach((c, i) => {
+    const cp = fieldPath(fieldPath("spec.containers", i), "ports");
+    listAt(objectAt(c, `spec.containers[${i}]`).ports, cp).forEach((p, j) => {
+      const port = objectAt(p, `${cp}[${j}]`);
+      const number = checkInt(port.containerPort, `${cp}[${j}].containerPort`, 1, 65535);
+      if (typeof port.name === "string" && port.name !== "") namedPorts[port.name] = number;
+    });
+  });
+  const ips = listAt(status.podIPs, "status.podIPs").map((p, i) =>
+    decodeIp(objectAt(p, `status.podIPs[${i}]`).ip, `status.podIPs[${i}].ip`)
+  );
+  if (ips.length === 0 && status.podIP) ips.push(decodeIp(status.podIP, "status.podIP"));
+  if (spec.hostNetwork !== undefined && typeof spec.hostNetwork !== "boolean") {
+    throw new ValidationError("spec.hostNetwork", "expected true or false");
+  }
+  return {
+    nodeName: str(spec.nodeName, "spec.nodeName"),
+    serviceAccount: str(spec.serviceAccountName ?? spec.serviceAccount, "spec.serviceAccountName") || "default",
+    hostNetwork: spec.hostNetwork === true,
+    ips,
+    phase: typeof status.phase === "string" ? status.phase : "",
+    namedPorts,
+  };
+}
+
+/** What Skiff reads of a WorkloadEntry (networking.istio.io/v1): strictly, as Istio's schema. */
+export interface WorkloadEntrySpec {
+  address: string;
+  /** Service port name → this entry's port. */
+  ports: Record<string, number>;
+  labels: Record<string, string>;
+  network: string;
+  locality?: Locality;
+  weight: number;
+  serviceAccount: string;
+}
+
+/** Decodes a WorkloadEntry's spec. */
+export function readWorkloadEntry(doc: Record<string, unknown>): WorkloadEntrySpec {
+  const f = Fields.of(doc.spec ?? {}, "spec");
+  const address = f.string("address");
+  if (canonicalIp(address) === undefined) {
+    // Upstream also allows a DNS name or a unix socket; Skiff's data plane reaches workloads by IP.
+    throw new ValidationError("spec.address", `expected an IP address, got ${JSON.stringify(address)}`);
+  }
+  const locality = f.optionalString("locality", { max: 253 });
+  const out: WorkloadEntrySpec = {
+    address: canonicalIp(address)!,
+    ports: f.record("ports", (v, p) => checkInt(v, p, 1, 65535)),
+    labels: stringMap(f.raw("labels"), "spec.labels"),
+    network: f.string("network", { default: "", max: 253 }),
+    weight: f.int("weight", { min: 0, max: 0xffffffff, default: 1 }),
+    serviceAccount: f.string("serviceAccount", { default: "default", check: dnsSubdomain }) || "default",
+  };
+  if (locality) {
+    const [region = "", zone = "", subzone = ""] = locality.split("/");
+    out.locality = { region, zone, subzone };
+  }
+  f.done();
+  return out;
+}
+
+/** A node agent's report of one pod it set up (sources/registrations.ts). */
+export interface Registration {
+  namespace: string;
+  name: string;
+  node: string;
+  ips: string[];
+  /** The in-pod rules are in place and ztunnel acknowledged the pod. */
+  redirected: boolean;
+  /** For a pod no manifest declares: its labels and service account as the agent learnt them. */
+  labels?: Record<string, string>;
+  serviceAccount?: string;
+}
+
+/** A workload before services, waypoints and policies are attached, with what those steps select on. */
+export interface Candidate {
+  workload: Workload;
+  /** The labels services and policies select on. */
+  labels: Record<string, string>;
+  namedPorts: Record<string, number>;
+  /** The workload-level `istio.io/use-waypoint` (and namespace), when set. */
+  useWaypoint?: string;
+  useWaypointNamespace?: string;
+  /** For problems: `kind/ns/name` of the object it came from. */
+  key: string;
+  /** A waypoint's own workload: never bound to a waypoint. */
+  isWaypoint: boolean;
+}
+
+/** Whether a workload is enrolled in ambient, from its own and its namespace's `istio.io/dataplane-mode`. */
+export function enrolled(labels: Record<string, string>, namespaceLabels: Record<string, string>): boolean {
+  const own = labels[LABELS.dataplaneMode];
+  if (own === "ambient") return true;
+  if (own === "none") return false;
+  return namespaceLabels[LABELS.dataplaneMode] === "ambient";
+}
+
+function canonical(labels: Record<string, string>, workloadName: string) {
+  return {
+    canonicalName: labels[LABELS.canonicalName] ?? labels["app.kubernetes.io/name"] ?? labels.app ?? workloadName,
+    canonicalRevision: labels[LABELS.canonicalRevision] ?? labels["app.kubernetes.io/version"] ?? labels.version ??
+      "latest",
+  };
+}
+
+function tunnel(labels: Record<string, string>, nsLabels: Record<string, string>, redirected: boolean) {
+  if (labels[LABELS.gatewayName] !== undefined) return "HBONE" as const;
+  return enrolled(labels, nsLabels) && redirected ? "HBONE" as const : "NONE" as const;
+}
+
+/** The object a workload came from: envelope and decoded spec. */
+export interface Declared<S> {
+  namespace: string;
+  name: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  spec: S;
+}
+
+/** A pod's workload, or undefined when it has none (no address yet, host network, finished). */
+export function podWorkload(
+  pod: Declared<PodSpec>,
+  nsLabels: Record<string, string>,
+  registration: Registration | undefined,
+  s: MeshSettings,
+): Candidate | undefined {
+  const { spec, labels } = pod;
+  if (spec.hostNetwork || spec.phase === "Succeeded" || spec.phase === "Failed") return undefined;
+  const addresses = spec.ips.length > 0 ? spec.ips : registration?.ips ?? [];
+  if (addresses.length === 0) return undefined;
+  const redirected = registration?.redirected === true || pod.annotations[LABELS.redirection] === "enabled";
+  const workload: Workload = {
+    uid: `${s.clusterId}//Pod/${pod.namespace}/${pod.name}`,
+    name: pod.name,
+    namespace: pod.namespace,
+    addresses: [...addresses],
+    network: "",
+    tunnelProtocol: tunnel(labels, nsLabels, redirected),
+    trustDomain: s.trustDomain,
+    serviceAccount: spec.serviceAccount,
+    node: spec.nodeName || registration?.node || "",
+    ...canonical(labels, pod.name),
+    workloadType: "POD",
+    workloadName: pod.name,
+    services: {},
+    authorizationPolicies: [],
+    status: spec.phase === "" || spec.phase === "Running" || spec.phase === "Pending" ? "HEALTHY" : "UNHEALTHY",
+    clusterId: s.clusterId,
+    capacity: 1,
+  };
+  return {
+    workload,
+    labels,
+    namedPorts: spec.namedPorts,
+    useWaypoint: labels[LABELS.useWaypoint],
+    useWaypointNamespace: labels[LABELS.useWaypointNamespace],
+    key: `Pod/${pod.namespace}/${pod.name}`,
+    isWaypoint: labels[LABELS.gatewayName] !== undefined,
+  };
+}
+
+/** A WorkloadEntry's workload. Its labels are the entry's metadata labels overlaid by `spec.labels`. */
+export function entryWorkload(
+  entry: Declared<WorkloadEntrySpec>,
+  nsLabels: Record<string, string>,
+  registration: Registration | undefined,
+  s: MeshSettings,
+): Candidate {
+  const { spec } = entry;
+  const labels = { ...entry.labels, ...spec.labels };
+  const redirected = registration?.redirected === true || entry.annotations[LABELS.redirection] === "enabled";
+  const workload: Workload = {
+    uid: `${s.clusterId}/networking.istio.io/WorkloadEntry/${entry.namespace}/${entry.name}`,
+    name: entry.name,
+    namespace: entry.namespace,
+    addresses: [spec.address],
+    network: spec.network,
+    tunnelProtocol: tunnel(labels, nsLabels, redirected),
+    trustDomain: s.trustDomain,
+    serviceAccount: spec.serviceAccount,
+    node: entry.annotations[LABELS.entryNode] ?? registration?.node ?? "",
+    ...canonical(labels, entry.name),
+    workloadType: "POD",
+    workloadName: entry.name,
+    services: {},
+    authorizationPolicies: [],
+    status: "HEALTHY",
+    clusterId: s.clusterId,
+    capacity: spec.weight,
+  };
+  if (spec.locality) workload.locality = spec.locality;
+  return {
+    workload,
+    labels,
+    namedPorts: spec.ports,
+    useWaypoint: labels[LABELS.useWaypoint],
+    useWaypointNamespace: labels[LABELS.useWaypointNamespace],
+    key: `WorkloadEntry/${entry.namespace}/${entry.name}`,
+    isWaypoint: labels[LABELS.gatewayName] !== undefined,
+  };
+}
