@@ -8,8 +8,16 @@
 
 import { join } from "node:path";
 import { NotBuiltError } from "../mesh/cli.ts";
-import { describeOptions, loggable, option, parsers, readConfig, UsageError } from "../mesh/config.ts";
-import { DEFAULT_TRUST_DOMAIN, SpiffeId, trustDomainProblem } from "../mesh/identity.ts";
+import {
+  describeOptions,
+  loggable,
+  option,
+  parsers,
+  readConfig,
+  trustDomainOption,
+  UsageError,
+} from "../mesh/config.ts";
+import { SpiffeId } from "../mesh/identity.ts";
 import { logger } from "../mesh/log.ts";
 import { CertificateAuthority, DEFAULT_TTL_MS, ROOT_TTL_MS } from "./ca.ts";
 import { verifyPeerChain } from "./verify.ts";
@@ -25,16 +33,7 @@ const dir = option({
   parser: parsers.string("a directory path"),
   required: true,
 });
-const trustDomain = option({
-  flag: "trust-domain",
-  env: "SKIFF_TRUST_DOMAIN",
-  help: "the mesh trust domain",
-  parser: {
-    expected: "a trust domain such as cluster.local",
-    parse: (s: string) => (trustDomainProblem(s) ? undefined : s),
-  },
-  default: DEFAULT_TRUST_DOMAIN,
-});
+const trustDomain = trustDomainOption;
 
 const INIT = {
   dir,

@@ -10,6 +10,8 @@
  * @module
  */
 
+import { DEFAULT_TRUST_DOMAIN, trustDomainProblem } from "./identity.ts";
+
 /** A flag or argument the command does not take: the caller prints the usage and exits 2. */
 export class UsageError extends Error {
   readonly code = "USAGE";
@@ -98,6 +100,15 @@ export const parsers = {
   duration(): Parser<number> {
     return { expected: "a duration such as 24h, 90m or 30s", parse: parseDuration };
   },
+};
+
+/** `--trust-domain` / `SKIFF_TRUST_DOMAIN`, shared by every mode that signs or checks identities. */
+export const trustDomainOption: Option<string> = {
+  flag: "trust-domain",
+  env: "SKIFF_TRUST_DOMAIN",
+  help: "the mesh trust domain",
+  parser: { expected: "a trust domain such as cluster.local", parse: (s) => (trustDomainProblem(s) ? undefined : s) },
+  default: DEFAULT_TRUST_DOMAIN,
 };
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };

@@ -8,7 +8,7 @@
 import { installRedirect } from "../cni/redirect_linux.ts";
 import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
 import { IS_ROOT, NetnsCluster } from "./harness/netns.ts";
-import { dialFrom } from "./harness/tcp.ts";
+import { call } from "./harness/tcp.ts";
 import { echoApp, hboneWorkload, meshDir, ZtunnelProcess } from "./harness/ztunnel.ts";
 
 if (!IS_ROOT) {
@@ -22,26 +22,6 @@ const say = (ok: boolean, what: string) => {
   console.log(`${ok ? "ok  " : "FAIL"}  ${what}`);
   if (!ok) failed = true;
 };
-
-async function call(from: string, ip: string, port: number, message: string): Promise<string> {
-  try {
-    const conn = await dialFrom(from, ip, port);
-    const timer = setTimeout(() => conn.close(), 5000);
-    try {
-      await conn.write(new TextEncoder().encode(message));
-      const buf = new Uint8Array(1024);
-      const n = await conn.read(buf);
-      return n === null ? "(closed)" : new TextDecoder().decode(buf.subarray(0, n));
-    } finally {
-      clearTimeout(timer);
-      try {
-        conn.close();
-      } catch { /* closed by the timer */ }
-    }
-  } catch (error) {
-    return `(${(error as Error).name})`;
-  }
-}
 
 {
   await using cluster = await NetnsCluster.create("smoke", { nodes: 2 });

@@ -14,7 +14,7 @@ import { clientTlsOptions } from "../dataplane/hbone/tls.ts";
 import { certificatesToPem } from "../certs/x509.ts";
 import { SpiffeId } from "../mesh/identity.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
-import { dialFrom, listenIn } from "./harness/tcp.ts";
+import { call as callIn, dialFrom, listenIn } from "./harness/tcp.ts";
 import { echoApp, meshDir, ZtunnelProcess } from "./harness/ztunnel.ts";
 
 if (IS_ROOT) loadSocketSupport();
@@ -43,29 +43,9 @@ function denyPolicy(name: string, principal: string) {
     rules: [{ clauses: [{ matches: [{ principals: [{ exact: "${principal}" }] }] }] }]`;
 }
 
-/** Sends `message` from `from` (as its app would) and returns the reply, or "closed"/"timeout". */
-async function call(from: Pod, ip: string, port: number, message: string, timeoutMs = 5000): Promise<string> {
-  let conn: Deno.TcpConn;
-  try {
-    conn = await dialFrom(from.netnsPath, ip, port);
-  } catch (error) {
-    return `refused: ${(error as Error).message}`;
-  }
-  const timer = setTimeout(() => conn.close(), timeoutMs);
-  try {
-    await conn.write(new TextEncoder().encode(message));
-    const buf = new Uint8Array(4096);
-    const n = await conn.read(buf);
-    return n === null ? "closed" : new TextDecoder().decode(buf.subarray(0, n));
-  } catch (error) {
-    return `error: ${(error as Error).name}`;
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed by the timer */ }
-  }
-}
+/** Sends `message` from `from` (as its app would) and returns the reply, or "closed"/an error. */
+const call = (from: Pod, ip: string, port: number, message: string, timeoutMs = 5000) =>
+  callIn(from.netnsPath, ip, port, message, timeoutMs);
 
 /** An app that reads until the client half-closes, then answers with the byte count and closes. */
 function countApp(pod: Pod, port: number) {

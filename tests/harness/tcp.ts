@@ -49,3 +49,38 @@ export async function exchange(
   const received = new TextDecoder().decode(await readN(server, bytes.length));
   return { received, peer: server.remoteAddr as Deno.NetAddr };
 }
+
+/**
+ * Writes `message` on `conn` and returns the first reply: its text, "closed" when the peer closed, or
+ * "error: NAME" when the connection failed. Gives up (closing `conn`) after `timeoutMs`.
+ */
+export async function roundTrip(conn: Deno.TcpConn, message: string, timeoutMs = 5000): Promise<string> {
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    await conn.write(new TextEncoder().encode(message));
+    const buf = new Uint8Array(4096);
+    const n = await conn.read(buf);
+    return n === null ? "closed" : new TextDecoder().decode(buf.subarray(0, n));
+  } catch (error) {
+    return `error: ${(error as Error).name}`;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One exchange on a new connection from the namespace at `netnsPath`: {@link roundTrip}'s answer, or "refused: …". */
+export async function call(netnsPath: string, ip: string, port: number, message: string, timeoutMs = 5000) {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await dialFrom(netnsPath, ip, port);
+  } catch (error) {
+    return `refused: ${(error as Error).message}`;
+  }
+  try {
+    return await roundTrip(conn, message, timeoutMs);
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the timer */ }
+  }
+}
