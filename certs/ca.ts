@@ -18,6 +18,7 @@
  * @module
  */
 
+import { isIP } from "node:net";
 import { join } from "node:path";
 import type { SpiffeId } from "../mesh/identity.ts";
 import { createWorkloadCsr } from "./csr.ts";
@@ -269,6 +270,37 @@ export class CertificateAuthority {
       ],
     });
     return { chain: [leaf, ...this.intermediates], roots: this.roots };
+  }
+
+  /**
+   * Makes a key and a TLS server certificate for the control plane's own port: DNS and IP SANs (clients check
+   * the host of the URL they dial, as ztunnel does against istiod's certificate), serverAuth only.
+   */
+  async issueServing(names: string[], opts: { ttlMs?: number; now?: Date } = {}): Promise<Issued & { keyPem: string }> {
+    const now = opts.now ?? new Date();
+    const keys = await crypto.subtle.generateKey(P256, true, ["sign", "verify"]) as CryptoKeyPair;
+    const notAfter = Math.min(now.getTime() + (opts.ttlMs ?? DEFAULT_TTL_MS * 365), this.cert.notAfter.getTime());
+    const leaf = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: `CN=${names[0]}`,
+      issuer: this.cert.subjectName,
+      notBefore: new Date(now.getTime() - BACKDATE_MS),
+      notAfter: new Date(notAfter),
+      publicKey: keys.publicKey,
+      signingKey: this.#key.key,
+      signingAlgorithm: this.#key.algorithm,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
+        new x509.SubjectAlternativeNameExtension(
+          names.map((n) => (isIP(n) ? { type: "ip" as const, value: n } : { type: "dns" as const, value: n })),
+          false,
+        ),
+        await x509.AuthorityKeyIdentifierExtension.create(this.cert),
+      ],
+    });
+    return { chain: [leaf, ...this.intermediates], roots: this.roots, keyPem: await privateKeyToPem(keys.privateKey) };
   }
 
   /** Makes a key and CSR for `identity` and signs it: what `skiff ca issue` and tests use. */

@@ -83,7 +83,7 @@ Deno.test("skiff help prints the usage on stdout and exits 0", async (t) => {
 });
 
 Deno.test("each mode not built yet exits 1 and says so once, with one skiff prefix", async (t) => {
-  for (const mode of ["control", "cni-agent", "waypoint", "demo"]) {
+  for (const mode of ["cni-agent", "waypoint", "demo"]) {
     await t.step(mode, async () => {
       const { code, stdout, stderr } = await skiff([mode]);
       assert.equal(code, 1, stderr);
@@ -92,6 +92,16 @@ Deno.test("each mode not built yet exits 1 and says so once, with one skiff pref
       assert.equal(stderr.match(/skiff/g)?.length, 1);
     });
   }
+});
+
+Deno.test("a control-plane source not built yet is refused by name, before anything starts", async () => {
+  const { code, stdout, stderr } = await skiff(["control", "--kubeconfig=/nonexistent"]);
+  assert.equal(code, 1, stderr);
+  assert.equal(stdout, "");
+  assert.match(
+    stderr,
+    /^skiff control --kubeconfig \(the Kubernetes API source; the manifests directory works\): not built yet\n$/,
+  );
 });
 
 Deno.test("skiff ztunnel without its config exits 2 naming the flag and its variable", async () => {

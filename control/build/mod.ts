@@ -153,6 +153,8 @@ export interface MeshModel {
   identities: Map<string, NodeIdentity[]>;
   /** `kind/ns/name` of Services and waypoints that need an allocated address. */
   needAddresses: string[];
+  /** `kind/ns/name` of every Service and waypoint that uses an allocated address (or needs one). */
+  allocationOwners: string[];
   notes: ModelNote[];
 }
 
@@ -228,8 +230,10 @@ export function buildMesh(input: MeshInput): MeshModel {
 
   // Waypoints and services.
   const needAddresses: string[] = [];
+  const allocationOwners: string[] = [];
   const vipsOf = (k: string, explicit: string[]) => {
     if (explicit.length > 0) return explicit;
+    allocationOwners.push(k);
     const vip = input.vips.get(k);
     if (vip === undefined) needAddresses.push(k);
     return vip === undefined ? [] : [vip];
@@ -331,6 +335,7 @@ export function buildMesh(input: MeshInput): MeshModel {
     policies: policies.sort((a, b) => policyKey(a).localeCompare(policyKey(b))),
     identities,
     needAddresses,
+    allocationOwners,
     notes,
   };
 }

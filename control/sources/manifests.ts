@@ -194,6 +194,15 @@ export class ManifestSet {
   #byFile = new Map<string, Map<string, ManifestObject>>();
   #problems = new Map<string, ManifestProblem[]>();
 
+  /** Starts from objects known good before (the store's, at start-up); they stay until their files say otherwise. */
+  seed(objects: ManifestObject[]): void {
+    for (const o of objects) {
+      const m = this.#byFile.get(o.file) ?? new Map<string, ManifestObject>();
+      if (!this.#owner(objectKey(o))) m.set(objectKey(o), o);
+      this.#byFile.set(o.file, m);
+    }
+  }
+
   /** Applies a file's new contents; returns the keys whose object changed, appeared or went away. */
   update(file: string, parsed: ParsedFile): Set<string> {
     const before = this.#byFile.get(file) ?? new Map<string, ManifestObject>();

@@ -3,16 +3,30 @@
  * from inside its network namespace (`inpod.ts`: capture on 15001/15006, HBONE on 15008), routes and authorizes
  * from the mesh state, and reports on 15000/15020/15021.
  *
- * Until the control plane exists, the state comes from `--local-config` (reloaded when the file changes; a bad
- * edit is logged and the last good state stays) and certificates from a local CA directory (`--ca-dir`, the
- * `skiff ca init` layout), through the rotation manager, which renews each at half-life.
+ * With `--control URL --token-file F` the state comes from the control plane's config stream (kept while the
+ * control plane is away; mesh/control_client.ts) and certificates from its CA service. Without it, the state
+ * comes from `--local-config` (reloaded when the file changes; a bad edit is logged and the last good state
+ * stays) and certificates from a local CA directory (`--ca-dir`, the `skiff ca init` layout). Either way
+ * certificates go through the rotation manager, which renews each at half-life.
  */
 
 import { CertificateAuthority } from "../../certs/ca.ts";
 import { RotationManager } from "../../certs/rotation_manager.ts";
 import { certificatesToPem } from "../../certs/x509.ts";
-import { describeOptions, loggable, option, parsers, readConfig } from "../../mesh/config.ts";
-import { DEFAULT_TRUST_DOMAIN, SpiffeId, trustDomainProblem } from "../../mesh/identity.ts";
+import { dirname, join } from "node:path";
+import { requestCertificate } from "../../certs/ca_client.ts";
+import {
+  describeOptions,
+  loggable,
+  option,
+  parsers,
+  readConfig,
+  trustDomainOption,
+  UsageError,
+  type Values,
+} from "../../mesh/config.ts";
+import { ClientConfig, ControlConnection, runConfigClient } from "../../mesh/control_client.ts";
+import { SpiffeId } from "../../mesh/identity.ts";
 import { type Logger, logger } from "../../mesh/log.ts";
 import { TcpMetrics } from "../../mesh/metrics.ts";
 import { loadNetnsSupport } from "../../mesh/netns_linux.ts";
@@ -33,24 +47,35 @@ export const ZTUNNEL_OPTIONS = {
   localConfig: option({
     flag: "local-config",
     env: "SKIFF_LOCAL_CONFIG",
-    help: "YAML of workloads, services and policies (until the control plane streams them)",
+    help: "YAML of workloads, services and policies (without a control plane)",
     parser: parsers.string("a file path"),
-    required: true,
   }),
   caDir: option({
     flag: "ca-dir",
     env: "SKIFF_CA_DIR",
-    help: "local CA directory (skiff ca init) that signs the pods' certificates",
+    help: "local CA directory (skiff ca init) that signs the pods' certificates (without a control plane)",
     parser: parsers.string("a directory path"),
-    required: true,
   }),
-  trustDomain: option({
-    flag: "trust-domain",
-    env: "SKIFF_TRUST_DOMAIN",
-    help: "the mesh trust domain",
-    parser: { expected: "a trust domain such as cluster.local", parse: (s) => trustDomainProblem(s) ? undefined : s },
-    default: DEFAULT_TRUST_DOMAIN,
+  control: option({
+    flag: "control",
+    env: "SKIFF_CONTROL",
+    help: "the control plane, https://HOST:15012: config stream and CA",
+    parser: parsers.string("a URL such as https://10.0.0.1:15012"),
   }),
+  tokenFile: option({
+    flag: "token-file",
+    env: "SKIFF_TOKEN_FILE",
+    help: "this node's token (skiff control node add)",
+    parser: parsers.string("a file path"),
+    default: "/etc/skiff/node/token",
+  }),
+  controlCa: option({
+    flag: "control-ca",
+    env: "SKIFF_CONTROL_CA",
+    help: "roots of the control plane's certificate (default: root-cert.pem beside the token)",
+    parser: parsers.string("a file path"),
+  }),
+  trustDomain: trustDomainOption,
   handoffSocket: option({
     flag: "handoff-socket",
     env: "SKIFF_HANDOFF_SOCKET",
@@ -70,7 +95,8 @@ export const ZTUNNEL_OPTIONS = {
   readinessPort: port("readiness-port", "SKIFF_READINESS_PORT", READINESS_PORT, "/healthz/ready"),
 };
 
-export const ZTUNNEL_USAGE = `Usage: skiff ztunnel --local-config FILE --ca-dir DIR [options]
+export const ZTUNNEL_USAGE = `Usage: skiff ztunnel --control https://HOST:15012 --token-file FILE [options]
+       skiff ztunnel --local-config FILE --ca-dir DIR [options]
 ${describeOptions(ZTUNNEL_OPTIONS)}`;
 
 /** Runs `skiff ztunnel` until SIGTERM or SIGINT; returns the exit code. */
@@ -80,6 +106,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     console.log(ZTUNNEL_USAGE);
     return 0;
   }
+  checkSourceFlags(values);
   const log = logger("ztunnel");
   log.info({ config: loggable(ZTUNNEL_OPTIONS, values) }, "config loaded");
   loadNetnsSupport();
@@ -92,8 +119,8 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   globalThis.addEventListener("unhandledrejection", onBug);
   globalThis.addEventListener("error", onBug);
 
-  let state: MeshState = stateOf(await readLocalConfig(values.localConfig));
-  const ca = await CertificateAuthority.load(values.caDir);
+  const source = await configSource(values, log);
+  let state: MeshState = source.initial;
   const controller = new AbortController();
   const stop = () => controller.abort();
   Deno.addSignalListener("SIGTERM", stop);
@@ -103,7 +130,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   const connections = new ConnectionManager();
   const access = logger("access");
   const certs = new RotationManager<WorkloadCert>({
-    fetch: (id) => issueLocally(ca, id, values.certTtl),
+    fetch: source.issue,
     log,
   });
   const pods = new PodManager({
@@ -120,6 +147,8 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     trustDomain: values.trustDomain,
   });
   let ready = false;
+  let handoffReady = false;
+  let configReady = source.kind === "local";
   const admin = serveAdmin({
     state: () => state,
     certificates: () =>
@@ -144,19 +173,39 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     readinessPort: values.readinessPort,
   }, controller.signal);
 
-  const watching = watchConfig(values.localConfig, controller.signal, log, (next) => {
-    state = next;
-    const closed = connections.reauthorize(next);
-    log.info({ closed }, "local config reloaded");
-  });
+  const markReady = () => {
+    if (ready || !handoffReady || !configReady) return;
+    ready = true;
+    log.info("ready: config held and the node agent's snapshot served");
+  };
+  const watching = source.kind === "local"
+    ? watchConfig(source.file, controller.signal, log, (next) => {
+      state = next;
+      const closed = connections.reauthorize(next);
+      log.info({ closed }, "local config reloaded");
+    })
+    : runConfigClient({
+      connection: source.connection,
+      config: source.config,
+      log,
+      signal: controller.signal,
+      onChange: (change) => {
+        const closed = connections.reauthorize(state);
+        if (change.type === "snapshot") {
+          configReady = true;
+          markReady();
+        }
+        log.debug({ ...change, closed }, "config applied");
+      },
+    });
   const handoff = runHandoffClient({
     socketPath: values.handoffSocket,
     handler: pods,
     signal: controller.signal,
     log,
     onReady: () => {
-      ready = true;
-      log.info("ready: the node agent's snapshot is served");
+      handoffReady = true;
+      markReady();
     },
   });
 
@@ -168,6 +217,52 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", stop);
   Deno.removeSignalListener("SIGINT", stop);
   return 0;
+}
+
+type ZtunnelValues = Values<typeof ZTUNNEL_OPTIONS>;
+
+/** Where config and certificates come from: the control plane, or a local file and CA directory. */
+type ConfigSource =
+  & { initial: MeshState; issue: (identity: string) => Promise<WorkloadCert> }
+  & ({ kind: "local"; file: string } | { kind: "control"; connection: ControlConnection; config: ClientConfig });
+
+/** The flags of exactly one config source are given. */
+function checkSourceFlags(values: ZtunnelValues): void {
+  if (values.control !== undefined && (values.localConfig !== undefined || values.caDir !== undefined)) {
+    throw new UsageError("ztunnel: --control replaces --local-config and --ca-dir; give one or the other, not both");
+  }
+  if (values.control === undefined && (values.localConfig === undefined || values.caDir === undefined)) {
+    throw new UsageError(
+      "ztunnel: give --control URL (SKIFF_CONTROL) with --token-file (SKIFF_TOKEN_FILE), " +
+        "or --local-config FILE (SKIFF_LOCAL_CONFIG) with --ca-dir DIR (SKIFF_CA_DIR)",
+    );
+  }
+}
+
+async function configSource(values: ZtunnelValues, log: Logger): Promise<ConfigSource> {
+  if (values.control !== undefined) {
+    const connection = new ControlConnection({
+      url: values.control,
+      tokenFile: values.tokenFile,
+      caFile: values.controlCa ?? join(dirname(values.tokenFile), "root-cert.pem"),
+    });
+    const config = new ClientConfig(log);
+    return {
+      kind: "control",
+      connection,
+      config,
+      initial: config.state,
+      issue: (id) => requestCertificate(connection, SpiffeId.parse(id, "identity"), values.certTtl),
+    };
+  }
+  const ca = await CertificateAuthority.load(values.caDir!);
+  const file = values.localConfig!;
+  return {
+    kind: "local",
+    file,
+    initial: stateOf(await readLocalConfig(file)),
+    issue: (id) => issueLocally(ca, id, values.certTtl),
+  };
 }
 
 async function issueLocally(ca: CertificateAuthority, identity: string, ttlMs: number): Promise<WorkloadCert> {

@@ -9,9 +9,8 @@ import { CertificateAuthority } from "../../certs/ca.ts";
 import type { PodInfo } from "../../mesh/protocol/handoff.ts";
 import { AgentConn } from "./agent.ts";
 import type { Pod } from "./netns.ts";
+import { SkiffProcess } from "./process.ts";
 import { listenIn } from "./tcp.ts";
-
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 /** A directory with a fresh root CA (the cacerts layout) and a local config file; disposing removes it. */
 export async function meshDir() {
@@ -39,61 +38,57 @@ export function hboneWorkload(pod: Pod, namespace: string): string {
     `serviceAccount: ${pod.name}, node: ${pod.node.name}, addresses: [${pod.address}], tunnelProtocol: HBONE }`;
 }
 
+/** How a ztunnel gets its config and certificates: a local file and CA directory, or the control plane. */
+export type ZtunnelSource =
+  | { caDir: string; configFile: string }
+  | { control: string; tokenFile: string };
+
 export class ZtunnelProcess implements AsyncDisposable {
-  readonly lines: Record<string, unknown>[] = [];
-  #child: Deno.ChildProcess;
+  readonly #process: SkiffProcess;
   #agentListener: Deno.UnixListener;
   #agent: AgentConn | undefined;
-  #done: Promise<unknown>;
-  #waiters: (() => void)[] = [];
 
   private constructor(
     readonly name: string,
     readonly ports: { admin: number; metrics: number; readiness: number },
-    child: Deno.ChildProcess,
+    process: SkiffProcess,
     listener: Deno.UnixListener,
   ) {
-    this.#child = child;
+    this.#process = process;
     this.#agentListener = listener;
-    this.#done = Promise.all([this.#read(child.stdout), this.#read(child.stderr)]);
+  }
+
+  /** The log lines so far. */
+  get lines(): Record<string, unknown>[] {
+    return this.#process.lines;
   }
 
   /** The process id, for RSS readings. */
   get pid(): number {
-    return this.#child.pid;
+    return this.#process.pid;
   }
 
-  static async start(
-    name: string,
-    opts: { dir: string; caDir: string; configFile: string },
-    env: Record<string, string> = {},
-  ) {
+  static async start(name: string, opts: { dir: string } & ZtunnelSource, env: Record<string, string> = {}) {
     const socket = join(opts.dir, `${name}.sock`);
     const listener = Deno.listen({ transport: "unix", path: socket });
     const base = 20_000 + Math.floor(Math.random() * 40_000);
     const ports = { admin: base, metrics: base + 1, readiness: base + 2 };
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-all",
-        MAIN,
-        "ztunnel",
-        `--local-config=${opts.configFile}`,
-        `--ca-dir=${opts.caDir}`,
-        `--handoff-socket=${socket}`,
-        `--admin-port=${ports.admin}`,
-        `--metrics-port=${ports.metrics}`,
-        `--readiness-port=${ports.readiness}`,
-      ],
-      env: { LOG_FORMAT: "json", LOG_LEVEL: "debug", RUST_BACKTRACE: "0", ...env },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const z = new ZtunnelProcess(name, ports, child, listener);
+    const source = "control" in opts
+      ? [`--control=${opts.control}`, `--token-file=${opts.tokenFile}`]
+      : [`--local-config=${opts.configFile}`, `--ca-dir=${opts.caDir}`];
+    const process = new SkiffProcess(`ztunnel ${name}`, [
+      "ztunnel",
+      ...source,
+      `--handoff-socket=${socket}`,
+      `--admin-port=${ports.admin}`,
+      `--metrics-port=${ports.metrics}`,
+      `--readiness-port=${ports.readiness}`,
+    ], env);
+    const z = new ZtunnelProcess(name, ports, process, listener);
     const accepted = await Promise.race([
       listener.accept(),
-      child.status.then((s) => {
-        throw new Error(`ztunnel ${name} exited with ${s.code}: ${JSON.stringify(z.lines.slice(-5))}`);
+      process.status.then((s) => {
+        throw new Error(`ztunnel ${name} exited with ${s.code}: ${JSON.stringify(process.lines.slice(-5))}`);
       }),
     ]);
     z.#agent = new AgentConn(accepted);
@@ -124,21 +119,8 @@ export class ZtunnelProcess implements AsyncDisposable {
   }
 
   /** Waits for a log line satisfying `test`. */
-  async waitForLog(test: (l: Record<string, unknown>) => boolean, timeoutMs = 10_000) {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.lines.find(test);
-      if (found) return found;
-      if (Date.now() > deadline) {
-        throw new Error(`ztunnel ${this.name}: no such log line; last: ${JSON.stringify(this.lines.slice(-8))}`);
-      }
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await new Promise<void>((r) => {
-        this.#waiters.push(r);
-        timer = setTimeout(r, 200);
-      });
-      clearTimeout(timer);
-    }
+  waitForLog(test: (l: Record<string, unknown>) => boolean, timeoutMs = 10_000) {
+    return this.#process.waitForLog(test, timeoutMs);
   }
 
   /** The "connection complete" lines so far. */
@@ -146,34 +128,8 @@ export class ZtunnelProcess implements AsyncDisposable {
     return this.lines.filter((l) => l.msg === "connection complete");
   }
 
-  async #read(stream: ReadableStream<Uint8Array>) {
-    let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      for (const line of parts) {
-        try {
-          this.lines.push(JSON.parse(line));
-        } catch {
-          this.lines.push({ msg: line });
-        }
-      }
-      for (const w of this.#waiters.splice(0)) w();
-    }
-  }
-
   async [Symbol.asyncDispose]() {
-    try {
-      this.#child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    const timer = setTimeout(() => {
-      try {
-        this.#child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 5000);
-    await this.#child.status;
-    clearTimeout(timer);
-    await this.#done;
+    await this.#process[Symbol.asyncDispose]();
     this.#agent?.close();
     this.#agentListener.close();
   }

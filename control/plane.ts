@@ -1,0 +1,236 @@
+/**
+ * The control plane's core loop: the sources (the manifests directory, the node agents' registrations) feed one
+ * set of objects; a change schedules a rebuild, debounced so a burst (an editor's several writes, a directory
+ * of new files, many pods registering) becomes one build and one delta; each build allocates addresses for
+ * services that need them, runs the pure builder, publishes, and records the objects in force in the store.
+ *
+ * Debounce: a build runs {@link QUIET_MS} after the last change, and at most {@link MAX_DELAY_MS} after the first
+ * change of a burst (istiod's `PILOT_DEBOUNCE_AFTER` / `PILOT_DEBOUNCE_MAX`, shortened: a policy dropped into
+ * the manifests directory is enforced well within a second).
+ *
+ * @module
+ */
+
+import type { Cidr } from "../mesh/net.ts";
+import type { Logger } from "../mesh/log.ts";
+import { buildMesh, type DeclaredObject, type MeshModel, type ModelNote, readSpec } from "./build/mod.ts";
+import type { MeshSettings } from "./build/common.ts";
+import type { Registration } from "./build/workloads.ts";
+import { Publisher } from "./push.ts";
+import {
+  formatProblem,
+  loadManifestDir,
+  type ManifestObject,
+  type ManifestProblem,
+  ManifestSet,
+  objectKey,
+} from "./sources/manifests.ts";
+import type { ControlStore } from "./store.ts";
+
+/** Quiet time after the last change before a build. */
+export const QUIET_MS = 10;
+/** Longest a change waits for a build during a continuous burst. */
+export const MAX_DELAY_MS = 100;
+
+/** The control plane's state and loop. */
+export class ControlPlane {
+  readonly publisher = new Publisher();
+  readonly manifests = new ManifestSet();
+  readonly #store: ControlStore;
+  readonly #settings: MeshSettings;
+  readonly #serviceRange: Cidr;
+  readonly #log: Logger;
+  readonly #manifestDir?: string;
+  #model: MeshModel = {
+    workloads: [],
+    services: [],
+    policies: [],
+    identities: new Map(),
+    needAddresses: [],
+    allocationOwners: [],
+    notes: [],
+  };
+  #timer?: ReturnType<typeof setTimeout>;
+  #firstChange?: number;
+  #building = Promise.resolve();
+  #loggedProblems = new Set<string>();
+  #loggedNotes = new Set<string>();
+
+  constructor(opts: {
+    store: ControlStore;
+    settings: MeshSettings;
+    serviceRange: Cidr;
+    log: Logger;
+    manifestDir?: string;
+  }) {
+    this.#store = opts.store;
+    this.#settings = opts.settings;
+    this.#serviceRange = opts.serviceRange;
+    this.#log = opts.log;
+    this.#manifestDir = opts.manifestDir;
+    this.manifests.seed(this.#storedObjects());
+  }
+
+  /** The last build. */
+  get model(): MeshModel {
+    return this.#model;
+  }
+
+  /** Problems of the manifests and notes of the last build, for the status endpoint. */
+  status(): { problems: ManifestProblem[]; notes: ModelNote[] } {
+    return { problems: this.manifests.problems(), notes: this.#model.notes };
+  }
+
+  /** Reads the manifests directory and builds; call once at start. */
+  async start(): Promise<void> {
+    await this.reloadManifests();
+    this.#build();
+  }
+
+  /** Re-reads the manifests directory; schedules a build when something changed. */
+  async reloadManifests(): Promise<void> {
+    if (!this.#manifestDir) return;
+    let changed: Set<string>;
+    try {
+      changed = await loadManifestDir(this.#manifestDir, this.manifests);
+    } catch (error) {
+      this.#log.error(
+        { dir: this.#manifestDir, error: (error as Error).message },
+        "cannot read the manifests directory; the objects in force stay",
+      );
+      return;
+    }
+    this.#reportProblems();
+    if (changed.size > 0) this.changed(`manifests: ${changed.size} object(s)`);
+  }
+
+  /** Replaces what node `node` registered, and schedules a build. */
+  register(node: string, pods: Registration[]): void {
+    this.#store.setRegistrations(node, pods);
+    this.changed(`registrations from ${node}`);
+  }
+
+  /** Schedules a debounced build. */
+  changed(why: string): void {
+    const now = Date.now();
+    this.#firstChange ??= now;
+    clearTimeout(this.#timer);
+    const wait = Math.max(0, Math.min(QUIET_MS, this.#firstChange + MAX_DELAY_MS - now));
+    this.#timer = setTimeout(() => {
+      this.#firstChange = undefined;
+      this.#timer = undefined;
+      this.#building = this.#building.then(() => this.#build(why));
+    }, wait);
+  }
+
+  /** Waits for a scheduled build to run (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.#timer !== undefined) await new Promise((r) => setTimeout(r, QUIET_MS));
+    await this.#building;
+  }
+
+  /** Stops scheduling builds. */
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #build(why = "start"): void {
+    const started = performance.now();
+    const objects = [...this.manifests.objects().values()];
+    const input = () => ({
+      objects: objects as DeclaredObject[],
+      registrations: this.#store.registrations(),
+      vips: this.#store.addresses(),
+      settings: this.#settings,
+    });
+    let model = buildMesh(input());
+    const explicit = new Set(model.services.flatMap((s) => s.addresses.map((a) => a.address)));
+    const owners = new Set(model.allocationOwners);
+    const stale = [...input().vips.keys()].some((k) => !owners.has(k));
+    if (model.needAddresses.length > 0 || stale) {
+      try {
+        // Addresses of Services gone from the manifests go back to the range.
+        this.#store.allocateAddresses(model.needAddresses, this.#serviceRange, explicit, owners);
+        model = buildMesh(input());
+      } catch (error) {
+        this.#log.error({ error: (error as Error).message }, "cannot allocate service addresses");
+      }
+    }
+    this.#model = model;
+    const delta = this.publisher.publish(model);
+    this.#persist(objects);
+    const notes = new Set<string>();
+    for (const n of model.notes) {
+      const text = `${n.key}: ${n.message}`;
+      notes.add(text);
+      if (this.#loggedNotes.has(text)) continue; // logged once while it lasts, not on every build
+      if (n.severity === "error") this.#log.error({ object: n.key }, n.message);
+      else this.#log.warn({ object: n.key }, n.message);
+    }
+    this.#loggedNotes = notes;
+    this.#log.info({
+      why,
+      version: this.publisher.version,
+      workloads: model.workloads.length,
+      services: model.services.length,
+      policies: model.policies.length,
+      changed: delta?.resources.length ?? 0,
+      removed: delta?.removed.length ?? 0,
+      subscribers: this.publisher.subscribers,
+      ms: Math.round(performance.now() - started),
+    }, delta ? "pushed" : "built; nothing changed");
+  }
+
+  #persisted = new Map<string, string>();
+
+  #persist(objects: ManifestObject[]): void {
+    const changed = objects.filter((o) => this.#persisted.get(objectKey(o)) !== o.digest);
+    const keys = new Set(objects.map(objectKey));
+    const removed = [...this.#persisted.keys()].filter((k) => !keys.has(k));
+    if (changed.length === 0 && removed.length === 0) return;
+    this.#store.saveObjects(
+      changed.map((o) => ({ key: objectKey(o), file: o.file, line: o.line, document: o.document })),
+      removed,
+    );
+    for (const o of changed) this.#persisted.set(objectKey(o), o.digest);
+    for (const k of removed) this.#persisted.delete(k);
+  }
+
+  #storedObjects(): ManifestObject[] {
+    const out: ManifestObject[] = [];
+    for (const s of this.#store.objects()) {
+      const [kind, namespace, name] = s.key.split("/");
+      const meta = (s.document.metadata ?? {}) as Record<string, unknown>;
+      try {
+        out.push({
+          apiVersion: String(s.document.apiVersion),
+          kind,
+          namespace,
+          name,
+          labels: (meta.labels ?? {}) as Record<string, string>,
+          annotations: (meta.annotations ?? {}) as Record<string, string>,
+          document: s.document,
+          spec: readSpec(kind, s.document),
+          file: s.file,
+          line: s.line,
+          digest: JSON.stringify(s.document),
+        });
+        this.#persisted.set(s.key, JSON.stringify(s.document));
+      } catch (error) {
+        this.#log.warn({ object: s.key, error: (error as Error).message }, "a stored object no longer reads; dropped");
+      }
+    }
+    return out;
+  }
+
+  #reportProblems(): void {
+    const now = new Set(this.manifests.problems().map(formatProblem));
+    for (const p of now) {
+      if (!this.#loggedProblems.has(p)) {
+        this.#log.error({ problem: p }, "manifest rejected; the last good version stays in force");
+      }
+    }
+    this.#loggedProblems = now;
+  }
+}

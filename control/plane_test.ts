@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { logger } from "../mesh/log.ts";
+import { decodeCidr } from "../mesh/net.ts";
+import { DEFAULT_SETTINGS } from "./build/common.ts";
+import { ControlPlane } from "./plane.ts";
+import { ControlStore } from "./store.ts";
+
+const POD = `apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop }
+spec: { nodeName: node-a }
+status: { podIP: 10.0.1.2 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { selector: { app: web }, ports: [{ port: 80 }] }
+`;
+
+async function withPlane(fn: (dir: string, open: () => ControlPlane, store: () => ControlStore) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-plane-" });
+  const manifests = join(dir, "manifests");
+  await Deno.mkdir(manifests);
+  const stores: ControlStore[] = [];
+  const open = () => {
+    const store = ControlStore.open(join(dir, "data"));
+    stores.push(store);
+    return new ControlPlane({
+      store,
+      settings: DEFAULT_SETTINGS,
+      serviceRange: decodeCidr("10.96.0.0/24", "range"),
+      log: logger("test"),
+      manifestDir: manifests,
+    });
+  };
+  try {
+    await fn(manifests, open, () => stores.at(-1)!);
+  } finally {
+    for (const s of stores) {
+      try {
+        s.close();
+      } catch { /* closed */ }
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("ControlPlane batches a burst of changes into one build and one delta", async () => {
+  await withPlane(async (_dir, open) => {
+    const plane = open();
+    await plane.start();
+    const before = plane.publisher.version;
+    for (let i = 0; i < 50; i++) {
+      plane.register("node-a", [{
+        namespace: "shop",
+        name: `p${i}`,
+        node: "node-a",
+        ips: [`10.0.2.${i + 1}`],
+        redirected: true,
+      }]);
+    }
+    await plane.settled();
+    assert.equal(plane.publisher.version, before + 1);
+    assert.deepEqual(plane.model.workloads.map((w) => w.name), ["p49"], "the last report of the node is what counts");
+    plane.close();
+  });
+});
+
+Deno.test("ControlPlane: after a restart, an object whose file broke meanwhile keeps its last good version, and its service address", async () => {
+  await withPlane(async (manifests, open) => {
+    await Deno.writeTextFile(join(manifests, "shop.yaml"), POD);
+    const first = open();
+    await first.start();
+    const vip = first.model.services[0].addresses[0].address;
+    assert.equal(first.model.workloads.length, 1);
+    first.close();
+    await Deno.writeTextFile(join(manifests, "shop.yaml"), POD.replace("kind: Pod", "kind: [Pod"));
+    const second = open();
+    await second.start();
+    assert.deepEqual(second.model.workloads.map((w) => w.name), ["web-1"]);
+    assert.deepEqual(second.model.services[0].addresses[0].address, vip);
+    assert.match(second.status().problems[0].message, /not valid YAML/);
+    second.close();
+    await Deno.remove(join(manifests, "shop.yaml"));
+    const third = open();
+    await third.start();
+    assert.deepEqual(
+      [third.model.workloads.length, third.model.services.length],
+      [0, 0],
+      "a removed file removes its objects",
+    );
+    third.close();
+  });
+});

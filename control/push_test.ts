@@ -1,0 +1,49 @@
+import assert from "node:assert/strict";
+import { decodeStreamMessage } from "../mesh/protocol/config_stream.ts";
+import { decodeWorkload, type Workload } from "../mesh/workload.ts";
+import { Publisher } from "./push.ts";
+
+const wl = (name: string, ip: string): Workload =>
+  decodeWorkload({ uid: `Kubernetes//Pod/shop/${name}`, name, namespace: "shop", addresses: [ip] });
+const model = (...workloads: Workload[]) => ({ workloads, services: [], policies: [] });
+
+Deno.test("Publisher sends only what changed, with versions that depend on content alone", async (t) => {
+  const p = new Publisher();
+  const seen: string[] = [];
+  p.subscribe((d) =>
+    seen.push(`${d.version}: +${d.resources.map((r) => r.name).join(",")} -${d.removed.map((r) => r.name).join(",")}`)
+  );
+  const first = p.publish(model(wl("a", "10.0.0.1"), wl("b", "10.0.0.2")))!;
+  await t.step("a first build sends everything", () => {
+    assert.equal(first.resources.length, 2);
+    assert.deepEqual(seen, ["1: +Kubernetes//Pod/shop/a,Kubernetes//Pod/shop/b -"]);
+  });
+  await t.step("an identical build sends nothing; a change sends that resource; a removal names it", () => {
+    assert.equal(p.publish(model(wl("a", "10.0.0.1"), wl("b", "10.0.0.2"))), undefined);
+    p.publish(model(wl("a", "10.0.0.9"), wl("b", "10.0.0.2")));
+    p.publish(model(wl("a", "10.0.0.9")));
+    assert.deepEqual(seen.slice(1), ["2: +Kubernetes//Pod/shop/a -", "3: + -Kubernetes//Pod/shop/b"]);
+  });
+  await t.step("another publisher (a restarted control plane) gives the same versions", () => {
+    const again = new Publisher();
+    const d = again.publish(model(wl("a", "10.0.0.9")))!;
+    const snap = decodeStreamMessage(p.snapshot({}).line);
+    assert.equal(snap.type, "snapshot");
+    assert.equal(d.resources[0].version, snap.type === "snapshot" ? snap.resources[0].version : "");
+  });
+  await t.step("a snapshot for a client that knows versions resends only the differences and the removals", () => {
+    const known = {
+      "Workload/Kubernetes//Pod/shop/a": first.resources[0].version,
+      "Workload/Kubernetes//Pod/shop/b": "x",
+    };
+    const snap = p.snapshot(known);
+    const m = decodeStreamMessage(snap.line);
+    assert.equal(m.type, "snapshot");
+    if (m.type !== "snapshot") return;
+    assert.deepEqual(m.resources.map((r) => (r.body as Workload).addresses), [["10.0.0.9"]]);
+    assert.deepEqual(m.removed, [{ kind: "Workload", name: "Kubernetes//Pod/shop/b" }]);
+    const current = Object.fromEntries(m.resources.map((r) => [`${r.kind}/${r.name}`, r.version]));
+    const resumed = decodeStreamMessage(p.snapshot(current).line);
+    assert.deepEqual(resumed.type === "snapshot" && [resumed.resources.length, resumed.unchanged], [0, 1]);
+  });
+});

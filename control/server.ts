@@ -1,0 +1,224 @@
+/**
+ * The control plane's listeners. 15012, HTTPS with a certificate from the mesh CA (server-authenticated only,
+ * as istiod's; nodes prove themselves with a bearer node token):
+ *
+ * | method and path       | what                                                                     |
+ * | --------------------- | ------------------------------------------------------------------------ |
+ * | `POST /v1/stream`     | the config stream (mesh/protocol/config_stream.ts)                       |
+ * | `POST /v1/certificates` | the CA service (ca_service.ts)                                         |
+ * | `PUT /v1/registrations` | a node agent's pods, replacing its earlier report                      |
+ *
+ * A missing, wrong, expired or revoked token is a 401 with a JSON `error` saying which, and a log line naming
+ * the node when the token names one. 15014 (istiod's monitoring port), plain HTTP: `/metrics`, `/ready`, and
+ * `/status` with every manifest problem (`file:line: field: message`) and every note of the last build.
+ *
+ * @module
+ */
+
+import client from "prom-client";
+import type { Logger } from "../mesh/log.ts";
+import {
+  CERTIFICATES_PATH,
+  PING_INTERVAL_MS,
+  REGISTRATIONS_PATH,
+  STREAM_PATH,
+} from "../mesh/protocol/config_stream.ts";
+import { checkString, Fields, ValidationError } from "../mesh/validate.ts";
+import type { CaService } from "./ca_service.ts";
+import type { ControlPlane } from "./plane.ts";
+import { formatProblem } from "./sources/manifests.ts";
+import { decodeRegistrationReport } from "./sources/registrations.ts";
+import type { TokenVerifier } from "./tokens.ts";
+
+/** Largest request body read (a stream request carries every version a client knows). */
+const MAX_BODY = 64 * 1024 * 1024;
+
+/** What the listeners serve from. */
+export interface ServerDeps {
+  plane: ControlPlane;
+  tokens: TokenVerifier;
+  ca: CaService;
+  registry: client.Registry;
+  log: Logger;
+  /** Current TLS credentials of 15012. */
+  tls: { cert: string; key: string };
+}
+
+/** istiod-named stream counters. */
+export class StreamMetrics {
+  readonly clients: client.Gauge;
+  readonly pushes: client.Counter;
+  constructor(registry: client.Registry) {
+    this.clients = new client.Gauge({
+      name: "pilot_xds",
+      help: "Number of clients connected to the config stream.",
+      registers: [registry],
+    });
+    this.pushes = new client.Counter({
+      name: "pilot_xds_pushes",
+      help: "Config stream messages sent, by type.",
+      labelNames: ["type"],
+      registers: [registry],
+    });
+  }
+}
+
+const json = (status: number, body: unknown) => Response.json(body, { status });
+
+/** Serves 15012 and 15014 until `signal` aborts. */
+export function serveControl(
+  deps: ServerDeps,
+  addrs: { hostname: string; port: number; monitoringHostname: string; monitoringPort: number },
+  signal: AbortSignal,
+): { api: Deno.HttpServer<Deno.NetAddr>; monitoring: Deno.HttpServer<Deno.NetAddr>; finished: Promise<void> } {
+  const { log } = deps;
+  const metrics = new StreamMetrics(deps.registry);
+  const authenticate = async (req: Request): Promise<{ node: string; token: string } | Response> => {
+    const header = req.headers.get("authorization") ?? "";
+    const token = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
+    const result = await deps.tokens.check(token);
+    if ("refused" in result) {
+      deps.ca.countAuthFailure();
+      log.warn({ node: result.node, path: new URL(req.url).pathname, reason: result.refused }, "request refused: 401");
+      return json(401, { error: result.refused });
+    }
+    return { node: result.node, token: token! };
+  };
+
+  const api = Deno.serve({
+    hostname: addrs.hostname,
+    port: addrs.port,
+    cert: deps.tls.cert,
+    key: deps.tls.key,
+    signal,
+    onListen: (a) =>
+      log.info({ address: `${a.hostname}:${a.port}` }, "listener established: config stream and CA (HTTPS)"),
+  }, async (req) => {
+    const path = new URL(req.url).pathname;
+    const route = `${req.method} ${path}`;
+    if (![`POST ${STREAM_PATH}`, `POST ${CERTIFICATES_PATH}`, `PUT ${REGISTRATIONS_PATH}`].includes(route)) {
+      return json(404, { error: `no such endpoint: ${route}` });
+    }
+    const auth = await authenticate(req);
+    if (auth instanceof Response) return auth;
+    if (path === CERTIFICATES_PATH) return deps.ca.handle(auth.node, req);
+    let body: unknown;
+    try {
+      const text = await req.text();
+      if (text.length > MAX_BODY) throw new ValidationError("request", `is larger than ${MAX_BODY} bytes`);
+      body = text === "" ? {} : JSON.parse(text);
+    } catch (error) {
+      return json(400, { error: `bad request: ${(error as Error).message}` });
+    }
+    if (path === REGISTRATIONS_PATH) {
+      try {
+        const pods = decodeRegistrationReport(body, auth.node);
+        deps.plane.register(auth.node, pods);
+        log.info({ node: auth.node, pods: pods.length }, "registrations replaced");
+        return json(200, { accepted: pods.length });
+      } catch (error) {
+        if (!(error instanceof ValidationError)) throw error;
+        log.warn({ node: auth.node, error: error.message }, "registrations refused");
+        return json(400, { error: `bad request: ${error.message}` });
+      }
+    }
+    let known: Record<string, string>;
+    try {
+      const f = Fields.of(body, "");
+      known = f.record("known", (v, p) => checkString(v, p, { max: 128 }));
+      f.optionalString("node"); // informational: the token says which node this is
+      f.done();
+    } catch (error) {
+      return json(400, { error: `bad request: ${(error as Error).message}` });
+    }
+    return stream(auth.node, auth.token, known);
+  });
+
+  const stream = (node: string, token: string, known: Record<string, string>): Response => {
+    const encoder = new TextEncoder();
+    let cleanup = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        const send = (line: string, type: string) => {
+          try {
+            controller.enqueue(encoder.encode(line));
+            metrics.pushes.labels(type).inc();
+          } catch {
+            cleanup();
+          }
+        };
+        const snap = deps.plane.publisher.snapshot(known);
+        send(snap.line, "snapshot");
+        log.info({
+          node,
+          version: deps.plane.publisher.version,
+          sent: snap.sent,
+          removed: snap.removed,
+          unchanged: snap.unchanged,
+        }, "client subscribed");
+        const unsubscribe = deps.plane.publisher.subscribe((_d, line) => send(line, "delta"));
+        metrics.clients.inc();
+        const ping = setInterval(async () => {
+          // A revoked or expired token ends the stream at the next ping.
+          const still = await deps.tokens.check(token);
+          if ("refused" in still) {
+            log.warn({ node, reason: still.refused }, "closing the config stream");
+            cleanup();
+            try {
+              controller.close();
+            } catch { /* already closed */ }
+            return;
+          }
+          send('{"type":"ping"}\n', "ping");
+        }, PING_INTERVAL_MS);
+        let done = false;
+        cleanup = () => {
+          if (done) return;
+          done = true;
+          clearInterval(ping);
+          unsubscribe();
+          metrics.clients.dec();
+          log.info({ node }, "client left");
+        };
+        signal.addEventListener("abort", () => {
+          cleanup();
+          try {
+            controller.close();
+          } catch { /* already closed */ }
+        }, { once: true });
+      },
+      cancel: () => cleanup(),
+    });
+    return new Response(body, { headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" } });
+  };
+
+  const monitoring = Deno.serve({
+    hostname: addrs.monitoringHostname,
+    port: addrs.monitoringPort,
+    signal,
+    onListen: (a) => log.info({ address: `${a.hostname}:${a.port}` }, "listener established: monitoring"),
+  }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/metrics") {
+      return new Response(await deps.registry.metrics(), { headers: { "content-type": deps.registry.contentType } });
+    }
+    if (path === "/ready") return new Response("ready\n");
+    if (path === "/status") {
+      const { problems, notes } = deps.plane.status();
+      return json(200, {
+        version: deps.plane.publisher.version,
+        resources: deps.plane.publisher.size,
+        subscribers: deps.plane.publisher.subscribers,
+        problems: problems.map((p) => ({ ...p, text: formatProblem(p) })),
+        notes,
+      });
+    }
+    return json(404, { error: `no such endpoint: ${path} (try /metrics, /ready, /status)` });
+  });
+
+  return {
+    api,
+    monitoring,
+    finished: Promise.all([api.finished, monitoring.finished]).then(() => {}),
+  };
+}

@@ -1,0 +1,47 @@
+/**
+ * The node agents' source: each node agent reports the pods it set up on its node (the CNI plugin saw them
+ * start), with their addresses and whether their traffic is redirected, as one list that replaces its earlier
+ * one (`PUT /v1/registrations`, see control/server.ts). The node is the one its token names, never one the
+ * body claims, so a node can speak only for itself. Only a redirected pod is reached over HBONE.
+ *
+ * @module
+ */
+
+import { decodeIp } from "../../mesh/net.ts";
+import { checkString, dnsLabel, dnsSubdomain, Fields, ValidationError } from "../../mesh/validate.ts";
+import type { Registration } from "../build/workloads.ts";
+
+/** Most pods one node may report. */
+export const MAX_PODS_PER_NODE = 1024;
+
+/**
+ * Decodes a node agent's report for `node`.
+ * @throws {ValidationError} naming the field.
+ */
+export function decodeRegistrationReport(body: unknown, node: string): Registration[] {
+  const f = Fields.of(body, "");
+  const seen = new Set<string>();
+  const pods = f.array("pods", (v, path): Registration => {
+    const p = Fields.of(v, path);
+    const out: Registration = {
+      namespace: p.string("namespace", { check: dnsLabel }),
+      name: p.string("name", { max: 253, check: dnsSubdomain }),
+      node,
+      ips: p.array("ips", decodeIp, { max: 16 }),
+      redirected: p.bool("redirected", false),
+    };
+    if (p.has("labels")) {
+      out.labels = p.record("labels", (l, lp) => checkString(l, lp, { max: 63 }));
+    }
+    const sa = p.optionalString("serviceAccount", { check: dnsSubdomain });
+    if (sa) out.serviceAccount = sa;
+    p.optionalString("netns", { max: 4096 }); // the agent's own bookkeeping; the control plane does not use it
+    p.done();
+    const key = `${out.namespace}/${out.name}`;
+    if (seen.has(key)) throw new ValidationError(path, `pod ${key} is reported twice`);
+    seen.add(key);
+    return out;
+  }, { max: MAX_PODS_PER_NODE });
+  f.done();
+  return pods;
+}

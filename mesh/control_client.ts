@@ -1,0 +1,275 @@
+/**
+ * The client side of the config stream (mesh/protocol/config_stream.ts), for ztunnel, the waypoint and a
+ * standalone CA: it subscribes, applies the snapshot and every delta to a {@link MeshState}, and when the
+ * stream breaks it keeps that state, so the proxy keeps serving with its last config while the control plane
+ * is away, and reconnects with backoff from 10 ms doubling to 15 s (upstream's xDS client), sending the
+ * versions it holds so that only what changed is sent again.
+ *
+ * Each resource is decoded with the model's own decoders; one that does not decode is refused on its own (the
+ * client keeps its previous version and logs the field), never the whole update. The node token is read from
+ * its file on every connection, so a rotated token is picked up without a restart. A stream silent for three
+ * ping intervals is taken as dead.
+ *
+ * @module
+ */
+
+import { type Authorization, decodeAuthorization } from "./authorization.ts";
+import type { Logger } from "./log.ts";
+import {
+  decodeStreamMessage,
+  PING_INTERVAL_MS,
+  resourceKey,
+  STREAM_PATH,
+  type StreamMessage,
+  type StreamResource,
+} from "./protocol/config_stream.ts";
+import { MeshState } from "./store.ts";
+import { ValidationError } from "./validate.ts";
+import { decodeService, decodeWorkload, type Service, type Workload } from "./workload.ts";
+
+/** First reconnect delay. */
+export const BACKOFF_MIN_MS = 10;
+/** Longest reconnect delay. */
+export const BACKOFF_MAX_MS = 15_000;
+
+/** Where the control plane is and how to prove who we are. */
+export interface ControlEndpoint {
+  /** `https://HOST:15012`. */
+  url: string;
+  /** File holding the node token (re-read on each request). */
+  tokenFile: string;
+  /** PEM of the roots that sign the control plane's certificate. */
+  caFile: string;
+}
+
+/** A failure to talk to the control plane, with the HTTP status when there was one. */
+export class ControlError extends Error {
+  readonly code = "CONTROL";
+  readonly status?: number;
+  constructor(message: string, status?: number, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ControlError";
+    this.status = status;
+  }
+}
+
+/** A fetch bound to the control plane's roots and token. */
+export class ControlConnection {
+  readonly endpoint: ControlEndpoint;
+  #client?: Deno.HttpClient;
+
+  constructor(endpoint: ControlEndpoint) {
+    this.endpoint = endpoint;
+  }
+
+  /** Sends a request with the current token; a non-2xx answer is a {@link ControlError} with its message. */
+  async request(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
+    let token: string;
+    try {
+      token = (await Deno.readTextFile(this.endpoint.tokenFile)).trim();
+    } catch (error) {
+      throw new ControlError(`cannot read the node token ${this.endpoint.tokenFile}: ${(error as Error).message}`);
+    }
+    if (!this.#client) {
+      let ca: string;
+      try {
+        ca = await Deno.readTextFile(this.endpoint.caFile);
+      } catch (error) {
+        throw new ControlError(
+          `cannot read the control plane's root ${this.endpoint.caFile}: ${(error as Error).message}`,
+        );
+      }
+      this.#client = Deno.createHttpClient({ caCerts: [ca] });
+    }
+    let response: Response;
+    try {
+      response = await fetch(new URL(path, this.endpoint.url), {
+        method,
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+        client: this.#client,
+        signal,
+      });
+    } catch (error) {
+      throw new ControlError(`cannot reach the control plane at ${this.endpoint.url}: ${(error as Error).message}`);
+    }
+    if (!response.ok) {
+      const text = await response.text().catch(() => "");
+      let message = text;
+      try {
+        message = JSON.parse(text).error ?? text;
+      } catch { /* not JSON: the text is the message */ }
+      const what = response.status === 401 ? "refused our node token" : `answered ${response.status}`;
+      throw new ControlError(`the control plane ${what}: ${message}`, response.status);
+    }
+    return response;
+  }
+
+  /** Releases the HTTP client. */
+  close(): void {
+    this.#client?.close();
+    this.#client = undefined;
+  }
+}
+
+/** What one applied message changed. */
+export interface AppliedChange {
+  type: "snapshot" | "delta";
+  version: number;
+  updated: number;
+  removed: number;
+  /** Resources refused because they did not decode. */
+  refused: number;
+}
+
+/** The config a client holds: the state and each resource's version. */
+export class ClientConfig {
+  readonly state = new MeshState();
+  readonly #versions = new Map<string, string>();
+  #log: Logger;
+
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+
+  /** `kind/name` → version of everything held, for resuming. */
+  known(): Record<string, string> {
+    return Object.fromEntries(this.#versions);
+  }
+
+  /** Applies a snapshot or delta. */
+  apply(m: Exclude<StreamMessage, { type: "ping" }>): AppliedChange {
+    let refused = 0;
+    for (const r of m.resources) {
+      try {
+        this.#upsert(r);
+        this.#versions.set(resourceKey(r), r.version);
+      } catch (error) {
+        refused++;
+        const message = error instanceof ValidationError ? error.message : String(error);
+        this.#log.error({ resource: resourceKey(r), error: message }, "resource refused; its previous version stays");
+      }
+    }
+    for (const r of m.removed) {
+      if (r.kind === "Workload") this.state.workloads.remove(r.name);
+      else if (r.kind === "Service") this.state.services.remove(r.name);
+      else this.state.policies.remove(r.name);
+      this.#versions.delete(resourceKey(r));
+    }
+    return {
+      type: m.type,
+      version: m.version,
+      updated: m.resources.length - refused,
+      removed: m.removed.length,
+      refused,
+    };
+  }
+
+  #upsert(r: StreamResource): void {
+    const path = resourceKey(r);
+    if (r.kind === "Workload") {
+      const w: Workload = decodeWorkload(r.body, path);
+      if (w.uid !== r.name) throw new ValidationError(`${path}.uid`, "does not match the resource name");
+      this.state.workloads.upsert(w);
+    } else if (r.kind === "Service") {
+      const s: Service = decodeService(r.body, path);
+      this.state.services.upsert(s);
+    } else {
+      const a: Authorization = decodeAuthorization(r.body, path);
+      this.state.policies.upsert(a);
+    }
+  }
+}
+
+/** Options of {@link runConfigClient}. */
+export interface ConfigClientOptions {
+  connection: ControlConnection;
+  config: ClientConfig;
+  log: Logger;
+  signal: AbortSignal;
+  /** Called after each applied snapshot or delta. */
+  onChange: (change: AppliedChange) => void;
+  /** Called when the stream connects or breaks. */
+  onConnected?: (connected: boolean) => void;
+}
+
+/** Subscribes until `signal` aborts, reconnecting with backoff; the config is kept across breaks. */
+export async function runConfigClient(o: ConfigClientOptions): Promise<void> {
+  let delay = BACKOFF_MIN_MS;
+  while (!o.signal.aborted) {
+    const attempt = new AbortController();
+    const abort = () => attempt.abort();
+    o.signal.addEventListener("abort", abort, { once: true });
+    let synced = false;
+    try {
+      const response = await o.connection.request("POST", STREAM_PATH, { known: o.config.known() }, attempt.signal);
+      o.onConnected?.(true);
+      let watchdog = setTimeout(abort, 3 * PING_INTERVAL_MS);
+      try {
+        for await (const line of lines(response.body!)) {
+          clearTimeout(watchdog);
+          watchdog = setTimeout(abort, 3 * PING_INTERVAL_MS);
+          const message = decodeStreamMessage(line);
+          if (message.type === "ping") continue;
+          const change = o.config.apply(message);
+          if (message.type === "snapshot") {
+            synced = true;
+            o.log.info({
+              version: message.version,
+              sent: change.updated,
+              unchanged: message.unchanged,
+              removed: change.removed,
+            }, "config synced from the control plane");
+          }
+          o.onChange(change);
+        }
+      } finally {
+        clearTimeout(watchdog);
+      }
+      if (!o.signal.aborted) o.log.warn("the control plane closed the config stream; keeping the last config");
+    } catch (error) {
+      if (o.signal.aborted) break;
+      const message = error instanceof ControlError || error instanceof ValidationError
+        ? error.message
+        : `config stream broke: ${(error as Error).message}`;
+      const level = error instanceof ControlError && error.status === 401 ? "error" : "warn";
+      o.log[level]({ retryInMs: delay }, `${message}; keeping the last config`);
+    } finally {
+      o.signal.removeEventListener("abort", abort);
+    }
+    o.onConnected?.(false);
+    if (o.signal.aborted) break;
+    if (synced) delay = BACKOFF_MIN_MS;
+    await sleep(delay, o.signal);
+    delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+  }
+  o.connection.close();
+}
+
+/** The lines of a body. A snapshot is one long line: only new text is searched for its end. */
+async function* lines(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  let pieces: string[] = [];
+  for await (let chunk of body.pipeThrough(new TextDecoderStream())) {
+    let nl: number;
+    while ((nl = chunk.indexOf("\n")) >= 0) {
+      pieces.push(chunk.slice(0, nl));
+      const line = pieces.join("");
+      pieces = [];
+      chunk = chunk.slice(nl + 1);
+      if (line.trim() !== "") yield line;
+    }
+    if (chunk !== "") pieces.push(chunk);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
