@@ -13,7 +13,7 @@
 
 import type { Cidr } from "../mesh/net.ts";
 import type { Logger } from "../mesh/log.ts";
-import { buildMesh, type DeclaredObject, type MeshModel, type ModelNote, readSpec } from "./build/mod.ts";
+import { BuildCache, buildMesh, type DeclaredObject, type MeshModel, type ModelNote, readSpec } from "./build/mod.ts";
 import type { MeshSettings } from "./build/common.ts";
 import type { Registration } from "./build/workloads.ts";
 import { Publisher } from "./push.ts";
@@ -50,6 +50,7 @@ export class ControlPlane {
     allocationOwners: [],
     notes: [],
   };
+  readonly #cache = new BuildCache();
   #timer?: ReturnType<typeof setTimeout>;
   #firstChange?: number;
   #building = Promise.resolve();
@@ -101,6 +102,7 @@ export class ControlPlane {
       return;
     }
     this.#reportProblems();
+    for (const k of changed) this.#unsaved.add(k);
     if (changed.size > 0) this.changed(`manifests: ${changed.size} object(s)`);
   }
 
@@ -119,7 +121,10 @@ export class ControlPlane {
     this.#timer = setTimeout(() => {
       this.#firstChange = undefined;
       this.#timer = undefined;
-      this.#building = this.#building.then(() => this.#build(why));
+      this.#building = this.#building.then(() => this.#build(why)).catch((error) => {
+        // One failed build (a full disk under the store, a bug) must not stop the ones after it.
+        this.#log.error({ why, error: String(error) }, "build failed; the last published config stays in force");
+      });
     }, wait);
   }
 
@@ -137,14 +142,15 @@ export class ControlPlane {
 
   #build(why = "start"): void {
     const started = performance.now();
-    const objects = [...this.manifests.objects().values()];
+    const inForce = this.manifests.objects();
+    const objects = [...inForce.values()];
     const input = () => ({
       objects: objects as DeclaredObject[],
       registrations: this.#store.registrations(),
       vips: this.#store.addresses(),
       settings: this.#settings,
     });
-    let model = buildMesh(input());
+    let model = buildMesh(input(), this.#cache);
     const explicit = new Set(model.services.flatMap((s) => s.addresses.map((a) => a.address)));
     const owners = new Set(model.allocationOwners);
     const stale = [...input().vips.keys()].some((k) => !owners.has(k));
@@ -152,14 +158,16 @@ export class ControlPlane {
       try {
         // Addresses of Services gone from the manifests go back to the range.
         this.#store.allocateAddresses(model.needAddresses, this.#serviceRange, explicit, owners);
-        model = buildMesh(input());
+        model = buildMesh(input(), this.#cache);
       } catch (error) {
         this.#log.error({ error: (error as Error).message }, "cannot allocate service addresses");
       }
     }
     this.#model = model;
+    const built = performance.now();
     const delta = this.publisher.publish(model);
-    this.#persist(objects);
+    const published = performance.now();
+    this.#persist(inForce);
     const notes = new Set<string>();
     for (const n of model.notes) {
       const text = `${n.key}: ${n.message}`;
@@ -179,44 +187,49 @@ export class ControlPlane {
       removed: delta?.removed.length ?? 0,
       subscribers: this.publisher.subscribers,
       ms: Math.round(performance.now() - started),
+      buildMs: Math.round(built - started),
+      publishMs: Math.round(published - built),
     }, delta ? "pushed" : "built; nothing changed");
   }
 
-  #persisted = new Map<string, string>();
+  /** Keys of objects that changed since they were last written to the store. */
+  #unsaved = new Set<string>();
 
-  #persist(objects: ManifestObject[]): void {
-    const changed = objects.filter((o) => this.#persisted.get(objectKey(o)) !== o.digest);
-    const keys = new Set(objects.map(objectKey));
-    const removed = [...this.#persisted.keys()].filter((k) => !keys.has(k));
-    if (changed.length === 0 && removed.length === 0) return;
+  #persist(inForce: Map<string, ManifestObject>): void {
+    if (this.#unsaved.size === 0) return;
+    const changed: ManifestObject[] = [];
+    const removed: string[] = [];
+    for (const k of this.#unsaved) {
+      const o = inForce.get(k);
+      if (o) changed.push(o);
+      else removed.push(k);
+    }
     this.#store.saveObjects(
-      changed.map((o) => ({ key: objectKey(o), file: o.file, line: o.line, document: o.document })),
+      changed.map((o) => ({ key: objectKey(o), file: o.file, line: o.line, json: o.digest })),
       removed,
     );
-    for (const o of changed) this.#persisted.set(objectKey(o), o.digest);
-    for (const k of removed) this.#persisted.delete(k);
+    this.#unsaved.clear();
   }
 
   #storedObjects(): ManifestObject[] {
     const out: ManifestObject[] = [];
     for (const s of this.#store.objects()) {
       const [kind, namespace, name] = s.key.split("/");
-      const meta = (s.document.metadata ?? {}) as Record<string, unknown>;
+      const document = JSON.parse(s.json) as Record<string, unknown>;
+      const meta = (document.metadata ?? {}) as Record<string, unknown>;
       try {
         out.push({
-          apiVersion: String(s.document.apiVersion),
+          apiVersion: String(document.apiVersion),
           kind,
           namespace,
           name,
           labels: (meta.labels ?? {}) as Record<string, string>,
           annotations: (meta.annotations ?? {}) as Record<string, string>,
-          document: s.document,
-          spec: readSpec(kind, s.document),
+          spec: readSpec(kind, document),
           file: s.file,
           line: s.line,
-          digest: JSON.stringify(s.document),
+          digest: s.json,
         });
-        this.#persisted.set(s.key, JSON.stringify(s.document));
       } catch (error) {
         this.#log.warn({ object: s.key, error: (error as Error).message }, "a stored object no longer reads; dropped");
       }

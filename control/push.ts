@@ -23,6 +23,8 @@ import type { MeshModel } from "./build/mod.ts";
 interface Entry {
   kind: ResourceKind;
   name: string;
+  /** The object published; the builder's cache hands back the very same object when nothing changed. */
+  body: unknown;
   json: string;
   version: string;
 }
@@ -56,15 +58,19 @@ export class Publisher {
     const next = new Map<string, Entry>();
     const add = (kind: ResourceKind, name: string, body: unknown) => {
       const key = resourceKey({ kind, name });
-      const json = JSON.stringify(body);
       const old = this.#entries.get(key);
-      next.set(key, old && old.json === json ? old : { kind, name, json, version: digest(json) });
+      if (old && old.body === body) {
+        next.set(key, old);
+        return;
+      }
+      const json = JSON.stringify(body);
+      next.set(key, old && old.json === json ? { ...old, body } : { kind, name, body, json, version: digest(json) });
     };
     for (const w of model.workloads) add("Workload", w.uid, w);
     for (const s of model.services) add("Service", serviceKey(s), s);
     for (const p of model.policies) add("Authorization", policyKey(p), p);
     const changed: Entry[] = [];
-    for (const [key, e] of next) if (this.#entries.get(key) !== e) changed.push(e);
+    for (const [key, e] of next) if (this.#entries.get(key)?.json !== e.json) changed.push(e);
     const removed: Removal[] = [];
     for (const [key, e] of this.#entries) if (!next.has(key)) removed.push({ kind: e.kind, name: e.name });
     if (changed.length === 0 && removed.length === 0) return undefined;

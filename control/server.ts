@@ -209,6 +209,7 @@ export function serveControl(
         version: deps.plane.publisher.version,
         resources: deps.plane.publisher.size,
         subscribers: deps.plane.publisher.subscribers,
+        memory: Deno.memoryUsage(),
         problems: problems.map((p) => ({ ...p, text: formatProblem(p) })),
         notes,
       });

@@ -34,7 +34,8 @@ export interface StoredObject {
   key: string;
   file: string;
   line: number;
-  document: Record<string, unknown>;
+  /** The document as JSON. */
+  json: string;
 }
 
 /** Failures of the store, named for the operator. */
@@ -92,6 +93,12 @@ export class ControlStore {
   meta(key: string): string | undefined {
     const row = this.#db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined;
     return row?.value;
+  }
+
+  /** Sets a value of the meta table unless it has one (another process may set it first); returns the value kept. */
+  setMetaOnce(key: string, value: string): string {
+    this.#db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)").run(key, value);
+    return this.meta(key)!;
   }
 
   /** Sets a value of the meta table. */
@@ -178,7 +185,7 @@ export class ControlStore {
       const del = this.#db.prepare("DELETE FROM objects WHERE key = ?");
       for (const k of removed) del.run(k);
       const put = this.#db.prepare("INSERT OR REPLACE INTO objects (key, file, line, document) VALUES (?, ?, ?, ?)");
-      for (const o of changed) put.run(o.key, o.file, o.line, JSON.stringify(o.document));
+      for (const o of changed) put.run(o.key, o.file, o.line, o.json);
     });
   }
 
@@ -189,7 +196,7 @@ export class ControlStore {
       key: r.key as string,
       file: r.file as string,
       line: Number(r.line),
-      document: JSON.parse(r.document as string),
+      json: r.document as string,
     }));
   }
 

@@ -22,7 +22,7 @@ Deno.test("ControlStore keeps registrations, addresses and objects across a reop
       () => store.allocateAddresses(["Service/shop/a", "Service/shop/b"], range, new Set()),
       /no free address left in 10.96.0.0\/30/,
     );
-    store.saveObjects([{ key: "Pod/shop/web", file: "/m/a.yaml", line: 3, document: { kind: "Pod" } }], []);
+    store.saveObjects([{ key: "Pod/shop/web", file: "/m/a.yaml", line: 3, json: '{"kind":"Pod"}' }], []);
     store.close();
     store = ControlStore.open(dir);
     assert.deepEqual(store.registrations().map((r) => r.name), ["db"]);
@@ -32,7 +32,7 @@ Deno.test("ControlStore keeps registrations, addresses and objects across a reop
       "a failed allocation left nothing half done",
     );
     assert.deepEqual(store.allocateAddresses([], range, new Set(), new Set()).size, 0, "released when no longer kept");
-    assert.deepEqual(store.objects(), [{ key: "Pod/shop/web", file: "/m/a.yaml", line: 3, document: { kind: "Pod" } }]);
+    assert.deepEqual(store.objects(), [{ key: "Pod/shop/web", file: "/m/a.yaml", line: 3, json: '{"kind":"Pod"}' }]);
     store.close();
   } finally {
     await Deno.remove(dir, { recursive: true });

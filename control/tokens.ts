@@ -25,8 +25,8 @@ async function signingKey(store: ControlStore): Promise<{ privateKey: CryptoKey;
   let jwk = store.meta(SIGNING_KEY);
   if (jwk === undefined) {
     const { privateKey } = await jose.generateKeyPair("ES256", { extractable: true });
-    store.setMeta(SIGNING_KEY, JSON.stringify(await jose.exportJWK(privateKey)));
-    jwk = store.meta(SIGNING_KEY)!; // another process may have won the race; use what is stored
+    // `node add` runs in its own process, maybe several at once: the first key stored is the one every token uses.
+    jwk = store.setMetaOnce(SIGNING_KEY, JSON.stringify(await jose.exportJWK(privateKey)));
   }
   const priv = JSON.parse(jwk) as jose.JWK;
   const { d: _d, ...pub } = priv;

@@ -40,6 +40,20 @@ Deno.test("node tokens: accepted while current; expired, revoked, replaced and f
         node: "node-a",
       });
     });
+    await t.step("tokens issued at once from two processes' stores all verify", async () => {
+      const dir2 = await Deno.makeTempDir({ prefix: "skiff-tokens-race-" });
+      const a = ControlStore.open(dir2);
+      const b = ControlStore.open(dir2);
+      try {
+        const [ta, tb] = await Promise.all([issueNodeToken(a, "node-x"), issueNodeToken(b, "node-y")]);
+        const v = new TokenVerifier(a);
+        assert.deepEqual([await v.check(ta), await v.check(tb)], [{ node: "node-x" }, { node: "node-y" }]);
+      } finally {
+        a.close();
+        b.close();
+        await Deno.remove(dir2, { recursive: true });
+      }
+    });
     await t.step("the signing key survives a reopen of the store", async () => {
       const third = await issueNodeToken(store, "node-c");
       store.close();

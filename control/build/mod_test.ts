@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { parseManifestFile } from "../sources/manifests.ts";
 import { DEFAULT_SETTINGS } from "./common.ts";
-import { buildMesh, type MeshModel } from "./mod.ts";
+import { BuildCache, buildMesh, type MeshModel } from "./mod.ts";
 import type { Registration } from "./workloads.ts";
 
 const NS = (name: string, labels = "") =>
@@ -324,4 +324,30 @@ ${spec}
     const p = m.policies.find((x) => `${x.namespace}/${x.name}` === key)!;
     assert.deepEqual(p.rules[0].clauses[0].matches[0].notDestinationPorts, [8081]);
   });
+});
+
+Deno.test("buildMesh() with a cache gives the same model, and keeps the objects of namespaces nothing touched", () => {
+  const yaml = NS("shop", "istio.io/dataplane-mode: ambient") +
+    POD("web-1", "shop", "10.0.1.2", { labels: "app: web" }) +
+    POD("db-1", "data", "10.0.2.2") + `apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { clusterIP: 10.96.0.10, selector: { app: web }, ports: [{ port: 80 }] }
+`;
+  const input = (text: string) => ({
+    objects: parseManifestFile(text, "t.yaml").objects,
+    registrations: [redirected("web-1", "shop")],
+    vips: new Map<string, string>(),
+    settings: DEFAULT_SETTINGS,
+  });
+  const cache = new BuildCache();
+  const first = buildMesh(input(yaml), cache);
+  assert.deepEqual(first, buildMesh(input(yaml)));
+  const changed = yaml.replace("10.0.2.2", "10.0.2.3");
+  const second = buildMesh(input(changed), cache);
+  assert.deepEqual(second, buildMesh(input(changed)));
+  const byName = (m: MeshModel, n: string) => m.workloads.find((w) => w.name === n);
+  assert.equal(byName(second, "web-1"), byName(first, "web-1"), "shop was not rebuilt");
+  assert.notEqual(byName(second, "db-1"), byName(first, "db-1"));
+  assert.deepEqual(byName(second, "db-1")!.addresses, ["10.0.2.3"]);
 });

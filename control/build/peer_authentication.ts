@@ -112,7 +112,7 @@ export class PeerAuthentications {
 
   constructor(all: DeclaredPeerAuthentication[], s: MeshSettings) {
     this.#settings = s;
-    const sorted = [...all].sort((a, b) => a.name.localeCompare(b.name));
+    const sorted = [...all].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const pa of sorted) {
       if (pa.spec.selector) {
         const list = this.#selectors.get(pa.namespace) ?? [];

@@ -48,14 +48,15 @@ export interface ManifestObject {
   name: string;
   labels: Record<string, string>;
   annotations: Record<string, string>;
-  /** The whole document as written. */
-  document: Record<string, unknown>;
   /** The kind's spec as its reader decoded it (control/build). */
   spec: unknown;
   /** Where it was declared. */
   file: string;
   line: number;
-  /** The document as canonical JSON: equal digests, unchanged object. */
+  /**
+   * The whole document as JSON: equal digests, unchanged object. The parsed document itself is not kept (the
+   * spec is), which matters with ten thousand pods.
+   */
   digest: string;
 }
 
@@ -139,12 +140,12 @@ export function parseManifestFile(text: string, file: string): ParsedFile {
       });
       continue;
     }
-    out.objects.push({ ...envelope, document, spec, file, line: line(start), digest: JSON.stringify(document) });
+    out.objects.push({ ...envelope, spec, file, line: line(start), digest: JSON.stringify(document) });
   }
   return out;
 }
 
-type Envelope = Omit<ManifestObject, "document" | "spec" | "file" | "line" | "digest">;
+type Envelope = Omit<ManifestObject, "spec" | "file" | "line" | "digest">;
 
 function readEnvelope(value: unknown): Envelope | { field: string; problem: string; key?: string } {
   let key: string | undefined;
@@ -193,6 +194,8 @@ function stringValue(value: unknown, path: string): string {
 export class ManifestSet {
   #byFile = new Map<string, Map<string, ManifestObject>>();
   #problems = new Map<string, ManifestProblem[]>();
+  /** Per file, the stat signature of the version last read, so an unchanged file is not parsed again. */
+  readonly signatures = new Map<string, string>();
 
   /** Starts from objects known good before (the store's, at start-up); they stay until their files say otherwise. */
   seed(objects: ManifestObject[]): void {
@@ -245,6 +248,7 @@ export class ManifestSet {
     const before = this.#byFile.get(file) ?? new Map();
     this.#byFile.delete(file);
     this.#problems.delete(file);
+    this.signatures.delete(file);
     return changedKeys(before, new Map());
   }
 
@@ -291,7 +295,10 @@ export async function manifestFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Reads every manifest file of `dir` into `set` (files gone since the last read are removed); returns changed keys. */
+/**
+ * Reads every manifest file of `dir` into `set` (files gone since the last read are removed); returns changed keys.
+ * A file whose size, times and inode are those of its last read is not parsed again.
+ */
 export async function loadManifestDir(dir: string, set: ManifestSet): Promise<Set<string>> {
   const files = await manifestFiles(dir);
   const changed = new Set<string>();
@@ -302,6 +309,9 @@ export async function loadManifestDir(dir: string, set: ManifestSet): Promise<Se
     let text: string;
     try {
       const info = await Deno.stat(file);
+      const signature = `${info.ino}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}`;
+      if (set.signatures.get(file) === signature) continue;
+      set.signatures.set(file, signature);
       if (info.size > MAX_MANIFEST_BYTES) {
         set.unreadable(file, `is ${info.size} bytes, at most ${MAX_MANIFEST_BYTES} are read`);
         continue;

@@ -35,7 +35,7 @@ Deno.test("parseManifestFile() reads each document's envelope, with its line and
     [["Namespace", "", "shop", 1], ["Pod", "shop", "web-1", 8], ["AuthorizationPolicy", "default", "allow-web", 17]],
   );
   assert.deepEqual(parsed.objects[0].labels, { "istio.io/dataplane-mode": "ambient" });
-  assert.deepEqual(parsed.objects[1].document.spec, { serviceAccountName: "web" });
+  assert.deepEqual(JSON.parse(parsed.objects[1].digest).spec, { serviceAccountName: "web" });
 });
 
 Deno.test("a bad document is reported with file, line and field, and costs the others nothing", async (t) => {
