@@ -1,6 +1,6 @@
 /**
- * The control plane (`skiff control`): reads the manifests directory (watched) and the node agents'
- * registrations, builds the workload model with one pure builder per kind (build/), streams it to the proxies
+ * The control plane (`skiff control`): reads the manifests directory (watched), the Kubernetes API when given a
+ * kubeconfig, and the node agents' registrations, builds the workload model with one pure builder per kind (build/), streams it to the proxies
  * on 15012 (snapshot, then deltas; push.ts, server.ts), serves the CA on the same port, and keeps its state in
  * an embedded store in the data directory (store.ts), so a restart loses nothing.
  *
@@ -14,8 +14,8 @@ import { join } from "node:path";
 import client from "prom-client";
 import { CertificateAuthority } from "../certs/ca.ts";
 import { certificatesToPem } from "../certs/x509.ts";
-import { NotBuiltError } from "../mesh/cli.ts";
 import {
+  ConfigError,
   describeOptions,
   loggable,
   option,
@@ -71,7 +71,7 @@ export const CONTROL_OPTIONS = {
   kubeconfig: option({
     flag: "kubeconfig",
     env: "KUBECONFIG",
-    help: "read the Kubernetes API instead of manifests (not built yet)",
+    help: "also read the Kubernetes API (informers on the same kinds as the manifests)",
     parser: parsers.string("a file path"),
   }),
   caDir: option({
@@ -152,7 +152,11 @@ export async function runControl(argv: string[]): Promise<number> {
     return 0;
   }
   if (values.kubeconfig !== undefined) {
-    throw new NotBuiltError("skiff control --kubeconfig (the Kubernetes API source; the manifests directory works)");
+    try {
+      await Deno.readTextFile(values.kubeconfig);
+    } catch (error) {
+      throw new ConfigError(`control: --kubeconfig ${values.kubeconfig}: cannot read: ${(error as Error).message}`);
+    }
   }
   const log = logger("control");
   log.info({ config: loggable(CONTROL_OPTIONS, values) }, "config loaded");
@@ -175,6 +179,15 @@ export async function runControl(argv: string[]): Promise<number> {
       manifestDir: values.manifests,
     });
     await ensureDir(values.manifests, log);
+    let kube: { stop(): Promise<void> } | undefined;
+    if (values.kubeconfig !== undefined) {
+      // Imported only here: the Kubernetes client costs a second and a hundred megabytes to load.
+      const { KubeSource } = await import("./sources/kube.ts");
+      const source = new KubeSource(logger("kubernetes"), (why) => plane.changed(why));
+      plane.attach(source);
+      await source.start(values.kubeconfig);
+      kube = source;
+    }
     await plane.start();
     const registry = new client.Registry();
     const caService = new CaService({
@@ -200,6 +213,7 @@ export async function runControl(argv: string[]): Promise<number> {
     const watching = watchManifests(values.manifests, plane, controller.signal, log);
     await new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
     log.info("shutting down");
+    await kube?.stop();
     plane.close();
     await Promise.allSettled([servers.finished, watching]);
   } finally {

@@ -32,6 +32,12 @@ export const QUIET_MS = 10;
 /** Longest a change waits for a build during a continuous burst. */
 export const MAX_DELAY_MS = 100;
 
+/** A source of objects besides the manifests directory (the Kubernetes API). */
+export interface ObjectSource {
+  objects(): Map<string, ManifestObject>;
+  problems(): ManifestProblem[];
+}
+
 /** The control plane's state and loop. */
 export class ControlPlane {
   readonly publisher = new Publisher();
@@ -51,6 +57,7 @@ export class ControlPlane {
     notes: [],
   };
   readonly #cache = new BuildCache();
+  readonly #sources: ObjectSource[] = [];
   #timer?: ReturnType<typeof setTimeout>;
   #firstChange?: number;
   #building = Promise.resolve();
@@ -77,9 +84,17 @@ export class ControlPlane {
     return this.#model;
   }
 
-  /** Problems of the manifests and notes of the last build, for the status endpoint. */
+  /** Problems of the sources and notes of the last build, for the status endpoint. */
   status(): { problems: ManifestProblem[]; notes: ModelNote[] } {
-    return { problems: this.manifests.problems(), notes: this.#model.notes };
+    return {
+      problems: [...this.manifests.problems(), ...this.#sources.flatMap((s) => s.problems())],
+      notes: this.#model.notes,
+    };
+  }
+
+  /** Adds a source; its objects count from the next build (the source calls {@link changed}). */
+  attach(source: ObjectSource): void {
+    this.#sources.push(source);
   }
 
   /** Reads the manifests directory and builds; call once at start. */
@@ -144,6 +159,10 @@ export class ControlPlane {
     const started = performance.now();
     const inForce = this.manifests.objects();
     const objects = [...inForce.values()];
+    // An object both in the manifests and in another source: the manifest's stays, the other is reported.
+    for (const source of this.#sources) {
+      for (const [k, o] of source.objects()) if (!inForce.has(k)) objects.push(o);
+    }
     const input = () => ({
       objects: objects as DeclaredObject[],
       registrations: this.#store.registrations(),

@@ -94,14 +94,11 @@ Deno.test("each mode not built yet exits 1 and says so once, with one skiff pref
   }
 });
 
-Deno.test("a control-plane source not built yet is refused by name, before anything starts", async () => {
-  const { code, stdout, stderr } = await skiff(["control", "--kubeconfig=/nonexistent"]);
-  assert.equal(code, 1, stderr);
+Deno.test("skiff control with an unreadable kubeconfig exits 2 naming the flag and the file, before anything starts", async () => {
+  const { code, stdout, stderr } = await skiff(["control", "--kubeconfig=/nonexistent/kubeconfig"]);
+  assert.equal(code, 2, stderr);
   assert.equal(stdout, "");
-  assert.match(
-    stderr,
-    /^skiff control --kubeconfig \(the Kubernetes API source; the manifests directory works\): not built yet\n$/,
-  );
+  assert.match(stderr, /^skiff: control: --kubeconfig \/nonexistent\/kubeconfig: cannot read: /);
 });
 
 Deno.test("skiff ztunnel without its config exits 2 naming the flag and its variable", async () => {

@@ -117,32 +117,48 @@ export function parseManifestFile(text: string, file: string): ParsedFile {
       continue;
     }
     if (value === null || value === undefined) continue; // an empty document (a trailing `---`, comments only)
-    const envelope = readEnvelope(value);
-    if ("problem" in envelope) {
-      const { field, problem, key } = envelope;
-      out.problems.push({ file, line: lineOfField(doc, lines, field) ?? line(start), field, message: problem, key });
-      if (key === undefined) out.complete = false;
-      continue;
+    const read = readObject(value, file, line(start), (field) => lineOfField(doc, lines, field));
+    if ("object" in read) {
+      out.objects.push(read.object);
+    } else {
+      out.problems.push(read.problem);
+      if (read.problem.key === undefined) out.complete = false;
     }
-    const document = value as Record<string, unknown>;
-    let spec: unknown;
-    try {
-      spec = readSpec(envelope.kind, document);
-    } catch (error) {
-      if (!(error instanceof ValidationError)) throw error;
-      const field = error.field;
-      out.problems.push({
-        file,
-        line: lineOfField(doc, lines, field) ?? line(start),
-        field,
-        message: error.problem,
-        key: objectKey(envelope),
-      });
-      continue;
-    }
-    out.objects.push({ ...envelope, spec, file, line: line(start), digest: JSON.stringify(document) });
   }
   return out;
+}
+
+/**
+ * Reads one object (its envelope, then its kind's spec) from a document's value. `lineOf` maps a field path to
+ * its line, where the source has lines. Never throws on bad input.
+ */
+export function readObject(
+  value: unknown,
+  file: string,
+  line: number,
+  lineOf: (field: string) => number | undefined = () => undefined,
+): { object: ManifestObject } | { problem: ManifestProblem } {
+  const envelope = readEnvelope(value);
+  if ("problem" in envelope) {
+    const { field, problem, key } = envelope;
+    return { problem: { file, line: lineOf(field) ?? line, field, message: problem, key } };
+  }
+  const document = value as Record<string, unknown>;
+  try {
+    const spec = readSpec(envelope.kind, document);
+    return { object: { ...envelope, spec, file, line, digest: JSON.stringify(document) } };
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    return {
+      problem: {
+        file,
+        line: lineOf(error.field) ?? line,
+        field: error.field,
+        message: error.problem,
+        key: objectKey(envelope),
+      },
+    };
+  }
 }
 
 type Envelope = Omit<ManifestObject, "spec" | "file" | "line" | "digest">;

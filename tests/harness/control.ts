@@ -16,18 +16,18 @@ export class ControlProcess implements AsyncDisposable {
   readonly dataDir: string;
   readonly manifests: string;
 
-  private constructor(readonly dir: string) {
+  private constructor(readonly dir: string, readonly extraArgs: string[]) {
     this.dataDir = join(dir, "data");
     this.manifests = join(dir, "manifests");
     this.process = this.#spawn();
   }
 
   /** Starts a control plane over `manifests` (file name → YAML) and waits until it serves. */
-  static async start(manifests: Record<string, string> = {}): Promise<ControlProcess> {
+  static async start(manifests: Record<string, string> = {}, extraArgs: string[] = []): Promise<ControlProcess> {
     const dir = await Deno.makeTempDir({ prefix: "skiff-cp-" });
     await Deno.mkdir(join(dir, "manifests"));
     for (const [name, text] of Object.entries(manifests)) await Deno.writeTextFile(join(dir, "manifests", name), text);
-    const cp = new ControlProcess(dir);
+    const cp = new ControlProcess(dir, extraArgs);
     await cp.ready();
     return cp;
   }
@@ -45,6 +45,7 @@ export class ControlProcess implements AsyncDisposable {
       "--listen=127.0.0.1",
       `--port=${this.port}`,
       `--monitoring-port=${this.monitoringPort}`,
+      ...this.extraArgs,
     ]);
   }
 
