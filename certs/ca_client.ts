@@ -1,5 +1,5 @@
 /**
- * The client of the CA service (control/ca_service.ts), as ztunnel's CA client in shared mode: a fresh P-256
+ * The client of the CA service (certs/service.ts), as ztunnel's CA client in shared mode: a fresh P-256
  * key and CSR per request, the identity asked for in the request (upstream's `ImpersonatedIdentity`), and a
  * check that the leaf returned carries exactly that identity (upstream's `SanError` otherwise). The answer's
  * roots become the trust bundle, so the bundle is refreshed with every renewal.

@@ -1,13 +1,15 @@
 /**
  * `skiff ca ...` for operators and tests: `ca init` creates a root CA directory (or reports the one already
- * there), `ca issue` signs a workload certificate with it and writes chain, key and trust bundle. The network
- * CA service (`ca serve`) comes with the control plane.
+ * there), `ca issue` signs a workload certificate with it and writes chain, key and trust bundle, `ca serve` runs
+ * the CA service apart from the control plane (certs/serve.ts).
  *
  * @module
  */
 
 import { join } from "node:path";
-import { NotBuiltError } from "../mesh/cli.ts";
+import { CONTROL_CLIENT_OPTIONS, ControlConnection, controlEndpoint } from "../mesh/control_client.ts";
+import { servingNames } from "../mesh/net.ts";
+import { CONTROL_PORT } from "../mesh/protocol/config_stream.ts";
 import {
   describeOptions,
   loggable,
@@ -20,6 +22,7 @@ import {
 import { SpiffeId } from "../mesh/identity.ts";
 import { logger } from "../mesh/log.ts";
 import { CertificateAuthority, DEFAULT_TTL_MS, ROOT_TTL_MS } from "./ca.ts";
+import { serveCa } from "./serve.ts";
 import { verifyPeerChain } from "./verify.ts";
 import { certificatesToPem } from "./x509.ts";
 
@@ -63,6 +66,33 @@ const ISSUE = {
   }),
 };
 
+const SERVE = {
+  dir,
+  trustDomain,
+  ...CONTROL_CLIENT_OPTIONS,
+  listen: option({
+    flag: "listen",
+    env: "SKIFF_CA_LISTEN",
+    help: "address of the CA service (HTTPS)",
+    parser: parsers.string("an IP address"),
+    default: "0.0.0.0",
+  }),
+  port: option({
+    flag: "port",
+    env: "SKIFF_CA_PORT",
+    help: "port of the CA service (HTTPS)",
+    parser: parsers.int(0, 65535),
+    default: CONTROL_PORT,
+  }),
+  san: option({
+    flag: "san",
+    env: "SKIFF_CA_SAN",
+    help: "comma-separated extra names and addresses for its certificate (default: host name, local IPs)",
+    parser: parsers.string("names or addresses, comma-separated"),
+    default: "",
+  }),
+};
+
 function parseId(s: string): SpiffeId | undefined {
   try {
     return SpiffeId.parse(s);
@@ -77,7 +107,9 @@ export const CA_USAGE = `Usage:
 ${describeOptions(INIT)}
   skiff ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUT [--ttl 24h]
 ${describeOptions(ISSUE)}
-  skiff ca serve        the CA service (comes with the control plane; not built yet)`;
+  skiff ca serve --dir DIR --control https://CONTROL:15012 --token-file FILE
+      the CA service apart from the control plane (which also serves it on 15012)
+${describeOptions(SERVE)}`;
 
 /** Runs `skiff ca <subcommand>`; returns the exit code. */
 export async function runCaCommand(argv: string[]): Promise<number> {
@@ -88,10 +120,9 @@ export async function runCaCommand(argv: string[]): Promise<number> {
     case "issue":
       return await caIssue(rest);
     case "serve":
+      return await caServe(rest);
     case undefined:
-      throw new NotBuiltError(
-        "skiff ca serve (the CA service comes with the control plane; 'ca init' and 'ca issue' work now)",
-      );
+      throw new UsageError(`ca: give a subcommand: init, issue or serve\n\n${CA_USAGE}`);
     case "-h":
     case "--help":
       console.log(CA_USAGE);
@@ -99,6 +130,37 @@ export async function runCaCommand(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`ca: unknown subcommand ${JSON.stringify(sub)}\n\n${CA_USAGE}`);
   }
+}
+
+async function caServe(argv: string[]): Promise<number> {
+  const { values, help } = readConfig("ca serve", SERVE, argv, Deno.env.toObject());
+  if (help) return printUsage();
+  if (values.control === undefined) {
+    throw new UsageError("ca serve: give --control URL (SKIFF_CONTROL): the control plane it takes its registry from");
+  }
+  const log = logger("ca");
+  log.info({ config: loggable(SERVE, values) }, "config loaded");
+  const ca = await CertificateAuthority.load(values.dir);
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+  try {
+    await serveCa({
+      ca,
+      control: new ControlConnection(controlEndpoint(values.control, values)),
+      trustDomain: values.trustDomain,
+      hostname: values.listen,
+      port: values.port,
+      names: servingNames(values.san),
+      log,
+      signal: controller.signal,
+    });
+  } finally {
+    Deno.removeSignalListener("SIGTERM", stop);
+    Deno.removeSignalListener("SIGINT", stop);
+  }
+  return 0;
 }
 
 async function caInit(argv: string[]): Promise<number> {

@@ -9,7 +9,6 @@
  * @module
  */
 
-import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import client from "prom-client";
 import { CertificateAuthority } from "../certs/ca.ts";
@@ -25,11 +24,11 @@ import {
   UsageError,
 } from "../mesh/config.ts";
 import { type Logger, logger } from "../mesh/log.ts";
-import { type Cidr, decodeCidr } from "../mesh/net.ts";
+import { type Cidr, decodeCidr, servingNames } from "../mesh/net.ts";
 import { CONTROL_PORT } from "../mesh/protocol/config_stream.ts";
 import { dnsLabel, dnsSubdomain, ValidationError } from "../mesh/validate.ts";
 import { DEFAULT_SETTINGS } from "./build/common.ts";
-import { CaMetrics, CaService } from "./ca_service.ts";
+import { CaMetrics, CaService } from "../certs/service.ts";
 import { ControlPlane } from "./plane.ts";
 import { serveControl } from "./server.ts";
 import { ControlStore } from "./store.ts";
@@ -242,16 +241,6 @@ async function loadOrCreateCa(dir: string, trustDomain: string, log: Logger): Pr
   await ca.save(dir, keyPem);
   log.info({ dir, subject: ca.cert.subject, notAfter: ca.cert.notAfter.toISOString() }, "root CA created");
   return ca;
-}
-
-/** The names on the 15012 certificate: the extra ones asked for, the host name, localhost, every local IP. */
-function servingNames(extra: string): string[] {
-  const names = extra.split(",").map((s) => s.trim()).filter((s) => s !== "");
-  names.push(hostname(), "localhost");
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === "IPv4" || !a.address.startsWith("fe80")) names.push(a.address);
-  }
-  return [...new Set(names)];
 }
 
 /** Re-reads the manifests directory on every change in it. */

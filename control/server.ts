@@ -5,8 +5,9 @@
  * | method and path       | what                                                                     |
  * | --------------------- | ------------------------------------------------------------------------ |
  * | `POST /v1/stream`     | the config stream (mesh/protocol/config_stream.ts)                       |
- * | `POST /v1/certificates` | the CA service (ca_service.ts)                                         |
+ * | `POST /v1/certificates` | the CA service (certs/service.ts)                                      |
  * | `PUT /v1/registrations` | a node agent's pods, replacing its earlier report                      |
+ * | `POST /v1/tokenreview` | whether a node token is valid, and whose (for `skiff ca serve`)          |
  *
  * A missing, wrong, expired or revoked token is a 401 with a JSON `error` saying which, and a log line naming
  * the node when the token names one. 15014 (istiod's monitoring port), plain HTTP: `/metrics`, `/ready`, and
@@ -22,9 +23,10 @@ import {
   PING_INTERVAL_MS,
   REGISTRATIONS_PATH,
   STREAM_PATH,
+  TOKEN_REVIEW_PATH,
 } from "../mesh/protocol/config_stream.ts";
 import { checkString, Fields, ValidationError } from "../mesh/validate.ts";
-import type { CaService } from "./ca_service.ts";
+import type { CaService } from "../certs/service.ts";
 import type { ControlPlane } from "./plane.ts";
 import { formatProblem } from "./sources/manifests.ts";
 import { decodeRegistrationReport } from "./sources/registrations.ts";
@@ -96,7 +98,13 @@ export function serveControl(
   }, async (req) => {
     const path = new URL(req.url).pathname;
     const route = `${req.method} ${path}`;
-    if (![`POST ${STREAM_PATH}`, `POST ${CERTIFICATES_PATH}`, `PUT ${REGISTRATIONS_PATH}`].includes(route)) {
+    const routes = [
+      `POST ${STREAM_PATH}`,
+      `POST ${CERTIFICATES_PATH}`,
+      `PUT ${REGISTRATIONS_PATH}`,
+      `POST ${TOKEN_REVIEW_PATH}`,
+    ];
+    if (!routes.includes(route)) {
       return json(404, { error: `no such endpoint: ${route}` });
     }
     const auth = await authenticate(req);
@@ -109,6 +117,18 @@ export function serveControl(
       body = text === "" ? {} : JSON.parse(text);
     } catch (error) {
       return json(400, { error: `bad request: ${(error as Error).message}` });
+    }
+    if (path === TOKEN_REVIEW_PATH) {
+      // As Kubernetes' TokenReview: a standalone CA asks whether a caller's token is good, and for which node.
+      const token = typeof (body as { token?: unknown }).token === "string" ? (body as { token: string }).token : "";
+      const review = await deps.tokens.check(token);
+      return json(
+        200,
+        "refused" in review ? { authenticated: false, error: review.refused } : {
+          authenticated: true,
+          node: review.node,
+        },
+      );
     }
     if (path === REGISTRATIONS_PATH) {
       try {

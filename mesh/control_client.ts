@@ -13,7 +13,9 @@
  * @module
  */
 
+import { dirname, join } from "node:path";
 import { type Authorization, decodeAuthorization } from "./authorization.ts";
+import { option, parsers } from "./config.ts";
 import type { Logger } from "./log.ts";
 import {
   decodeStreamMessage,
@@ -40,6 +42,34 @@ export interface ControlEndpoint {
   tokenFile: string;
   /** PEM of the roots that sign the control plane's certificate. */
   caFile: string;
+}
+
+/** The flags of every role that talks to the control plane. */
+export const CONTROL_CLIENT_OPTIONS = {
+  control: option({
+    flag: "control",
+    env: "SKIFF_CONTROL",
+    help: "the control plane, https://HOST:15012: config stream and CA",
+    parser: parsers.string("a URL such as https://10.0.0.1:15012"),
+  }),
+  tokenFile: option({
+    flag: "token-file",
+    env: "SKIFF_TOKEN_FILE",
+    help: "this node's token (skiff control node add)",
+    parser: parsers.string("a file path"),
+    default: "/etc/skiff/node/token",
+  }),
+  controlCa: option({
+    flag: "control-ca",
+    env: "SKIFF_CONTROL_CA",
+    help: "roots of the control plane's certificate (default: root-cert.pem beside the token)",
+    parser: parsers.string("a file path"),
+  }),
+};
+
+/** The endpoint those flags name (the URL given). */
+export function controlEndpoint(url: string, v: { tokenFile: string; controlCa?: string }): ControlEndpoint {
+  return { url, tokenFile: v.tokenFile, caFile: v.controlCa ?? join(dirname(v.tokenFile), "root-cert.pem") };
 }
 
 /** A failure to talk to the control plane, with the HTTP status when there was one. */

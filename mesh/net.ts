@@ -5,6 +5,7 @@
  * @module
  */
 
+import { hostname, networkInterfaces } from "node:os";
 import { isIP } from "node:net";
 import { type Check, checkString, show, ValidationError } from "./validate.ts";
 
@@ -123,4 +124,17 @@ export function cidrContains(cidr: Cidr, ip: string): boolean {
 /** The index key of an address: `network/ip`. */
 export function addressKey(a: NetworkAddress): string {
   return `${a.network}/${a.address}`;
+}
+
+/**
+ * The names a server's HTTPS certificate carries so that clients can dial it however they know it: the extra ones
+ * asked for (comma-separated), the host name, localhost, and every local address.
+ */
+export function servingNames(extra: string): string[] {
+  const names = extra.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  names.push(hostname(), "localhost");
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4" || !a.address.startsWith("fe80")) names.push(a.address);
+  }
+  return [...new Set(names)];
 }

@@ -13,7 +13,6 @@
 import { CertificateAuthority } from "../../certs/ca.ts";
 import { RotationManager } from "../../certs/rotation_manager.ts";
 import { certificatesToPem } from "../../certs/x509.ts";
-import { dirname, join } from "node:path";
 import { requestCertificate } from "../../certs/ca_client.ts";
 import {
   describeOptions,
@@ -25,7 +24,13 @@ import {
   UsageError,
   type Values,
 } from "../../mesh/config.ts";
-import { ClientConfig, ControlConnection, runConfigClient } from "../../mesh/control_client.ts";
+import {
+  ClientConfig,
+  CONTROL_CLIENT_OPTIONS,
+  ControlConnection,
+  controlEndpoint,
+  runConfigClient,
+} from "../../mesh/control_client.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
 import { type Logger, logger } from "../../mesh/log.ts";
 import { TcpMetrics } from "../../mesh/metrics.ts";
@@ -56,24 +61,12 @@ export const ZTUNNEL_OPTIONS = {
     help: "local CA directory (skiff ca init) that signs the pods' certificates (without a control plane)",
     parser: parsers.string("a directory path"),
   }),
-  control: option({
-    flag: "control",
-    env: "SKIFF_CONTROL",
-    help: "the control plane, https://HOST:15012: config stream and CA",
-    parser: parsers.string("a URL such as https://10.0.0.1:15012"),
-  }),
-  tokenFile: option({
-    flag: "token-file",
-    env: "SKIFF_TOKEN_FILE",
-    help: "this node's token (skiff control node add)",
-    parser: parsers.string("a file path"),
-    default: "/etc/skiff/node/token",
-  }),
-  controlCa: option({
-    flag: "control-ca",
-    env: "SKIFF_CONTROL_CA",
-    help: "roots of the control plane's certificate (default: root-cert.pem beside the token)",
-    parser: parsers.string("a file path"),
+  ...CONTROL_CLIENT_OPTIONS,
+  caAddress: option({
+    flag: "ca-address",
+    env: "CA_ADDRESS",
+    help: "the CA service when it runs apart (skiff ca serve); default: the --control URL",
+    parser: parsers.string("a URL such as https://10.0.0.2:15012"),
   }),
   trustDomain: trustDomainOption,
   handoffSocket: option({
@@ -241,18 +234,17 @@ function checkSourceFlags(values: ZtunnelValues): void {
 
 async function configSource(values: ZtunnelValues, log: Logger): Promise<ConfigSource> {
   if (values.control !== undefined) {
-    const connection = new ControlConnection({
-      url: values.control,
-      tokenFile: values.tokenFile,
-      caFile: values.controlCa ?? join(dirname(values.tokenFile), "root-cert.pem"),
-    });
+    const connection = new ControlConnection(controlEndpoint(values.control, values));
+    const caConnection = values.caAddress === undefined
+      ? connection
+      : new ControlConnection(controlEndpoint(values.caAddress, values));
     const config = new ClientConfig(log);
     return {
       kind: "control",
       connection,
       config,
       initial: config.state,
-      issue: (id) => requestCertificate(connection, SpiffeId.parse(id, "identity"), values.certTtl),
+      issue: (id) => requestCertificate(caConnection, SpiffeId.parse(id, "identity"), values.certTtl),
     };
   }
   const ca = await CertificateAuthority.load(values.caDir!);

@@ -32,6 +32,8 @@ export const STREAM_PATH = "/v1/stream";
 export const CERTIFICATES_PATH = "/v1/certificates";
 /** The path where node agents report their pods. */
 export const REGISTRATIONS_PATH = "/v1/registrations";
+/** Where a standalone CA asks whether a node token is valid (as Kubernetes' TokenReview). */
+export const TOKEN_REVIEW_PATH = "/v1/tokenreview";
 /** The control plane's port (istiod's). */
 export const CONTROL_PORT = 15012;
 /** How often the server pings an idle stream. */

@@ -9,9 +9,9 @@
  */
 
 import client from "prom-client";
-import { type CertificateAuthority, MAX_TTL_MS } from "../certs/ca.ts";
-import { authorizeNodeIdentity, type NodeRegistryView } from "../certs/node_auth.ts";
-import { certificatesToPem } from "../certs/x509.ts";
+import { type CertificateAuthority, MAX_TTL_MS } from "./ca.ts";
+import { authorizeNodeIdentity, type NodeRegistryView } from "./node_auth.ts";
+import { certificatesToPem } from "./x509.ts";
 import { SpiffeId } from "../mesh/identity.ts";
 import type { Logger } from "../mesh/log.ts";
 import type { CertificateResponse } from "../mesh/protocol/config_stream.ts";
