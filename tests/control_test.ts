@@ -102,6 +102,9 @@ spec: { clusterIP: ${VIP}, selector: { app: server }, ports: [{ port: 80, target
     control: control.url,
     tokenFile: tokenB,
   });
+  // Each ztunnel fetches its node's identities as soon as the config names them, before any pod is handed over.
+  const prefetched = await zA.waitForLog((l) => l.msg === "node's certificates updated");
+  assert.deepEqual(prefetched.prefetch, ["spiffe://cluster.local/ns/shop/sa/client"]);
   await zA.enroll(client, "shop");
   await zB.enroll(server, "shop");
   for (const z of [zA, zB]) await z.waitForLog((l) => String(l.msg).startsWith("ready"));

@@ -65,6 +65,7 @@ export class PodManager implements PodHandler {
   #certs: RotationManager<WorkloadCert>;
   #trustDomain: string;
   #refresh: ReturnType<typeof setInterval>;
+  #retain: (identity: string) => boolean;
 
   constructor(opts: {
     proxy: ProxyContext;
@@ -73,7 +74,10 @@ export class PodManager implements PodHandler {
     trustDomain: string;
     /** How often rotated certificates are put on the pods' HBONE listeners. */
     refreshMs?: number;
+    /** Whether an identity no pod uses any more is still wanted (prefetched for the node's workloads). */
+    retain?: (identity: string) => boolean;
   }) {
+    this.#retain = opts.retain ?? (() => false);
     this.#proxy = opts.proxy;
     this.#network = opts.network;
     this.#certs = opts.certs;
@@ -149,8 +153,13 @@ export class PodManager implements PodHandler {
     this.#proxy.connections.closeWorkload(uid, "pod removed");
     await Promise.all([hboneClosed, pod.ctx.pool.close()]);
     const identity = pod.ctx.identity.toString();
-    if (![...this.#pods.values()].some((p) => p.ctx.identity.toString() === identity)) this.#certs.forget(identity);
+    if (!this.usesIdentity(identity) && !this.#retain(identity)) this.#certs.forget(identity);
     this.#proxy.log.info({ uid }, "pod removed: listeners closed, certificate forgotten, connections ended");
+  }
+
+  /** Whether a pod served now has this identity. */
+  usesIdentity(identity: string): boolean {
+    return [...this.#pods.values()].some((p) => p.ctx.identity.toString() === identity);
   }
 
   async reconcile(keep: ReadonlySet<string>): Promise<void> {

@@ -13,6 +13,8 @@
 import { CertificateAuthority } from "../../certs/ca.ts";
 import { RotationManager } from "../../certs/rotation_manager.ts";
 import { certificatesToPem } from "../../certs/x509.ts";
+import { hostname } from "node:os";
+import { decodeJwt } from "jose";
 import { requestCertificate } from "../../certs/ca_client.ts";
 import {
   describeOptions,
@@ -44,6 +46,7 @@ import { ConnectionManager } from "./connection_manager.ts";
 import { runHandoffClient } from "./handoff_client.ts";
 import { linuxPodNetwork, PodManager, type WorkloadCert } from "./inpod.ts";
 import { readLocalConfig, stateOf } from "./local_config.ts";
+import { nodeIdentities, prefetchPlan } from "./prefetch.ts";
 
 const port = (flag: string, env: string, fallback: number, help: string) =>
   option({ flag, env, help, parser: parsers.int(0, 65535), default: fallback });
@@ -67,6 +70,12 @@ export const ZTUNNEL_OPTIONS = {
     env: "CA_ADDRESS",
     help: "the CA service when it runs apart (skiff ca serve); default: the --control URL",
     parser: parsers.string("a URL such as https://10.0.0.2:15012"),
+  }),
+  nodeName: option({
+    flag: "node-name",
+    env: "NODE_NAME",
+    help: "this node's name in the mesh (default: the node token's, else the host name)",
+    parser: parsers.string("a node name"),
   }),
   trustDomain: trustDomainOption,
   handoffSocket: option({
@@ -138,7 +147,26 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     network: linuxPodNetwork,
     certs,
     trustDomain: values.trustDomain,
+    retain: (id) => prefetched.has(id),
   });
+  // Identities of this node's HBONE workloads are fetched as soon as the config names them (prefetch.ts).
+  const prefetched = new Set<string>();
+  const nodeName = values.nodeName ?? (source.kind === "control" ? await tokenSubject(values.tokenFile) : undefined) ??
+    hostname();
+  const prefetchForNode = () => {
+    const wanted = nodeIdentities(state.workloads.onNode(nodeName), values.trustDomain);
+    const plan = prefetchPlan(wanted, prefetched, (id) => pods.usesIdentity(id));
+    for (const id of plan.prefetch) {
+      prefetched.add(id);
+      certs.prefetch(id);
+    }
+    for (const id of plan.release) prefetched.delete(id);
+    for (const id of plan.forget) certs.forget(id);
+    if (plan.prefetch.length + plan.forget.length > 0) {
+      log.info({ node: nodeName, prefetch: plan.prefetch, forget: plan.forget }, "node's certificates updated");
+    }
+  };
+  if (source.kind === "local") prefetchForNode();
   let ready = false;
   let handoffReady = false;
   let configReady = source.kind === "local";
@@ -174,6 +202,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   const watching = source.kind === "local"
     ? watchConfig(source.file, controller.signal, log, (next) => {
       state = next;
+      prefetchForNode();
       const closed = connections.reauthorize(next);
       log.info({ closed }, "local config reloaded");
     })
@@ -184,6 +213,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
       signal: controller.signal,
       onChange: (change) => {
         const closed = connections.reauthorize(state);
+        prefetchForNode();
         if (change.type === "snapshot") {
           configReady = true;
           markReady();
@@ -255,6 +285,15 @@ async function configSource(values: ZtunnelValues, log: Logger): Promise<ConfigS
     initial: stateOf(await readLocalConfig(file)),
     issue: (id) => issueLocally(ca, id, values.certTtl),
   };
+}
+
+/** The node a node token names (its subject), read without verifying: it is our own token. */
+async function tokenSubject(file: string): Promise<string | undefined> {
+  try {
+    return decodeJwt((await Deno.readTextFile(file)).trim()).sub;
+  } catch {
+    return undefined;
+  }
 }
 
 async function issueLocally(ca: CertificateAuthority, identity: string, ttlMs: number): Promise<WorkloadCert> {
