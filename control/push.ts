@@ -35,7 +35,9 @@ export type Delta = Extract<StreamMessage, { type: "delta" }>;
 /** The published state and its subscribers. */
 export class Publisher {
   readonly #entries = new Map<string, Entry>();
-  readonly #subscribers = new Set<(d: Delta, line: string) => void>();
+  readonly #subscribers = new Set<(d: Delta, line: Uint8Array) => void>();
+  /** The snapshot for a client that knows nothing, encoded once per version and shared by every such client. */
+  #full?: { version: number; line: Uint8Array; sent: number };
   #version = 0;
 
   /** The version of the last change published. */
@@ -77,13 +79,17 @@ export class Publisher {
     this.#entries.clear();
     for (const [k, e] of next) this.#entries.set(k, e);
     const delta: Delta = { type: "delta", version: ++this.#version, resources: changed.map(toResource), removed };
-    const line = encodeLine({ type: "delta", version: delta.version, removed }, changed);
+    const line = encoder.encode(encodeLine({ type: "delta", version: delta.version, removed }, changed));
     for (const fn of this.#subscribers) fn(delta, line);
     return delta;
   }
 
-  /** The snapshot for a client that knows `known` (`kind/name` → version), as one line of the stream. */
-  snapshot(known: Record<string, string>): { line: string; sent: number; removed: number; unchanged: number } {
+  /** The snapshot for a client that knows `known` (`kind/name` → version), as one encoded line of the stream. */
+  snapshot(known: Record<string, string>): { line: Uint8Array; sent: number; removed: number; unchanged: number } {
+    const empty = Object.keys(known).length === 0;
+    if (empty && this.#full?.version === this.#version) {
+      return { line: this.#full.line, sent: this.#full.sent, removed: 0, unchanged: 0 };
+    }
     const changed: Entry[] = [];
     let unchanged = 0;
     for (const [key, e] of this.#entries) {
@@ -99,16 +105,19 @@ export class Publisher {
         removed.push({ kind, name: key.slice(slash + 1) });
       }
     }
-    const line = encodeLine({ type: "snapshot", version: this.#version, removed, unchanged }, changed);
+    const line = encoder.encode(encodeLine({ type: "snapshot", version: this.#version, removed, unchanged }, changed));
+    if (empty) this.#full = { version: this.#version, line, sent: changed.length };
     return { line, sent: changed.length, removed: removed.length, unchanged };
   }
 
   /** Calls `fn` with every delta from now on; returns the function that stops it. */
-  subscribe(fn: (d: Delta, line: string) => void): () => void {
+  subscribe(fn: (d: Delta, line: Uint8Array) => void): () => void {
     this.#subscribers.add(fn);
     return () => this.#subscribers.delete(fn);
   }
 }
+
+const encoder = new TextEncoder();
 
 /** One line of the stream, with the resources' bodies spliced in as the JSON they were published as. */
 function encodeLine(head: Record<string, unknown>, resources: Entry[]): string {

@@ -27,7 +27,7 @@ Deno.test("Publisher sends only what changed, with versions that depend on conte
   await t.step("another publisher (a restarted control plane) gives the same versions", () => {
     const again = new Publisher();
     const d = again.publish(model(wl("a", "10.0.0.9")))!;
-    const snap = decodeStreamMessage(p.snapshot({}).line);
+    const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({}).line));
     assert.equal(snap.type, "snapshot");
     assert.equal(d.resources[0].version, snap.type === "snapshot" ? snap.resources[0].version : "");
   });
@@ -37,13 +37,13 @@ Deno.test("Publisher sends only what changed, with versions that depend on conte
       "Workload/Kubernetes//Pod/shop/b": "x",
     };
     const snap = p.snapshot(known);
-    const m = decodeStreamMessage(snap.line);
+    const m = decodeStreamMessage(new TextDecoder().decode(snap.line));
     assert.equal(m.type, "snapshot");
     if (m.type !== "snapshot") return;
     assert.deepEqual(m.resources.map((r) => (r.body as Workload).addresses), [["10.0.0.9"]]);
     assert.deepEqual(m.removed, [{ kind: "Workload", name: "Kubernetes//Pod/shop/b" }]);
     const current = Object.fromEntries(m.resources.map((r) => [`${r.kind}/${r.name}`, r.version]));
-    const resumed = decodeStreamMessage(p.snapshot(current).line);
+    const resumed = decodeStreamMessage(new TextDecoder().decode(p.snapshot(current).line));
     assert.deepEqual(resumed.type === "snapshot" && [resumed.resources.length, resumed.unchanged], [0, 1]);
   });
 });

@@ -66,6 +66,7 @@ export class StreamMetrics {
 }
 
 const json = (status: number, body: unknown) => Response.json(body, { status });
+const PING = new TextEncoder().encode('{"type":"ping"}\n');
 
 /** Serves 15012 and 15014 until `signal` aborts. */
 export function serveControl(
@@ -155,13 +156,12 @@ export function serveControl(
   });
 
   const stream = (node: string, token: string, known: Record<string, string>): Response => {
-    const encoder = new TextEncoder();
     let cleanup = () => {};
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
-        const send = (line: string, type: string) => {
+        const send = (line: Uint8Array, type: string) => {
           try {
-            controller.enqueue(encoder.encode(line));
+            controller.enqueue(line);
             metrics.pushes.labels(type).inc();
           } catch {
             cleanup();
@@ -189,7 +189,7 @@ export function serveControl(
             } catch { /* already closed */ }
             return;
           }
-          send('{"type":"ping"}\n', "ping");
+          send(PING, "ping");
         }, PING_INTERVAL_MS);
         let done = false;
         cleanup = () => {

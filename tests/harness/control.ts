@@ -16,18 +16,22 @@ export class ControlProcess implements AsyncDisposable {
   readonly dataDir: string;
   readonly manifests: string;
 
-  private constructor(readonly dir: string, readonly extraArgs: string[]) {
+  private constructor(readonly dir: string, readonly extraArgs: string[], readonly env: Record<string, string>) {
     this.dataDir = join(dir, "data");
     this.manifests = join(dir, "manifests");
     this.process = this.#spawn();
   }
 
   /** Starts a control plane over `manifests` (file name → YAML) and waits until it serves. */
-  static async start(manifests: Record<string, string> = {}, extraArgs: string[] = []): Promise<ControlProcess> {
+  static async start(
+    manifests: Record<string, string> = {},
+    extraArgs: string[] = [],
+    env: Record<string, string> = {},
+  ): Promise<ControlProcess> {
     const dir = await Deno.makeTempDir({ prefix: "skiff-cp-" });
     await Deno.mkdir(join(dir, "manifests"));
     for (const [name, text] of Object.entries(manifests)) await Deno.writeTextFile(join(dir, "manifests", name), text);
-    const cp = new ControlProcess(dir, extraArgs);
+    const cp = new ControlProcess(dir, extraArgs, env);
     await cp.ready();
     return cp;
   }
@@ -46,7 +50,7 @@ export class ControlProcess implements AsyncDisposable {
       `--port=${this.port}`,
       `--monitoring-port=${this.monitoringPort}`,
       ...this.extraArgs,
-    ]);
+    ], this.env);
   }
 
   /** Waits until the HTTPS listener is up. */
