@@ -13,6 +13,7 @@ import { type CertificateAuthority, MAX_TTL_MS } from "./ca.ts";
 import { authorizeNodeIdentity, type NodeRegistryView } from "./node_auth.ts";
 import { certificatesToPem } from "./x509.ts";
 import { SpiffeId } from "../mesh/identity.ts";
+import { readBody } from "../mesh/http.ts";
 import type { Logger } from "../mesh/log.ts";
 import type { CertificateResponse } from "../mesh/protocol/config_stream.ts";
 import { checkInt, Fields, ValidationError } from "../mesh/validate.ts";
@@ -76,8 +77,7 @@ export class CaService {
     this.#metrics.csrs.inc();
     let ask: { csr: string; identity: SpiffeId; ttlSeconds: number };
     try {
-      const text = await request.text();
-      if (text.length > MAX_BODY) throw new ValidationError("request", `is larger than ${MAX_BODY} bytes`);
+      const text = await readBody(request, MAX_BODY);
       let body: unknown;
       try {
         body = JSON.parse(text);

@@ -47,14 +47,15 @@ async function withPlane(fn: (dir: string, open: () => ControlPlane, store: () =
 }
 
 Deno.test("ControlPlane batches a burst of changes into one build and one delta", async () => {
-  await withPlane(async (_dir, open) => {
+  await withPlane(async (manifests, open) => {
+    await Deno.writeTextFile(join(manifests, "shop.yaml"), POD.replace("status: { podIP: 10.0.1.2 }\n", ""));
     const plane = open();
     await plane.start();
     const before = plane.publisher.version;
     for (let i = 0; i < 50; i++) {
       plane.register("node-a", [{
         namespace: "shop",
-        name: `p${i}`,
+        name: "web-1",
         node: "node-a",
         ips: [`10.0.2.${i + 1}`],
         redirected: true,
@@ -62,7 +63,11 @@ Deno.test("ControlPlane batches a burst of changes into one build and one delta"
     }
     await plane.settled();
     assert.equal(plane.publisher.version, before + 1);
-    assert.deepEqual(plane.model.workloads.map((w) => w.name), ["p49"], "the last report of the node is what counts");
+    assert.deepEqual(
+      plane.model.workloads.map((w) => w.addresses),
+      [["10.0.2.50"]],
+      "the node's last report is what counts",
+    );
     plane.close();
   });
 });

@@ -17,6 +17,7 @@
  */
 
 import client from "prom-client";
+import { readBody } from "../mesh/http.ts";
 import type { Logger } from "../mesh/log.ts";
 import {
   CERTIFICATES_PATH,
@@ -113,8 +114,7 @@ export function serveControl(
     if (path === CERTIFICATES_PATH) return deps.ca.handle(auth.node, req);
     let body: unknown;
     try {
-      const text = await req.text();
-      if (text.length > MAX_BODY) throw new ValidationError("request", `is larger than ${MAX_BODY} bytes`);
+      const text = await readBody(req, MAX_BODY);
       body = text === "" ? {} : JSON.parse(text);
     } catch (error) {
       return json(400, { error: `bad request: ${(error as Error).message}` });

@@ -340,42 +340,44 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     }
   };
 
-  // Workloads.
+  // Workloads. A node agent's report only completes what the manifests or the API declare, and only for a
+  // workload scheduled on that very node: a node can neither make up pods nor speak for another node's.
   const registrations = new Map(regs.map((r) => [r.name, r]));
+  const reported = new Set<string>();
+  const reportFor = (kind: string, name: string, node: string) => {
+    const reg = registrations.get(name);
+    if (!reg || reported.has(name)) return undefined;
+    reported.add(name);
+    if (reg.node === node) return reg;
+    notes.push({
+      key: `${kind}/${ns}/${name}`,
+      severity: "warning",
+      message: `reported by node ${reg.node}, but ${
+        node ? `it runs on ${node}` : "it names no node"
+      }; the report is ignored`,
+    });
+    return undefined;
+  };
   const candidates: Candidate[] = [];
-  const declaredPods = new Set<string>();
   for (const pod of of("Pod")) {
-    declaredPods.add(pod.name);
-    const reg = registrations.get(pod.name);
-    if (pod.spec.phase !== "Failed") addIdentity(pod.spec.nodeName || reg?.node || "", pod.spec.serviceAccount);
+    const reg = reportFor("Pod", pod.name, pod.spec.nodeName);
+    if (pod.spec.phase !== "Failed") addIdentity(pod.spec.nodeName, pod.spec.serviceAccount);
     const c = podWorkload(pod as Declared<PodSpec>, labels, reg, s);
     if (c) candidates.push(c);
   }
-  // Pods the node agents saw start that no manifest declares: what the agent reported is all there is.
-  for (const reg of regs) {
-    if (declaredPods.has(reg.name)) continue;
-    const pod: Declared<PodSpec> = {
-      namespace: ns,
-      name: reg.name,
-      labels: reg.labels ?? {},
-      annotations: {},
-      spec: {
-        nodeName: reg.node,
-        serviceAccount: reg.serviceAccount ?? "default",
-        hostNetwork: false,
-        ips: reg.ips,
-        phase: "Running",
-        namedPorts: {},
-      },
-    };
-    addIdentity(reg.node, pod.spec.serviceAccount);
-    const c = podWorkload(pod, labels, reg, s);
-    if (c) candidates.push(c);
-  }
   for (const entry of of("WorkloadEntry")) {
-    const c = entryWorkload(entry as Declared<WorkloadEntrySpec>, labels, registrations.get(entry.name), s);
+    const reg = reportFor("WorkloadEntry", entry.name, entry.annotations[LABELS.entryNode] ?? "");
+    const c = entryWorkload(entry as Declared<WorkloadEntrySpec>, labels, reg, s);
     addIdentity(c.workload.node, entry.spec.serviceAccount);
     candidates.push(c);
+  }
+  for (const reg of regs) {
+    if (reported.has(reg.name)) continue;
+    notes.push({
+      key: `Pod/${ns}/${reg.name}`,
+      severity: "warning",
+      message: `reported by node ${reg.node}, but no manifest or Kubernetes object declares it; it is left out`,
+    });
   }
 
   // Waypoints and services.

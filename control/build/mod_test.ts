@@ -87,17 +87,27 @@ Deno.test("buildMesh() makes workloads from pods: uid, identity, canonical label
   });
 });
 
-Deno.test("buildMesh() takes a pod's address from its node agent when the manifest has none", () => {
+Deno.test("buildMesh() completes a pod from its own node's agent, and from no one else", async (t) => {
   const yaml = POD("web-1", "shop", "10.0.1.2").replace("status:\n  podIP: 10.0.1.2\n", "");
-  assert.equal(build(yaml).workloads.length, 0);
-  const m = build(yaml, [{ ...redirected("web-1", "shop"), ips: ["10.0.1.7"] }]);
-  assert.deepEqual(m.workloads[0].addresses, ["10.0.1.7"]);
-  // A pod only a node agent knows of is a workload too, with what the agent reported.
-  const only = build("", [{ ...redirected("job-1", "batch", "node-c"), ips: ["10.0.3.3"], serviceAccount: "jobs" }]);
-  assert.deepEqual(
-    only.workloads.map((w) => [w.uid, w.node, w.serviceAccount]),
-    [["Kubernetes//Pod/batch/job-1", "node-c", "jobs"]],
-  );
+  await t.step("the address comes from the report of the node the pod is scheduled on", () => {
+    assert.equal(build(yaml).workloads.length, 0);
+    const m = build(yaml, [{ ...redirected("web-1", "shop"), ips: ["10.0.1.7"] }]);
+    assert.deepEqual(m.workloads.map((w) => [w.addresses, w.tunnelProtocol]), [[["10.0.1.7"], "NONE"]]);
+  });
+  await t.step("another node's report about the pod is ignored, and said so", () => {
+    const m = build(POD("web-1", "shop", "10.0.1.2", { labels: "istio.io/dataplane-mode: ambient" }), [
+      redirected("web-1", "shop", "node-evil"),
+    ]);
+    assert.equal(m.workloads[0].tunnelProtocol, "NONE", "not flipped to HBONE by someone else");
+    assert.deepEqual(m.notes.map((n) => n.message), [
+      "reported by node node-evil, but it runs on node-a; the report is ignored",
+    ]);
+  });
+  await t.step("a pod nothing declares is left out: no workload, no identity for the reporting node", () => {
+    const m = build("", [{ ...redirected("job-1", "batch", "node-c"), ips: ["10.0.3.3"] }]);
+    assert.deepEqual([m.workloads, m.identities.get("node-c")], [[], undefined]);
+    assert.match(m.notes[0].message, /no manifest or Kubernetes object declares it; it is left out/);
+  });
 });
 
 Deno.test("buildMesh() refuses a second claim on an address and says whose it is", () => {

@@ -8,7 +8,8 @@
  * and is never captured.
  *
  * Pods with `hostNetwork` share the node's address and are left out, as are pods that finished (Succeeded,
- * Failed). A pod's address comes from its manifest's `status.podIP(s)` or from the node agent's registration.
+ * Failed). A pod's address comes from its manifest's `status.podIP(s)` or from the report of the node agent of
+ * the node it is scheduled on.
  *
  * @module
  */
@@ -108,9 +109,6 @@ export interface Registration {
   ips: string[];
   /** The in-pod rules are in place and ztunnel acknowledged the pod. */
   redirected: boolean;
-  /** For a pod no manifest declares: its labels and service account as the agent learnt them. */
-  labels?: Record<string, string>;
-  serviceAccount?: string;
 }
 
 /** A workload before services, waypoints and policies are attached, with what those steps select on. */
@@ -179,7 +177,7 @@ export function podWorkload(
     tunnelProtocol: tunnel(labels, nsLabels, redirected),
     trustDomain: s.trustDomain,
     serviceAccount: spec.serviceAccount,
-    node: spec.nodeName || registration?.node || "",
+    node: spec.nodeName,
     ...canonical(labels, pod.name),
     workloadType: "POD",
     workloadName: pod.name,
@@ -219,7 +217,7 @@ export function entryWorkload(
     tunnelProtocol: tunnel(labels, nsLabels, redirected),
     trustDomain: s.trustDomain,
     serviceAccount: spec.serviceAccount,
-    node: entry.annotations[LABELS.entryNode] ?? registration?.node ?? "",
+    node: entry.annotations[LABELS.entryNode] ?? "",
     ...canonical(labels, entry.name),
     workloadType: "POD",
     workloadName: entry.name,

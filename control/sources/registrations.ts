@@ -2,13 +2,15 @@
  * The node agents' source: each node agent reports the pods it set up on its node (the CNI plugin saw them
  * start), with their addresses and whether their traffic is redirected, as one list that replaces its earlier
  * one (`PUT /v1/registrations`, see control/server.ts). The node is the one its token names, never one the
- * body claims, so a node can speak only for itself. Only a redirected pod is reached over HBONE.
+ * body claims, and a report only completes a pod the manifests or the Kubernetes API declare on that node
+ * (control/build/mod.ts): a compromised node can neither invent pods, and with them identities, nor downgrade
+ * another node's pods to plaintext. Only a redirected pod is reached over HBONE.
  *
  * @module
  */
 
 import { decodeIp } from "../../mesh/net.ts";
-import { checkString, dnsLabel, dnsSubdomain, Fields, ValidationError } from "../../mesh/validate.ts";
+import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../../mesh/validate.ts";
 import type { Registration } from "../build/workloads.ts";
 
 /** Most pods one node may report. */
@@ -30,11 +32,6 @@ export function decodeRegistrationReport(body: unknown, node: string): Registrat
       ips: p.array("ips", decodeIp, { max: 16 }),
       redirected: p.bool("redirected", false),
     };
-    if (p.has("labels")) {
-      out.labels = p.record("labels", (l, lp) => checkString(l, lp, { max: 63 }));
-    }
-    const sa = p.optionalString("serviceAccount", { check: dnsSubdomain });
-    if (sa) out.serviceAccount = sa;
     p.optionalString("netns", { max: 4096 }); // the agent's own bookkeeping; the control plane does not use it
     p.done();
     const key = `${out.namespace}/${out.name}`;

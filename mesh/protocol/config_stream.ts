@@ -145,7 +145,7 @@ export interface RegistrationReport {
     name: string;
     ips: string[];
     redirected: boolean;
-    labels?: Record<string, string>;
-    serviceAccount?: string;
+    /** The agent's own bookkeeping; not used by the control plane. */
+    netns?: string;
   }[];
 }
