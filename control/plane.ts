@@ -2,7 +2,8 @@
  * The control plane's core loop: the sources (the manifests directory, the node agents' registrations) feed one
  * set of objects; a change schedules a rebuild, debounced so a burst (an editor's several writes, a directory
  * of new files, many pods registering) becomes one build and one delta; each build allocates addresses for
- * services that need them, runs the pure builder, publishes, and records the objects in force in the store.
+ * services that need them, runs the pure builder, publishes, tells each node agent following its node whether
+ * that node's view changed, and records the objects in force in the store.
  *
  * Debounce: a build runs {@link QUIET_MS} after the last change, and at most {@link MAX_DELAY_MS} after the first
  * change of a burst (istiod's `PILOT_DEBOUNCE_AFTER` / `PILOT_DEBOUNCE_MAX`, shortened: a policy dropped into
@@ -13,9 +14,11 @@
 
 import type { Cidr } from "../mesh/net.ts";
 import type { Logger } from "../mesh/log.ts";
+import type { NodePodsView } from "../mesh/protocol/node_pods.ts";
 import { BuildCache, buildMesh, type DeclaredObject, type MeshModel, type ModelNote, readSpec } from "./build/mod.ts";
 import type { MeshSettings } from "./build/common.ts";
 import type { Registration } from "./build/workloads.ts";
+import { NodeViews } from "./node_views.ts";
 import { Publisher } from "./push.ts";
 import {
   formatProblem,
@@ -52,11 +55,14 @@ export class ControlPlane {
     services: [],
     policies: [],
     identities: new Map(),
+    nodePods: new Map(),
+    ambientNamespaces: [],
     needAddresses: [],
     allocationOwners: [],
     notes: [],
   };
   readonly #cache = new BuildCache();
+  readonly #nodeViews = new NodeViews();
   readonly #sources: ObjectSource[] = [];
   #timer?: ReturnType<typeof setTimeout>;
   #firstChange?: number;
@@ -82,6 +88,16 @@ export class ControlPlane {
   /** The last build. */
   get model(): MeshModel {
     return this.#model;
+  }
+
+  /** The node agent's view of `node` from the last build (empty, with its version, for a node with no pods). */
+  nodeView(node: string): NodePodsView {
+    return this.#nodeViews.view(node);
+  }
+
+  /** Calls `fn` with `node`'s new view after each build that changes it; returns the unsubscribe. */
+  subscribeNode(node: string, fn: (view: NodePodsView) => void): () => void {
+    return this.#nodeViews.subscribe(node, fn);
   }
 
   /** Problems of the sources and notes of the last build, for the status endpoint. */
@@ -185,6 +201,7 @@ export class ControlPlane {
     this.#model = model;
     const built = performance.now();
     const delta = this.publisher.publish(model);
+    const nodes = this.#nodeViews.update(model);
     const published = performance.now();
     this.#persist(inForce);
     const notes = new Set<string>();
@@ -205,10 +222,11 @@ export class ControlPlane {
       changed: delta?.resources.length ?? 0,
       removed: delta?.removed.length ?? 0,
       subscribers: this.publisher.subscribers,
+      nodeViewsChanged: nodes.length,
       ms: Math.round(performance.now() - started),
       buildMs: Math.round(built - started),
       publishMs: Math.round(published - built),
-    }, delta ? "pushed" : "built; nothing changed");
+    }, delta || nodes.length > 0 ? "pushed" : "built; nothing changed");
   }
 
   /** Keys of objects that changed since they were last written to the store. */

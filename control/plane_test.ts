@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { logger } from "../mesh/log.ts";
 import { decodeCidr } from "../mesh/net.ts";
+import type { NodePodsView } from "../mesh/protocol/node_pods.ts";
 import { DEFAULT_SETTINGS } from "./build/common.ts";
 import { ControlPlane } from "./plane.ts";
 import { ControlStore } from "./store.ts";
@@ -96,5 +97,39 @@ Deno.test("ControlPlane: after a restart, an object whose file broke meanwhile k
       "a removed file removes its objects",
     );
     third.close();
+  });
+});
+
+Deno.test("ControlPlane gives each node its view, and a new one to its subscribers when a manifest changes it", async () => {
+  await withPlane(async (manifests, open) => {
+    const ns = `apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { istio.io/dataplane-mode: ambient } }
+---
+`;
+    await Deno.writeTextFile(join(manifests, "shop.yaml"), ns + POD);
+    const plane = open();
+    await plane.start();
+    const first = plane.nodeView("node-a");
+    assert.deepEqual(first.pods.map((p) => [p.name, p.enrolled]), [["web-1", true]]);
+    assert.deepEqual(first.ambientNamespaces, ["shop"]);
+    assert.deepEqual(plane.nodeView("node-b").pods, [], "a node with no pods has an empty view");
+    const seen: NodePodsView[] = [];
+    const stop = plane.subscribeNode("node-a", (v) => seen.push(v));
+    const other: NodePodsView[] = [];
+    plane.subscribeNode("node-b", (v) => other.push(v));
+    await Deno.writeTextFile(
+      join(manifests, "shop.yaml"),
+      ns + POD.replace("namespace: shop }", "namespace: shop, labels: { istio.io/dataplane-mode: none } }"),
+    );
+    await plane.reloadManifests();
+    await plane.settled();
+    assert.deepEqual(seen.map((v) => v.pods.map((p) => [p.name, p.enrolled, p.reason])), [
+      [["web-1", false, "pod label istio.io/dataplane-mode=none"]],
+    ]);
+    assert.notEqual(seen[0].version, first.version);
+    assert.deepEqual(other, [], "node-b's view did not change");
+    stop();
+    plane.close();
   });
 });

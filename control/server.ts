@@ -5,9 +5,13 @@
  * | method and path       | what                                                                     |
  * | --------------------- | ------------------------------------------------------------------------ |
  * | `POST /v1/stream`     | the config stream (mesh/protocol/config_stream.ts)                       |
+ * | `POST /v1/node-pods`  | the token's node's pods, for its node agent (mesh/protocol/node_pods.ts) |
  * | `POST /v1/certificates` | the CA service (certs/service.ts)                                      |
  * | `PUT /v1/registrations` | a node agent's pods, replacing its earlier report                      |
  * | `POST /v1/tokenreview` | whether a node token is valid, and whose (for `skiff ca serve`)          |
+ *
+ * Both streams are NDJSON with a ping every `PING_INTERVAL_MS`, at which the token is checked again: a token
+ * revoked or expired meanwhile ends the stream.
  *
  * A missing, wrong, expired or revoked token is a 401 with a JSON `error` saying which, and a log line naming
  * the node when the token names one. 15014 (istiod's monitoring port), plain HTTP: `/metrics`, `/ready`, and
@@ -26,6 +30,7 @@ import {
   STREAM_PATH,
   TOKEN_REVIEW_PATH,
 } from "../mesh/protocol/config_stream.ts";
+import { NODE_PODS_PATH, type NodePodsView } from "../mesh/protocol/node_pods.ts";
 import { checkString, Fields, ValidationError } from "../mesh/validate.ts";
 import type { CaService } from "../certs/service.ts";
 import type { ControlPlane } from "./plane.ts";
@@ -54,12 +59,12 @@ export class StreamMetrics {
   constructor(registry: client.Registry) {
     this.clients = new client.Gauge({
       name: "pilot_xds",
-      help: "Number of clients connected to the config stream.",
+      help: "Number of clients connected to the config and node-pods streams.",
       registers: [registry],
     });
     this.pushes = new client.Counter({
       name: "pilot_xds_pushes",
-      help: "Config stream messages sent, by type.",
+      help: "Stream messages sent, by type (snapshot, delta, pods, ping).",
       labelNames: ["type"],
       registers: [registry],
     });
@@ -67,7 +72,19 @@ export class StreamMetrics {
 }
 
 const json = (status: number, body: unknown) => Response.json(body, { status });
-const PING = new TextEncoder().encode('{"type":"ping"}\n');
+const badRequest = (error: unknown) => json(400, { error: `bad request: ${(error as Error).message}` });
+const encoder = new TextEncoder();
+const PING = encoder.encode('{"type":"ping"}\n');
+
+/** One open stream: whose, and how it begins. */
+interface StreamSpec {
+  /** What the log calls it. */
+  name: string;
+  node: string;
+  token: string;
+  /** Sends the first message and subscribes to the changes; returns the unsubscribe. */
+  start: (send: (line: Uint8Array, type: string) => void) => () => void;
+}
 
 /** Serves 15012 and 15014 until `signal` aborts. */
 export function serveControl(
@@ -102,6 +119,7 @@ export function serveControl(
     const route = `${req.method} ${path}`;
     const routes = [
       `POST ${STREAM_PATH}`,
+      `POST ${NODE_PODS_PATH}`,
       `POST ${CERTIFICATES_PATH}`,
       `PUT ${REGISTRATIONS_PATH}`,
       `POST ${TOKEN_REVIEW_PATH}`,
@@ -117,7 +135,7 @@ export function serveControl(
       const text = await readBody(req, MAX_BODY);
       body = text === "" ? {} : JSON.parse(text);
     } catch (error) {
-      return json(400, { error: `bad request: ${(error as Error).message}` });
+      return badRequest(error);
     }
     if (path === TOKEN_REVIEW_PATH) {
       // As Kubernetes' TokenReview: a standalone CA asks whether a caller's token is good, and for which node.
@@ -140,8 +158,16 @@ export function serveControl(
       } catch (error) {
         if (!(error instanceof ValidationError)) throw error;
         log.warn({ node: auth.node, error: error.message }, "registrations refused");
-        return json(400, { error: `bad request: ${error.message}` });
+        return badRequest(error);
       }
+    }
+    if (path === NODE_PODS_PATH) {
+      try {
+        Fields.of(body, "").done(); // nothing to ask: the token says which node this is
+      } catch (error) {
+        return badRequest(error);
+      }
+      return nodePods(auth.node, auth.token);
     }
     let known: Record<string, string>;
     try {
@@ -150,12 +176,46 @@ export function serveControl(
       f.optionalString("node"); // informational: the token says which node this is
       f.done();
     } catch (error) {
-      return json(400, { error: `bad request: ${(error as Error).message}` });
+      return badRequest(error);
     }
-    return stream(auth.node, auth.token, known);
+    return configStream(auth.node, auth.token, known);
   });
 
-  const stream = (node: string, token: string, known: Record<string, string>): Response => {
+  const configStream = (node: string, token: string, known: Record<string, string>): Response =>
+    openStream({
+      name: "config stream",
+      node,
+      token,
+      start: (send) => {
+        const snap = deps.plane.publisher.snapshot(known);
+        send(snap.line, "snapshot");
+        log.info({
+          node,
+          version: deps.plane.publisher.version,
+          sent: snap.sent,
+          removed: snap.removed,
+          unchanged: snap.unchanged,
+        }, "client subscribed");
+        return deps.plane.publisher.subscribe((_d, line) => send(line, "delta"));
+      },
+    });
+
+  const nodePods = (node: string, token: string): Response =>
+    openStream({
+      name: "node-pods stream",
+      node,
+      token,
+      start: (send) => {
+        const line = (view: NodePodsView) => encoder.encode(`${JSON.stringify({ type: "pods", ...view })}\n`);
+        const view = deps.plane.nodeView(node);
+        send(line(view), "pods");
+        log.info({ node, version: view.version, pods: view.pods.length }, "node agent subscribed to its node's pods");
+        return deps.plane.subscribeNode(node, (v) => send(line(v), "pods"));
+      },
+    });
+
+  /** The plumbing both streams share: NDJSON, pings with the token checked again, the end on shutdown. */
+  const openStream = (o: StreamSpec): Response => {
     let cleanup = () => {};
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
@@ -167,26 +227,20 @@ export function serveControl(
             cleanup();
           }
         };
-        const snap = deps.plane.publisher.snapshot(known);
-        send(snap.line, "snapshot");
-        log.info({
-          node,
-          version: deps.plane.publisher.version,
-          sent: snap.sent,
-          removed: snap.removed,
-          unchanged: snap.unchanged,
-        }, "client subscribed");
-        const unsubscribe = deps.plane.publisher.subscribe((_d, line) => send(line, "delta"));
+        const close = () => {
+          cleanup();
+          try {
+            controller.close();
+          } catch { /* already closed */ }
+        };
+        const unsubscribe = o.start(send);
         metrics.clients.inc();
         const ping = setInterval(async () => {
           // A revoked or expired token ends the stream at the next ping.
-          const still = await deps.tokens.check(token);
+          const still = await deps.tokens.check(o.token);
           if ("refused" in still) {
-            log.warn({ node, reason: still.refused }, "closing the config stream");
-            cleanup();
-            try {
-              controller.close();
-            } catch { /* already closed */ }
+            log.warn({ node: o.node, reason: still.refused }, `closing the ${o.name}`);
+            close();
             return;
           }
           send(PING, "ping");
@@ -197,15 +251,11 @@ export function serveControl(
           done = true;
           clearInterval(ping);
           unsubscribe();
+          signal.removeEventListener("abort", close);
           metrics.clients.dec();
-          log.info({ node }, "client left");
+          log.info({ node: o.node, stream: o.name }, "client left");
         };
-        signal.addEventListener("abort", () => {
-          cleanup();
-          try {
-            controller.close();
-          } catch { /* already closed */ }
-        }, { once: true });
+        signal.addEventListener("abort", close, { once: true });
       },
       cancel: () => cleanup(),
     });

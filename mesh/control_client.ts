@@ -1,6 +1,6 @@
 /**
- * The client side of the config stream (mesh/protocol/config_stream.ts), for ztunnel, the waypoint and a
- * standalone CA: it subscribes, applies the snapshot and every delta to a {@link MeshState}, and when the
+ * The client side of the control plane's streams. The config stream (mesh/protocol/config_stream.ts), for
+ * ztunnel, the waypoint and a standalone CA: it subscribes, applies the snapshot and every delta to a {@link MeshState}, and when the
  * stream breaks it keeps that state, so the proxy keeps serving with its last config while the control plane
  * is away, and reconnects with backoff from 10 ms doubling to 15 s (upstream's xDS client), sending the
  * versions it holds so that only what changed is sent again.
@@ -10,9 +10,13 @@
  * its file on every connection, so a rotated token is picked up without a restart. A stream silent for three
  * ping intervals is taken as dead.
  *
+ * The node-pods stream (mesh/protocol/node_pods.ts), for the node agent, follows the same loop (backoff, the
+ * silence watchdog) and hands each view of the node's pods to its caller, who keeps the last one.
+ *
  * @module
  */
 
+import { decodeJwt } from "jose";
 import { dirname, join } from "node:path";
 import { type Authorization, decodeAuthorization } from "./authorization.ts";
 import { option, parsers } from "./config.ts";
@@ -25,6 +29,7 @@ import {
   type StreamMessage,
   type StreamResource,
 } from "./protocol/config_stream.ts";
+import { decodeNodePodsMessage, NODE_PODS_PATH, type NodePodsView } from "./protocol/node_pods.ts";
 import { MeshState } from "./store.ts";
 import { ValidationError } from "./validate.ts";
 import { decodeService, decodeWorkload, type Service, type Workload } from "./workload.ts";
@@ -70,6 +75,15 @@ export const CONTROL_CLIENT_OPTIONS = {
 /** The endpoint those flags name (the URL given). */
 export function controlEndpoint(url: string, v: { tokenFile: string; controlCa?: string }): ControlEndpoint {
   return { url, tokenFile: v.tokenFile, caFile: v.controlCa ?? join(dirname(v.tokenFile), "root-cert.pem") };
+}
+
+/** The node a node token names (its subject), read without verifying: it is our own token. */
+export async function tokenSubject(tokenFile: string): Promise<string | undefined> {
+  try {
+    return decodeJwt((await Deno.readTextFile(tokenFile)).trim()).sub;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A failure to talk to the control plane, with the HTTP status when there was one. */
@@ -211,20 +225,87 @@ export class ClientConfig {
   }
 }
 
-/** Options of {@link runConfigClient}. */
-export interface ConfigClientOptions {
+/** What every stream client is given. */
+export interface StreamClientOptions {
   connection: ControlConnection;
-  config: ClientConfig;
   log: Logger;
   signal: AbortSignal;
-  /** Called after each applied snapshot or delta. */
-  onChange: (change: AppliedChange) => void;
   /** Called when the stream connects or breaks. */
   onConnected?: (connected: boolean) => void;
 }
 
+/** Options of {@link runConfigClient}. */
+export interface ConfigClientOptions extends StreamClientOptions {
+  config: ClientConfig;
+  /** Called after each applied snapshot or delta. */
+  onChange: (change: AppliedChange) => void;
+}
+
 /** Subscribes until `signal` aborts, reconnecting with backoff; the config is kept across breaks. */
-export async function runConfigClient(o: ConfigClientOptions): Promise<void> {
+export function runConfigClient(o: ConfigClientOptions): Promise<void> {
+  return followStream(o, {
+    name: "config stream",
+    keeping: "keeping the last config",
+    path: STREAM_PATH,
+    body: () => ({ known: o.config.known() }),
+    decode: decodeStreamMessage,
+    onMessage: (message) => {
+      const change = o.config.apply(message);
+      if (message.type === "snapshot") {
+        o.log.info({
+          version: message.version,
+          sent: change.updated,
+          unchanged: message.unchanged,
+          removed: change.removed,
+        }, "config synced from the control plane");
+      }
+      o.onChange(change);
+    },
+  });
+}
+
+/** Options of {@link runNodePodsClient}. */
+export interface NodePodsClientOptions extends StreamClientOptions {
+  /** Called with each view of the node's pods, the first one and every change. */
+  onView: (view: NodePodsView) => void;
+}
+
+/** Follows the node-pods stream of the token's node until `signal` aborts, reconnecting with backoff. */
+export function runNodePodsClient(o: NodePodsClientOptions): Promise<void> {
+  return followStream(o, {
+    name: "node-pods stream",
+    keeping: "keeping the last view of the node's pods",
+    path: NODE_PODS_PATH,
+    body: () => ({}),
+    decode: decodeNodePodsMessage,
+    onMessage: ({ type: _, ...view }) => {
+      o.log.info({ version: view.version, pods: view.pods.length }, "node's pods synced from the control plane");
+      o.onView(view);
+    },
+  });
+}
+
+/** One stream to follow: what to ask for, and what each message does. */
+interface StreamFollower<M extends { type: string }> {
+  /** What the log calls the stream. */
+  name: string;
+  /** What the client keeps while the stream is broken, for the log. */
+  keeping: string;
+  path: string;
+  /** The request body, made anew for each connection. */
+  body: () => unknown;
+  /** Decodes a line; throws a {@link ValidationError} on a bad one, which breaks the connection. */
+  decode: (line: string) => M;
+  /** Handles each message but the pings. */
+  onMessage: (message: Exclude<M, { type: "ping" }>) => void;
+}
+
+/**
+ * The loop every stream client runs until `signal` aborts: connect, read lines, and on a break reconnect after a
+ * backoff from {@link BACKOFF_MIN_MS} doubling to {@link BACKOFF_MAX_MS}, back to the least once a connection
+ * brought a message (pings are the loop's own). A stream silent for three pings is aborted as dead.
+ */
+async function followStream<M extends { type: string }>(o: StreamClientOptions, f: StreamFollower<M>): Promise<void> {
   let delay = BACKOFF_MIN_MS;
   while (!o.signal.aborted) {
     const attempt = new AbortController();
@@ -232,38 +313,29 @@ export async function runConfigClient(o: ConfigClientOptions): Promise<void> {
     o.signal.addEventListener("abort", abort, { once: true });
     let synced = false;
     try {
-      const response = await o.connection.request("POST", STREAM_PATH, { known: o.config.known() }, attempt.signal);
+      const response = await o.connection.request("POST", f.path, f.body(), attempt.signal);
       o.onConnected?.(true);
       let watchdog = setTimeout(abort, 3 * PING_INTERVAL_MS);
       try {
         for await (const line of lines(response.body!)) {
           clearTimeout(watchdog);
           watchdog = setTimeout(abort, 3 * PING_INTERVAL_MS);
-          const message = decodeStreamMessage(line);
+          const message = f.decode(line);
           if (message.type === "ping") continue;
-          const change = o.config.apply(message);
-          if (message.type === "snapshot") {
-            synced = true;
-            o.log.info({
-              version: message.version,
-              sent: change.updated,
-              unchanged: message.unchanged,
-              removed: change.removed,
-            }, "config synced from the control plane");
-          }
-          o.onChange(change);
+          f.onMessage(message as Exclude<M, { type: "ping" }>);
+          synced = true; // a message, not just a ping: the stream is good, and the backoff starts over
         }
       } finally {
         clearTimeout(watchdog);
       }
-      if (!o.signal.aborted) o.log.warn("the control plane closed the config stream; keeping the last config");
+      if (!o.signal.aborted) o.log.warn(`the control plane closed the ${f.name}; ${f.keeping}`);
     } catch (error) {
       if (o.signal.aborted) break;
       const message = error instanceof ControlError || error instanceof ValidationError
         ? error.message
-        : `config stream broke: ${(error as Error).message}`;
+        : `${f.name} broke: ${(error as Error).message}`;
       const level = error instanceof ControlError && error.status === 401 ? "error" : "warn";
-      o.log[level]({ retryInMs: delay }, `${message}; keeping the last config`);
+      o.log[level]({ retryInMs: delay }, `${message}; ${f.keeping}`);
     } finally {
       o.signal.removeEventListener("abort", abort);
     }

@@ -2,7 +2,8 @@
  * The control plane end to end, in network namespaces: a real `skiff control` process reading a manifests
  * directory, two real ztunnel processes taking their config from its stream and their certificates from its CA
  * service with node tokens, and pods declared by manifests. The node agent is played by the test (it reports
- * redirection to the control plane and hands pods to ztunnel) until the CNI issue builds the real one.
+ * redirection to the control plane and hands pods to ztunnel) until the CNI issue builds the real one. The
+ * node-pods stream a node agent follows is tested on loopback alone, with fetch as any HTTPS client.
  */
 
 import assert from "node:assert/strict";
@@ -11,7 +12,8 @@ import { installRedirect } from "../cni/redirect_linux.ts";
 import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
 import { ControlConnection, ControlError } from "../mesh/control_client.ts";
 import { SpiffeId } from "../mesh/identity.ts";
-import { REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
+import { PING_INTERVAL_MS, REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
+import { NODE_PODS_PATH } from "../mesh/protocol/node_pods.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
 import { call as callIn, dialFrom, roundTrip } from "./harness/tcp.ts";
@@ -214,4 +216,133 @@ spec:
       assert.equal(await call(client, VIP, 80, "revoked"), "server:revoked");
     },
   );
+});
+
+/** A node-pods stream opened with fetch, as any HTTPS client would, read a line at a time. */
+async function openNodePods(url: string, tokenFile: string, opts: { token?: string; body?: string } = {}) {
+  const root = await Deno.readTextFile(tokenFile.replace(/token$/, "root-cert.pem"));
+  const client = Deno.createHttpClient({ caCerts: [root] });
+  const token = opts.token ?? (await Deno.readTextFile(tokenFile)).trim();
+  const response = await fetch(new URL(NODE_PODS_PATH, url), {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}` },
+    body: opts.body ?? "{}",
+    client,
+  });
+  const lines = response.ok ? response.body!.pipeThrough(new TextDecoderStream())[Symbol.asyncIterator]() : undefined;
+  let buffer = "";
+  return {
+    response,
+    /** The next message, within `timeoutMs`. */
+    async next(timeoutMs = 10_000): Promise<Record<string, unknown>> {
+      const deadline = Date.now() + timeoutMs;
+      while (!buffer.includes("\n")) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const timeout = new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`no message within ${timeoutMs} ms`)),
+            Math.max(0, deadline - Date.now()),
+          );
+        });
+        const chunk = await Promise.race([lines!.next(), timeout]).finally(() => clearTimeout(timer));
+        if (chunk.done) throw new Error("the stream ended");
+        buffer += chunk.value;
+      }
+      const nl = buffer.indexOf("\n");
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      return JSON.parse(line);
+    },
+    async close() {
+      if (lines) await lines.return?.();
+      else if (!response.bodyUsed) await response.body?.cancel();
+      client.close();
+    },
+  };
+}
+
+Deno.test({
+  name: "control plane: each node agent follows its own node's pods on POST /v1/node-pods",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async (t) => {
+    const pod = (name: string, ns: string, node: string, extra = { labels: "", spec: "" }) =>
+      `apiVersion: v1
+kind: Pod
+metadata: { name: ${name}, namespace: ${ns}, labels: { app: ${name}${extra.labels} } }
+spec: { nodeName: ${node}, serviceAccountName: ${name}${extra.spec} }
+status: { phase: Running }
+---
+`;
+    const pods = (webLabels: string) =>
+      `apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { istio.io/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: infra }
+---
+${pod("web-1", "shop", "node1", { labels: webLabels, spec: "" })}${
+        pod("db-1", "shop", "node1", { labels: ", istio.io/dataplane-mode: none", spec: "" })
+      }${pod("agent-1", "infra", "node1", { labels: "", spec: ", hostNetwork: true" })}${
+        pod("api-1", "shop", "node2")
+      }`;
+    await using control = await ControlProcess.start({ "pods.yaml": pods("") });
+    const token1 = await control.addNode("node1");
+    const token2 = await control.addNode("node2");
+    const stream1 = await openNodePods(control.url, token1);
+    const stream2 = await openNodePods(control.url, token2);
+    const summary = (m: Record<string, unknown>) =>
+      (m.pods as Record<string, unknown>[]).map((p) => [`${p.namespace}/${p.name}`, p.enrolled, p.reason]);
+    let first: Record<string, unknown> = {};
+
+    await t.step("a node sees its own pods, each enrolled or not with the reason, as NDJSON", async () => {
+      assert.equal(stream1.response.status, 200);
+      assert.equal(stream1.response.headers.get("content-type"), "application/x-ndjson");
+      first = await stream1.next();
+      assert.equal(first.type, "pods");
+      assert.equal(first.node, "node1");
+      assert.deepEqual(first.ambientNamespaces, ["shop"]);
+      assert.deepEqual(summary(first), [
+        ["infra/agent-1", false, "host network"],
+        ["shop/db-1", false, "pod label istio.io/dataplane-mode=none"],
+        ["shop/web-1", true, "namespace label istio.io/dataplane-mode=ambient"],
+      ]);
+      assert.equal((first.pods as Record<string, unknown>[])[2].serviceAccount, "web-1");
+      assert.deepEqual(summary(await stream2.next()), [
+        ["shop/api-1", true, "namespace label istio.io/dataplane-mode=ambient"],
+      ]);
+    });
+
+    await t.step("a manifest that opts a pod out sends that node a new view, and no other node", async () => {
+      await control.writeManifest("pods.yaml", pods(", istio.io/dataplane-mode: none"));
+      const next = await stream1.next();
+      assert.equal(next.type, "pods");
+      assert.notEqual(next.version, first.version);
+      assert.deepEqual(summary(next)[2], ["shop/web-1", false, "pod label istio.io/dataplane-mode=none"]);
+      await control.process.waitForLog((l) => l.msg === "pushed" && l.nodeViewsChanged === 1);
+    });
+
+    await t.step("a bad token is a 401; a body naming a node is a 400 (the node is the token's)", async () => {
+      const refused = await openNodePods(control.url, token1, { token: "not-a-token" });
+      assert.equal(refused.response.status, 401);
+      assert.match(String((await refused.response.json()).error), /not valid/);
+      await refused.close();
+      const named = await openNodePods(control.url, token1, { body: '{"node":"node2"}' });
+      assert.equal(named.response.status, 400);
+      assert.match(String((await named.response.json()).error), /^bad request: node: is not a known field/);
+      await named.close();
+    });
+
+    await t.step("a node removed meanwhile has its stream closed at the next ping", async () => {
+      await control.removeNode("node2");
+      await assert.rejects(stream2.next(PING_INTERVAL_MS + 5_000), /the stream ended/);
+      const line = await control.process.waitForLog((l) => l.msg === "closing the node-pods stream");
+      assert.equal(line.node, "node2");
+    });
+
+    await stream1.close();
+    await stream2.close();
+  },
 });

@@ -17,6 +17,8 @@ export const LABELS = {
   useWaypointNamespace: "istio.io/use-waypoint-namespace",
   waypointFor: "istio.io/waypoint-for",
   gatewayName: "gateway.networking.k8s.io/gateway-name",
+  /** Set by istioctl's and the injector's sidecar injection: the pod has its own proxy. */
+  sidecarStatus: "sidecar.istio.io/status",
   canonicalName: "service.istio.io/canonical-name",
   canonicalRevision: "service.istio.io/canonical-revision",
   /** Set by the node agent once the pod's traffic is redirected; only then is the pod reached over HBONE. */

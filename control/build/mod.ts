@@ -2,7 +2,8 @@
  * The model of the mesh from what the sources declare: one reader per kind (`readSpec`, run when an object
  * changes, so a bad spec is reported with its field and its last good version stays), then one pure function,
  * {@link buildMesh}, from every object in force and the node agents' registrations to the workloads, services
- * and policies the proxies receive, as istiod's ambient index does. The same input always gives the same
+ * and policies the proxies receive, as istiod's ambient index does, and each node agent's view of the pods on its
+ * node (mesh/protocol/node_pods.ts). The same input always gives the same
  * output, in a stable order, so the stream's content versions survive a restart.
  *
  * @module
@@ -11,6 +12,7 @@
 import type { Authorization } from "../../mesh/authorization.ts";
 import { policyKey } from "../../mesh/authorization.ts";
 import { addressKey } from "../../mesh/net.ts";
+import type { NodePod } from "../../mesh/protocol/node_pods.ts";
 import { Fields, ValidationError } from "../../mesh/validate.ts";
 import type { Service, Workload } from "../../mesh/workload.ts";
 import {
@@ -40,6 +42,7 @@ import {
   type Candidate,
   type Declared,
   entryWorkload,
+  nodePod,
   type PodSpec,
   podWorkload,
   readPod,
@@ -153,6 +156,10 @@ export interface MeshModel {
   policies: Authorization[];
   /** Per node, the identities of the workloads scheduled there (with or without an address yet). */
   identities: Map<string, NodeIdentity[]>;
+  /** Per node, the pods scheduled there and not finished, by namespace then name: the node agent's view. */
+  nodePods: Map<string, NodePod[]>;
+  /** The namespaces labelled `istio.io/dataplane-mode=ambient`, sorted. */
+  ambientNamespaces: string[];
   /** `kind/ns/name` of Services and waypoints that need an allocated address. */
   needAddresses: string[];
   /** `kind/ns/name` of every Service and waypoint that uses an allocated address (or needs one). */
@@ -183,6 +190,8 @@ interface NamespacePart {
   services: Service[];
   policies: Authorization[];
   identities: [node: string, serviceAccount: string][];
+  /** Its pods in their nodes' views, by name. */
+  nodePods: [node: string, pod: NodePod][];
   needAddresses: string[];
   allocationOwners: string[];
   notes: ModelNote[];
@@ -300,6 +309,9 @@ export function buildMesh(input: MeshInput, cache?: BuildCache): MeshModel {
     services,
     policies: sortBy(policies, policyKey),
     identities: nodeIdentities(parts, [...seen].sort(byText), s),
+    nodePods: podsByNode(parts),
+    ambientNamespaces: [...nsLabels].filter(([, l]) => l[LABELS.dataplaneMode] === "ambient").map(([ns]) => ns)
+      .sort(byText),
     needAddresses: parts.flatMap((p) => p.needAddresses),
     allocationOwners: parts.flatMap((p) => p.allocationOwners),
     notes,
@@ -323,6 +335,19 @@ function nodeIdentities(parts: NamespacePart[], namespaces: string[], s: MeshSet
       out.set(node, list);
     }
   });
+  return out;
+}
+
+/** Each node's pods; the parts come by namespace and each part's pods by name, so the lists come out sorted. */
+function podsByNode(parts: NamespacePart[]): Map<string, NodePod[]> {
+  const out = new Map<string, NodePod[]>();
+  for (const p of parts) {
+    for (const [node, pod] of p.nodePods) {
+      const list = out.get(node);
+      if (list) list.push(pod);
+      else out.set(node, [pod]);
+    }
+  }
   return out;
 }
 
@@ -359,11 +384,14 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     return undefined;
   };
   const candidates: Candidate[] = [];
+  const nodePods: [string, NodePod][] = [];
   for (const pod of of("Pod")) {
     const reg = reportFor("Pod", pod.name, pod.spec.nodeName);
     if (pod.spec.phase !== "Failed") addIdentity(pod.spec.nodeName, pod.spec.serviceAccount);
     const c = podWorkload(pod as Declared<PodSpec>, labels, reg, s);
     if (c) candidates.push(c);
+    const seen = nodePod(pod as Declared<PodSpec>, labels);
+    if (seen) nodePods.push([pod.spec.nodeName, seen]);
   }
   for (const entry of of("WorkloadEntry")) {
     const reg = reportFor("WorkloadEntry", entry.name, entry.annotations[LABELS.entryNode] ?? "");
@@ -472,7 +500,7 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     c.workload.authorizationPolicies = keys.sort(byText);
   }
   policies.push(...peer.policies.values());
-  return { candidates, services, policies, identities, needAddresses, allocationOwners, notes, strictUsed };
+  return { candidates, services, policies, identities, nodePods, needAddresses, allocationOwners, notes, strictUsed };
 }
 
 /** Candidates by each `label=value` they carry, so a service finds its endpoints without scanning them all. */

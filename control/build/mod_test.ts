@@ -361,3 +361,90 @@ spec: { clusterIP: 10.96.0.10, selector: { app: web }, ports: [{ port: 80 }] }
   assert.notEqual(byName(second, "db-1"), byName(first, "db-1"));
   assert.deepEqual(byName(second, "db-1")!.addresses, ["10.0.2.3"]);
 });
+
+Deno.test("buildMesh() gives each node agent the pods on its node, enrolled as upstream's node agent decides", async (t) => {
+  const pod = (
+    name: string,
+    ns: string,
+    o: { node?: string; labels?: string; annotations?: string; spec?: string; phase?: string } = {},
+  ) =>
+    `apiVersion: v1
+kind: Pod
+metadata: { name: ${name}, namespace: ${ns}, labels: {${o.labels ?? ""}}, annotations: {${o.annotations ?? ""}} }
+spec: { ${o.node === "" ? "" : `nodeName: ${o.node ?? "node-a"},`} serviceAccountName: sa-${name} ${o.spec ?? ""} }
+status: { phase: ${o.phase ?? "Running"} }
+---
+`;
+  const yaml = NS("shop", "istio.io/dataplane-mode: ambient") + NS("other") +
+    NS("apps", "istio.io/dataplane-mode: ambient") +
+    pod("web", "shop") +
+    pod("host", "shop", { spec: ", hostNetwork: true" }) +
+    pod("sidecar", "shop", { annotations: "sidecar.istio.io/status: '{}'" }) +
+    pod("wp", "shop", { labels: "gateway.networking.k8s.io/gateway-name: wp" }) +
+    pod("opted-out", "shop", { labels: "istio.io/dataplane-mode: none" }) +
+    pod("opted-in", "other", { labels: "istio.io/dataplane-mode: ambient" }) +
+    pod("both", "shop", { labels: "istio.io/dataplane-mode: ambient" }) +
+    pod("plain", "other") +
+    pod("done", "shop", { phase: "Succeeded" }) +
+    pod("failed", "shop", { phase: "Failed" }) +
+    pod("unscheduled", "shop", { node: "" }) +
+    pod("elsewhere", "apps", { node: "node-b" });
+  const m = build(yaml);
+  const view = (node: string) => m.nodePods.get(node)?.map((p) => [`${p.namespace}/${p.name}`, p.enrolled, p.reason]);
+  await t.step("each exclusion and label says why; a pod's own label wins over its namespace's", () => {
+    assert.deepEqual(view("node-a"), [
+      ["other/opted-in", true, "pod label istio.io/dataplane-mode=ambient"],
+      ["other/plain", false, "no istio.io/dataplane-mode=ambient on the pod or its namespace"],
+      ["shop/both", true, "pod label istio.io/dataplane-mode=ambient"],
+      ["shop/host", false, "host network"],
+      ["shop/opted-out", false, "pod label istio.io/dataplane-mode=none"],
+      ["shop/sidecar", false, "has a sidecar"],
+      ["shop/web", true, "namespace label istio.io/dataplane-mode=ambient"],
+      ["shop/wp", false, "waypoint (speaks HBONE itself)"],
+    ], "finished and unscheduled pods are in no view; pods need no address");
+    assert.deepEqual(m.nodePods.get("node-a")![0], {
+      namespace: "other",
+      name: "opted-in",
+      serviceAccount: "sa-opted-in",
+      enrolled: true,
+      reason: "pod label istio.io/dataplane-mode=ambient",
+    });
+  });
+  await t.step("a node sees only its own pods; the ambient namespaces are listed, sorted", () => {
+    assert.deepEqual(view("node-b"), [["apps/elsewhere", true, "namespace label istio.io/dataplane-mode=ambient"]]);
+    assert.deepEqual([...m.nodePods.keys()].sort(), ["node-a", "node-b"]);
+    assert.deepEqual(m.ambientNamespaces, ["apps", "shop"]);
+  });
+  await t.step("a WorkloadEntry is no pod of any node", () => {
+    const entry = `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: vm-1, namespace: shop, annotations: { skiff.io/node: node-a } }
+spec: { address: 192.168.5.10 }
+`;
+    assert.deepEqual(build(entry).nodePods, new Map());
+  });
+  await t.step("a build with the cache gives the same views as one without, before and after a change", () => {
+    const input = (text: string) => ({
+      objects: parseManifestFile(text, "t.yaml").objects,
+      registrations: [],
+      vips: new Map<string, string>(),
+      settings: DEFAULT_SETTINGS,
+    });
+    const cache = new BuildCache();
+    const first = buildMesh(input(yaml), cache);
+    assert.deepEqual(first, buildMesh(input(yaml)));
+    const changed = yaml + pod("web-2", "shop", { labels: "istio.io/dataplane-mode: none" });
+    const labelled = changed.replace(NS("other"), NS("other", "istio.io/dataplane-mode: ambient"));
+    for (const text of [changed, labelled]) {
+      const cached = buildMesh(input(text), cache);
+      assert.deepEqual(cached, buildMesh(input(text)));
+    }
+    const last = buildMesh(input(labelled), cache);
+    assert.deepEqual(last.ambientNamespaces, ["apps", "other", "shop"]);
+    assert.deepEqual(
+      last.nodePods.get("node-a")!.find((p) => p.name === "plain")!.reason,
+      "namespace label istio.io/dataplane-mode=ambient",
+      "a namespace's new label reaches its cached pods",
+    );
+  });
+});

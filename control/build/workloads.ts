@@ -17,6 +17,7 @@
 import { canonicalIp } from "../../mesh/net.ts";
 import { checkInt, checkString, dnsSubdomain, fieldPath, Fields, ValidationError } from "../../mesh/validate.ts";
 import { decodeIp } from "../../mesh/net.ts";
+import type { NodePod } from "../../mesh/protocol/node_pods.ts";
 import type { Locality, Workload } from "../../mesh/workload.ts";
 import { LABELS, listAt, type MeshSettings, objectAt, stringMap } from "./common.ts";
 
@@ -132,6 +133,47 @@ export function enrolled(labels: Record<string, string>, namespaceLabels: Record
   if (own === "ambient") return true;
   if (own === "none") return false;
   return namespaceLabels[LABELS.dataplaneMode] === "ambient";
+}
+
+/** Whether the node agent is to redirect a pod's traffic, and why in words. */
+export interface Enrolment {
+  enrolled: boolean;
+  reason: string;
+}
+
+/**
+ * A pod's enrolment as upstream's node agent decides it (istio-cni's `PodRedirectionEnabled`): never a pod on the
+ * host network (its traffic is the node's), one with a sidecar (its proxy captures it already) or a waypoint's
+ * own pod (it speaks HBONE itself); otherwise {@link enrolled}, the rule the workloads are built with.
+ */
+export function podEnrolment(pod: Declared<PodSpec>, nsLabels: Record<string, string>): Enrolment {
+  if (pod.spec.hostNetwork) return { enrolled: false, reason: "host network" };
+  if (pod.annotations[LABELS.sidecarStatus] !== undefined) return { enrolled: false, reason: "has a sidecar" };
+  if (pod.labels[LABELS.gatewayName] !== undefined) {
+    return { enrolled: false, reason: "waypoint (speaks HBONE itself)" };
+  }
+  const own = pod.labels[LABELS.dataplaneMode];
+  if (own === "ambient" || own === "none") {
+    return { enrolled: own === "ambient", reason: `pod label ${LABELS.dataplaneMode}=${own}` };
+  }
+  return enrolled(pod.labels, nsLabels)
+    ? { enrolled: true, reason: `namespace label ${LABELS.dataplaneMode}=ambient` }
+    : { enrolled: false, reason: `no ${LABELS.dataplaneMode}=ambient on the pod or its namespace` };
+}
+
+/**
+ * A pod as its node's agent sees it, or undefined when it is in no node's view: finished (Succeeded, Failed) or
+ * not scheduled yet. It needs no address: the agent reports that once it has set the pod up.
+ */
+export function nodePod(pod: Declared<PodSpec>, nsLabels: Record<string, string>): NodePod | undefined {
+  const { spec } = pod;
+  if (spec.nodeName === "" || spec.phase === "Succeeded" || spec.phase === "Failed") return undefined;
+  return {
+    namespace: pod.namespace,
+    name: pod.name,
+    serviceAccount: spec.serviceAccount,
+    ...podEnrolment(pod, nsLabels),
+  };
 }
 
 function canonical(labels: Record<string, string>, workloadName: string) {

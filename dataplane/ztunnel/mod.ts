@@ -14,7 +14,6 @@ import { CertificateAuthority } from "../../certs/ca.ts";
 import { RotationManager } from "../../certs/rotation_manager.ts";
 import { certificatesToPem } from "../../certs/x509.ts";
 import { hostname } from "node:os";
-import { decodeJwt } from "jose";
 import { requestCertificate } from "../../certs/ca_client.ts";
 import {
   describeOptions,
@@ -32,6 +31,7 @@ import {
   ControlConnection,
   controlEndpoint,
   runConfigClient,
+  tokenSubject,
 } from "../../mesh/control_client.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
 import { type Logger, logger } from "../../mesh/log.ts";
@@ -285,15 +285,6 @@ async function configSource(values: ZtunnelValues, log: Logger): Promise<ConfigS
     initial: stateOf(await readLocalConfig(file)),
     issue: (id) => issueLocally(ca, id, values.certTtl),
   };
-}
-
-/** The node a node token names (its subject), read without verifying: it is our own token. */
-async function tokenSubject(file: string): Promise<string | undefined> {
-  try {
-    return decodeJwt((await Deno.readTextFile(file)).trim()).sub;
-  } catch {
-    return undefined;
-  }
 }
 
 async function issueLocally(ca: CertificateAuthority, identity: string, ttlMs: number): Promise<WorkloadCert> {

@@ -93,11 +93,11 @@ function resource(v: unknown, path: string): StreamResource {
 }
 
 /**
- * Decodes one line of the stream (the bodies stay raw; the client decodes each one with the model's decoders,
- * so one bad resource is refused on its own).
+ * Reads one line of a control-plane stream (this one, or node_pods.ts) as far as its `type`, one of `types`; the
+ * caller reads the rest from the fields returned.
  * @throws {ValidationError} naming the field.
  */
-export function decodeStreamMessage(line: string): StreamMessage {
+export function readStreamLine<T extends string>(line: string, types: readonly T[]): { f: Fields; type: T } {
   let value: unknown;
   try {
     value = JSON.parse(line);
@@ -105,7 +105,16 @@ export function decodeStreamMessage(line: string): StreamMessage {
     throw new ValidationError("message", `not JSON: ${(error as Error).message}`);
   }
   const f = Fields.of(value, "message");
-  const type = checkOneOf(f.raw("type"), f.at("type"), ["snapshot", "delta", "ping"] as const);
+  return { f, type: checkOneOf(f.raw("type"), f.at("type"), types) };
+}
+
+/**
+ * Decodes one line of the stream (the bodies stay raw; the client decodes each one with the model's decoders,
+ * so one bad resource is refused on its own).
+ * @throws {ValidationError} naming the field.
+ */
+export function decodeStreamMessage(line: string): StreamMessage {
+  const { f, type } = readStreamLine(line, ["snapshot", "delta", "ping"] as const);
   if (type === "ping") {
     f.done();
     return { type };
