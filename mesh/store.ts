@@ -34,6 +34,7 @@ export class WorkloadStore {
   readonly #byHostname = new Map<string, Set<string>>();
   readonly #byNode = new Map<string, Set<string>>();
   readonly #byService = new Map<string, Set<string>>();
+  readonly #byPod = new Map<string, Set<string>>();
 
   /** Number of workloads. */
   get size(): number {
@@ -48,6 +49,7 @@ export class WorkloadStore {
     if (w.hostname) addTo(this.#byHostname, w.hostname, w.uid);
     addTo(this.#byNode, w.node, w.uid);
     for (const key of Object.keys(w.services)) addTo(this.#byService, key, w.uid);
+    if (w.workloadType === "POD") addTo(this.#byPod, `${w.namespace}/${w.name}`, w.uid);
   }
 
   /** Removes a workload; returns whether it existed. */
@@ -62,12 +64,21 @@ export class WorkloadStore {
     if (old.hostname) removeFrom(this.#byHostname, old.hostname, uid);
     removeFrom(this.#byNode, old.node, uid);
     for (const key of Object.keys(old.services)) removeFrom(this.#byService, key, uid);
+    if (old.workloadType === "POD") removeFrom(this.#byPod, `${old.namespace}/${old.name}`, uid);
     return true;
   }
 
   /** The workload with this uid. */
   byUid(uid: string): Workload | undefined {
     return this.#byUid.get(uid);
+  }
+
+  /**
+   * The pod workload of this namespace, name and service account, as ztunnel matches a pod the node agent hands
+   * it (whose uid is Kubernetes' pod UID, not the model's) to its workload.
+   */
+  byPod(namespace: string, name: string, serviceAccount: string): Workload | undefined {
+    return this.#collect(this.#byPod.get(`${namespace}/${name}`)).find((w) => w.serviceAccount === serviceAccount);
   }
 
   /** The workload that owns `ip` on `network`. */

@@ -280,3 +280,14 @@ Deno.test("MeshState.lookupAddress() prefers a service VIP over a workload with 
   mesh.services.remove(WEB);
   assert.deepEqual(mesh.lookupAddress("", "10.96.0.1"), { workload: w });
 });
+
+Deno.test("WorkloadStore.byPod() finds a pod by namespace, name and service account, as ztunnel matches the agent's", () => {
+  const s = new WorkloadStore();
+  const pod = { name: "web-1", namespace: "shop", serviceAccount: "web", hostname: "", addresses: ["10.0.1.5"] };
+  s.upsert(workload("Kubernetes//Pod/shop/web-1", pod));
+  s.upsert(workload("entry", { ...pod, addresses: ["10.0.1.6"], workloadType: "DEPLOYMENT" }));
+  assert.equal(s.byPod("shop", "web-1", "web")?.uid, "Kubernetes//Pod/shop/web-1");
+  assert.equal(s.byPod("shop", "web-1", "other"), undefined, "another service account is another identity");
+  s.remove("Kubernetes//Pod/shop/web-1");
+  assert.equal(s.byPod("shop", "web-1", "web"), undefined);
+});

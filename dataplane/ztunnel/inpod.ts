@@ -110,7 +110,11 @@ export class PodManager implements PodHandler {
     const ctx: PodContext = {
       uid,
       identity,
-      workload: () => this.#proxy.state().workloads.byUid(uid),
+      // The agent's uid is the model's in tests and local configs, Kubernetes' pod UID otherwise: match as upstream.
+      workload: () => {
+        const workloads = this.#proxy.state().workloads;
+        return workloads.byUid(uid) ?? workloads.byPod(info.namespace, info.name, info.serviceAccount);
+      },
       pool,
       dial: (source, target, signal) => this.#network.dial(netns, source, target, signal),
       open: new Set(),
