@@ -33,7 +33,7 @@ const MODES: Record<string, Mode> = {
 if (import.meta.main) {
   const argv = Deno.args;
   await runAndExit(USAGE, () => {
-    if (process.env.CNI_COMMAND !== undefined) return import("./cni/mod.ts").then((m) => m.runCniPlugin());
+    if (process.env.CNI_COMMAND !== undefined) return import("./cni/plugin.ts").then((m) => m.runCniPlugin());
     const [mode, ...rest] = argv;
     if (mode === undefined) throw new UsageError("no mode given");
     if (mode === "--help" || mode === "-h") return MODES.help(rest);

@@ -1,6 +1,6 @@
 /**
  * main.ts as an operator or a container runtime runs it: exit codes, usage on stderr, the not-built modes and
- * the CNI error form on stdout.
+ * the CNI plugin's answers on stdout.
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -83,7 +83,7 @@ Deno.test("skiff help prints the usage on stdout and exits 0", async (t) => {
 });
 
 Deno.test("each mode not built yet exits 1 and says so once, with one skiff prefix", async (t) => {
-  for (const mode of ["cni-agent", "waypoint", "demo"]) {
+  for (const mode of ["waypoint", "demo"]) {
     await t.step(mode, async () => {
       const { code, stdout, stderr } = await skiff([mode]);
       assert.equal(code, 1, stderr);
@@ -108,16 +108,31 @@ Deno.test("skiff ztunnel without its config exits 2 naming the flag and its vari
   assert.match(stderr, /SKIFF_LOCAL_CONFIG/);
 });
 
-Deno.test("skiff started by a CNI runtime writes a CNI error with code 50 on stdout and exits 1", async (t) => {
+Deno.test("skiff cni-agent without a control plane exits 2 naming the flag and its variable", async () => {
+  const { code, stderr } = await skiff(["cni-agent"], { SKIFF_CONTROL: "" });
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /--control/);
+  assert.match(stderr, /SKIFF_CONTROL/);
+});
+
+Deno.test("skiff started by a CNI runtime is the CNI plugin, whatever its arguments", async (t) => {
   for (const args of [[], ["control"]]) {
-    await t.step(args.join(" ") || "no arguments", async () => {
-      const { code, stdout, stderr } = await skiff(args, { CNI_COMMAND: "ADD" });
-      assert.equal(code, 1, stderr);
-      const result = JSON.parse(stdout);
-      assert.equal(result.code, 50);
-      assert.equal(typeof result.cniVersion, "string");
-      assert.match(result.msg, /not built yet/);
-      assert.match(stderr, /skiff cni plugin: not built yet/);
-    });
+    await t.step(
+      `${args.join(" ") || "no arguments"}: a missing variable is CNI error 4 on stdout, exit 1`,
+      async () => {
+        const { code, stdout, stderr } = await skiff(args, { CNI_COMMAND: "ADD" });
+        assert.equal(code, 1, stderr);
+        const result = JSON.parse(stdout);
+        assert.equal(result.code, 4);
+        assert.equal(result.cniVersion, "1.1.0");
+        assert.match(result.msg, /CNI_CONTAINERID is not set/);
+        assert.match(stderr, /^skiff cni plugin: CNI_CONTAINERID is not set/);
+      },
+    );
   }
+  await t.step("VERSION lists the versions it speaks", async () => {
+    const { code, stdout } = await skiff([], { CNI_COMMAND: "VERSION" });
+    assert.equal(code, 0);
+    assert.deepEqual(JSON.parse(stdout).supportedVersions, ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+  });
 });
