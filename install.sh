@@ -2,6 +2,7 @@
 # Installs Skiff on a Debian machine, as root. Safe to run again: each step checks before it acts.
 #
 #   bash install.sh            system packages, Deno 2.9.6 (from npm), dependencies, /usr/local/bin/skiff
+#                              (linked as the CNI plugin /opt/cni/bin/skiff)
 #   bash install.sh --systemd  (later) also the systemd units; says so plainly until then
 #
 # /usr/local/bin/skiff is a `deno compile` binary where the compile runtime can be downloaded; where it
@@ -12,9 +13,11 @@ set -euo pipefail
 export RUST_BACKTRACE=0 DEBIAN_FRONTEND=noninteractive DENO_NO_UPDATE_CHECK=1
 
 DENO_VERSION=2.9.6
-# iptables/iproute2: the in-pod rules and test namespaces. nghttp2-client, python3-h2: HTTP/2 interop tests.
-# stunnel4: the mTLS baseline of the data-plane benchmark.
-PACKAGES=(iptables iproute2 procps openssl ca-certificates nghttp2-client python3-h2 stunnel4)
+# iptables/iproute2: the in-pod rules and test namespaces. containernetworking-plugins: the reference CNI plugins
+# (bridge, host-local) skiff is chained after. nghttp2-client, python3-h2: HTTP/2 interop tests. stunnel4: the
+# mTLS baseline of the data-plane benchmark.
+PACKAGES=(iptables iproute2 procps openssl ca-certificates containernetworking-plugins nghttp2-client python3-h2 stunnel4)
+CNI_BIN=/opt/cni/bin
 LIB=/usr/local/lib/skiff
 BIN=/usr/local/bin/skiff
 PERMISSIONS=(--allow-read --allow-write --allow-net --allow-env --allow-sys --allow-run --allow-ffi)
@@ -27,7 +30,7 @@ systemd=false
 for arg in "$@"; do
   case "$arg" in
     --systemd) systemd=true ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown flag $arg (try --help)" ;;
   esac
 done
@@ -98,4 +101,7 @@ EOF
   built="launcher running $LIB/main.ts with deno $DENO_VERSION (deno compile cannot download its runtime here)"
 fi
 "$BIN" version >/dev/null || die "$BIN does not run"
+# 5. The CNI plugin is the same binary, where container runtimes look for plugins.
+mkdir -p "$CNI_BIN"
+[ "$(readlink "$CNI_BIN/skiff" 2>/dev/null)" = "$BIN" ] || ln -sfn "$BIN" "$CNI_BIN/skiff"
 say "installed $BIN: $built"

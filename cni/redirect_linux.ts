@@ -102,13 +102,18 @@ export interface RedirectProblems {
   problems: string[];
 }
 
-async function inNs(
-  netnsPath: string,
+/**
+ * Runs a command inside the network namespace at `netnsPath` (through nsenter), or in this process's own
+ * namespace when `netnsPath` is undefined; never throws for a failing command.
+ */
+export async function inNs(
+  netnsPath: string | undefined,
   cmd: string[],
   stdin?: string,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = new Deno.Command("nsenter", {
-    args: [`--net=${netnsPath}`, "--", ...cmd],
+  const [program, ...args] = netnsPath === undefined ? cmd : ["nsenter", `--net=${netnsPath}`, "--", ...cmd];
+  const child = new Deno.Command(program, {
+    args,
     stdin: stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
@@ -123,10 +128,12 @@ async function inNs(
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
-async function mustInNs(netnsPath: string, cmd: string[], stdin?: string): Promise<string> {
+/** {@link inNs}, throwing a {@link RedirectError} with the command's stderr when it fails. */
+export async function mustInNs(netnsPath: string | undefined, cmd: string[], stdin?: string): Promise<string> {
   const r = await inNs(netnsPath, cmd, stdin);
   if (r.code !== 0) {
-    throw new RedirectError(`in ${netnsPath}: ${cmd.join(" ")} failed (exit ${r.code}): ${r.stderr.trim()}`);
+    const where = netnsPath ?? "the node's namespace";
+    throw new RedirectError(`in ${where}: ${cmd.join(" ")} failed (exit ${r.code}): ${r.stderr.trim()}`);
   }
   return r.stdout;
 }

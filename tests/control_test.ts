@@ -1,9 +1,10 @@
 /**
  * The control plane end to end, in network namespaces: a real `skiff control` process reading a manifests
  * directory, two real ztunnel processes taking their config from its stream and their certificates from its CA
- * service with node tokens, and pods declared by manifests. The node agent is played by the test (it reports
- * redirection to the control plane and hands pods to ztunnel) until the CNI issue builds the real one. The
- * node-pods stream a node agent follows is tested on loopback alone, with fetch as any HTTPS client.
+ * service with node tokens, and pods declared by manifests. The node agent is played by the test here (it
+ * reports redirection to the control plane and hands pods to ztunnel), so each step is the control plane's
+ * alone; tests/cni_test.ts runs the real agent. The node-pods stream a node agent follows is tested on loopback
+ * alone, with fetch as any HTTPS client.
  */
 
 import assert from "node:assert/strict";

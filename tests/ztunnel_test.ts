@@ -1,7 +1,7 @@
 /**
  * `skiff ztunnel` end to end, in network namespaces: two nodes, real ztunnel processes (one per node), the in-pod
- * rules of cni/redirect_linux.ts, and apps in pods. The node agent is played by the test (tests/harness/agent.ts)
- * until the CNI issue builds the real one.
+ * rules of cni/redirect_linux.ts, and apps in pods. The node agent is played by the test (tests/harness/agent.ts),
+ * which scripts each handoff message; tests/cni_test.ts runs the real agent.
  */
 
 import assert from "node:assert/strict";

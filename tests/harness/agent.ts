@@ -1,6 +1,7 @@
 /**
- * A stand-in for the node agent (the CNI issue builds the real one): it listens on the handoff socket and sends
- * ztunnel the messages a test scripts, one line at a time, returning each answer.
+ * A scripted node agent for ztunnel's tests: it listens on the handoff socket and sends ztunnel the messages a
+ * test scripts (malformed ones included), one line at a time, returning each answer. The real agent is
+ * cni/handoff_server.ts.
  */
 
 import {

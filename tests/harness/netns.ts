@@ -204,6 +204,16 @@ export class NetnsCluster implements AsyncDisposable {
     return pod;
   }
 
+  /**
+   * Makes an empty namespace (only `lo`, up) named after this cluster, removed with it: a sandbox for a CNI
+   * plugin to wire, as a container runtime makes one. Returns its name and path.
+   */
+  async addSandbox(suffix: string): Promise<{ name: string; path: string }> {
+    const name = `${this.prefix}-${suffix}`;
+    await this.#addNamespace(name);
+    return { name, path: netnsPath(name) };
+  }
+
   /** Runs a command inside a namespace. */
   exec(netns: string, cmd: string[]): Promise<Output> {
     return run(["ip", "netns", "exec", netns, ...cmd]);

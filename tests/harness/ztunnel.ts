@@ -136,7 +136,7 @@ export class ZtunnelProcess implements AsyncDisposable {
 }
 
 /** An echo app in a pod: answers each connection's bytes with `name:` + bytes, and records client addresses. */
-export function echoApp(pod: Pod, port: number, name = pod.name) {
+export function echoApp(pod: Pick<Pod, "netnsPath" | "name">, port: number, name = pod.name) {
   const listener = listenIn(pod.netnsPath, "0.0.0.0", port);
   const peers: string[] = [];
   const conns = new Set<Deno.TcpConn>();

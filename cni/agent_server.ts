@@ -1,0 +1,98 @@
+/**
+ * The node agent's API for the CNI plugin, HTTP over its unix socket (paths and bodies in
+ * mesh/protocol/cni.ts). The socket is the node's root-only door into the agent: it is created 0600, as
+ * upstream's `pluginevent.sock`. A refusal carries the CNI error the plugin is to print; a body that does not
+ * decode is CNI error 6 naming the field.
+ *
+ * @module
+ */
+
+import { readBody } from "../mesh/http.ts";
+import type { Logger } from "../mesh/log.ts";
+import { AGENT_PATHS, CNI_CODES, CniError, decodePodEvent } from "../mesh/protocol/cni.ts";
+import { Fields, ValidationError } from "../mesh/validate.ts";
+import type { NodeAgent } from "./agent.ts";
+
+/** Largest request body. */
+const MAX_BODY = 64 * 1024;
+
+function cniError(error: CniError): Response {
+  const status = error.code === CNI_CODES.tryAgainLater ? 503 : error.code === CNI_CODES.decodeFailure ? 400 : 500;
+  return Response.json({ code: error.code, msg: error.message, details: error.details }, { status });
+}
+
+/** Serves the plugin's requests on `socketPath` until `signal` aborts. */
+export function serveAgentApi(
+  agent: NodeAgent,
+  socketPath: string,
+  log: Logger,
+  signal: AbortSignal,
+): Deno.HttpServer<Deno.UnixAddr> {
+  try {
+    Deno.removeSync(socketPath); // a socket left by an earlier agent
+  } catch { /* none */ }
+  const server = Deno.serve({
+    path: socketPath,
+    signal,
+    onListen: () => {
+      Deno.chmodSync(socketPath, 0o600);
+      log.info({ socket: socketPath }, "listening for the CNI plugin");
+    },
+  }, async (req) => {
+    const path = new URL(req.url).pathname;
+    try {
+      if (req.method === "GET" && path === AGENT_PATHS.status) return Response.json(agent.status());
+      if (req.method !== "POST") {
+        return Response.json({ code: 4, msg: `no such endpoint: ${req.method} ${path}` }, { status: 404 });
+      }
+      let body: unknown;
+      try {
+        body = JSON.parse(await readBody(req, MAX_BODY) || "{}");
+      } catch (error) {
+        throw new CniError(CNI_CODES.decodeFailure, `bad request to the node agent: ${(error as Error).message}`);
+      }
+      switch (path) {
+        case AGENT_PATHS.add:
+          return Response.json(await agent.add(pod(body)));
+        case AGENT_PATHS.del:
+          await agent.del(pod(body));
+          return Response.json({});
+        case AGENT_PATHS.check:
+          await agent.check(pod(body));
+          return Response.json({});
+        case AGENT_PATHS.gc: {
+          const f = Fields.of(body, "");
+          const valid = f.array("validAttachments", (v, p) => {
+            const a = Fields.of(v, p);
+            const out = { containerId: a.string("containerId", { nonEmpty: true }), ifname: a.string("ifname", {}) };
+            a.done();
+            return out;
+          });
+          f.done();
+          return Response.json({ dropped: await agent.gc(valid) });
+        }
+        default:
+          return Response.json({ code: 4, msg: `no such endpoint: POST ${path}` }, { status: 404 });
+      }
+    } catch (error) {
+      if (error instanceof CniError) {
+        log.warn({ path, code: error.code, error: error.message, details: error.details }, "CNI request refused");
+        return cniError(error);
+      }
+      log.error({ path, error: (error as Error).message }, "CNI request failed");
+      return cniError(new CniError(CNI_CODES.ioFailure, `the node agent failed: ${(error as Error).message}`));
+    }
+  });
+  return server;
+}
+
+function pod(body: unknown) {
+  try {
+    return decodePodEvent(body);
+  } catch (error) {
+    if (error instanceof ValidationError) {
+      throw new CniError(CNI_CODES.decodeFailure, `bad pod event: ${error.message}`);
+    }
+    throw error;
+  }
+}

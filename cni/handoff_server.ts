@@ -1,0 +1,266 @@
+/**
+ * The node agent's side of the handoff protocol (mesh/protocol/handoff.ts): it listens on the unix socket, and
+ * each ztunnel that connects says hello, is sent the snapshot of every pod whose traffic is redirected (one `add`
+ * at a time, each answered, then `snapshot-sent`), and from then on receives each `add` and `del` as it happens.
+ * As upstream's `ztunnelserver`: an `add` goes to the ztunnel that connected last (the new one, during an
+ * upgrade), a `del` to every ztunnel connected; every message waits for its answer, at most
+ * {@link ANSWER_TIMEOUT_MS}; a ztunnel that does not answer in time is disconnected, since its answers could no
+ * longer be matched to questions.
+ *
+ * @module
+ */
+
+import type { Logger } from "../mesh/log.ts";
+import {
+  type AgentMessage,
+  encodeHandoffMessage,
+  HANDOFF_VERSION,
+  LineSplitter,
+  parseHandoffLine,
+  type PodInfo,
+  type ZtunnelMessage,
+} from "../mesh/protocol/handoff.ts";
+import { ValidationError } from "../mesh/validate.ts";
+
+/** How long a ztunnel has to answer a message (upstream's deadline). */
+export const ANSWER_TIMEOUT_MS = 5_000;
+
+/** A pod as ztunnel is told of it. */
+export interface HandoffPod {
+  uid: string;
+  workload: PodInfo;
+  netns: string;
+}
+
+/** Why ztunnel did not take a pod. */
+export class HandoffError extends Error {
+  readonly code = "HANDOFF";
+  constructor(message: string) {
+    super(message);
+    this.name = "HandoffError";
+  }
+}
+
+/** ztunnel's answer to a message. */
+type Answer = Extract<ZtunnelMessage, { type: "ack" | "nack" }>;
+
+/** One connected ztunnel. */
+class ZtunnelConn {
+  readonly id: number;
+  readonly #conn: Deno.UnixConn;
+  readonly #splitter = new LineSplitter();
+  readonly #lines: string[] = [];
+  #waiter?: (line: string | null) => void;
+  #closed = false;
+  #queue: Promise<unknown> = Promise.resolve();
+  /** Whether the snapshot was sent and answered: only then does it take adds. */
+  ready = false;
+  /** Settles when the connection ends. */
+  readonly done: Promise<void>;
+  #ended!: () => void;
+
+  constructor(id: number, conn: Deno.UnixConn) {
+    this.id = id;
+    this.#conn = conn;
+    this.done = new Promise((resolve) => (this.#ended = resolve));
+    this.#read();
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  async #read(): Promise<void> {
+    const buf = new Uint8Array(4096);
+    try {
+      for (;;) {
+        const n = await this.#conn.read(buf);
+        if (n === null) break;
+        this.#lines.push(...this.#splitter.push(buf.subarray(0, n)));
+        while (this.#lines.length > 0 && this.#waiter) {
+          const w = this.#waiter;
+          this.#waiter = undefined;
+          w(this.#lines.shift()!);
+        }
+      }
+    } catch {
+      // a reset, an over-long line: either way this connection is over
+    }
+    this.close();
+  }
+
+  /** The next line from ztunnel, or null when the connection ended or `timeoutMs` passed. */
+  next(timeoutMs: number): Promise<string | null> {
+    if (this.#lines.length > 0) return Promise.resolve(this.#lines.shift()!);
+    if (this.#closed) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#waiter = undefined;
+        resolve(null);
+        this.close(); // an answer that comes later would be taken for the next question's
+      }, timeoutMs);
+      this.#waiter = (line) => {
+        clearTimeout(timer);
+        resolve(line);
+      };
+    });
+  }
+
+  /** Sends one message and waits for its answer; messages are sent one at a time. */
+  ask(msg: AgentMessage, timeoutMs = ANSWER_TIMEOUT_MS): Promise<Answer> {
+    const run = async (): Promise<Answer> => {
+      if (this.#closed) throw new HandoffError("ztunnel disconnected");
+      try {
+        await this.#conn.write(new TextEncoder().encode(encodeHandoffMessage(msg)));
+      } catch (error) {
+        this.close();
+        throw new HandoffError(`ztunnel disconnected: ${(error as Error).message}`);
+      }
+      const line = await this.next(timeoutMs);
+      if (line === null) throw new HandoffError(`ztunnel did not answer ${msg.type} within ${timeoutMs} ms`);
+      const answer = parseHandoffLine(line);
+      if (answer.type !== "ack" && answer.type !== "nack") {
+        this.close();
+        throw new HandoffError(`ztunnel answered ${msg.type} with ${answer.type}`);
+      }
+      return answer;
+    };
+    const result = this.#queue.then(run, run);
+    this.#queue = result.catch(() => {});
+    return result;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.ready = false;
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.(null);
+    this.#ended();
+  }
+}
+
+/** Options of {@link HandoffServer}. */
+export interface HandoffServerOptions {
+  socketPath: string;
+  log: Logger;
+  /**
+   * Sends the snapshot to a new ztunnel through `send`, under the agent's lock so no pod changes meanwhile;
+   * `send` returns the uids ztunnel acknowledged.
+   */
+  snapshot(send: (pods: HandoffPod[]) => Promise<Set<string>>): Promise<void>;
+  /** Called when the set of ready ztunnels changes. */
+  onChange?: (ready: number) => void;
+}
+
+/** The handoff listener and its connected ztunnels. */
+export class HandoffServer {
+  readonly #opts: HandoffServerOptions;
+  readonly #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
+  readonly #conns: ZtunnelConn[] = [];
+  #nextId = 1;
+  #accepting: Promise<void>;
+
+  constructor(opts: HandoffServerOptions) {
+    this.#opts = opts;
+    try {
+      Deno.removeSync(opts.socketPath); // a socket left by an earlier agent
+    } catch { /* none */ }
+    this.#listener = Deno.listen({ transport: "unix", path: opts.socketPath });
+    Deno.chmodSync(opts.socketPath, 0o600);
+    opts.log.info({ socket: opts.socketPath }, "listening for ztunnel (handoff)");
+    this.#accepting = this.#accept();
+  }
+
+  /** Ztunnels that took their snapshot and take pods. */
+  get ready(): number {
+    return this.#conns.filter((c) => c.ready && !c.closed).length;
+  }
+
+  async #accept(): Promise<void> {
+    try {
+      for await (const conn of this.#listener) {
+        this.#serve(new ZtunnelConn(this.#nextId++, conn)).catch((error) =>
+          this.#opts.log.warn({ error: (error as Error).message }, "ztunnel connection ended")
+        );
+      }
+    } catch {
+      // the listener was closed
+    }
+  }
+
+  async #serve(conn: ZtunnelConn): Promise<void> {
+    const log = this.#opts.log;
+    const line = await conn.next(ANSWER_TIMEOUT_MS);
+    if (line === null) throw new HandoffError("ztunnel connected but said no hello");
+    let hello;
+    try {
+      hello = parseHandoffLine(line);
+    } catch (error) {
+      conn.close();
+      throw error instanceof ValidationError ? new HandoffError(`bad hello from ztunnel: ${error.message}`) : error;
+    }
+    if (hello.type !== "hello" || hello.version !== HANDOFF_VERSION) {
+      conn.close();
+      throw new HandoffError(`expected hello version ${HANDOFF_VERSION}, got ${JSON.stringify(hello)}`);
+    }
+    this.#conns.push(conn);
+    log.info({ ztunnel: conn.id }, "ztunnel connected; sending the snapshot");
+    await this.#opts.snapshot(async (pods) => {
+      const acked = new Set<string>();
+      for (const p of pods) {
+        const answer = await conn.ask({ type: "add", uid: p.uid, workload: p.workload, netns: p.netns });
+        if (answer.type === "ack") acked.add(p.uid);
+        else log.warn({ ztunnel: conn.id, uid: p.uid, reason: answer.reason }, "ztunnel refused a pod of the snapshot");
+      }
+      const done = await conn.ask({ type: "snapshot-sent" });
+      if (done.type === "nack") throw new HandoffError(`ztunnel refused the snapshot: ${done.reason}`);
+      conn.ready = true;
+      log.info({ ztunnel: conn.id, pods: pods.length, acked: acked.size }, "ztunnel took the snapshot");
+      return acked;
+    });
+    this.#opts.onChange?.(this.ready);
+    await conn.done;
+    this.#conns.splice(this.#conns.indexOf(conn), 1);
+    log.warn({ ztunnel: conn.id }, "ztunnel disconnected");
+    this.#opts.onChange?.(this.ready);
+  }
+
+  /** Hands a pod to the newest ready ztunnel; throws {@link HandoffError} when none takes it. */
+  async add(pod: HandoffPod): Promise<void> {
+    const conn = this.#conns.findLast((c) => c.ready && !c.closed);
+    if (!conn) throw new HandoffError("no ztunnel is connected to the node agent");
+    const answer = await conn.ask({ type: "add", uid: pod.uid, workload: pod.workload, netns: pod.netns });
+    if (answer.type === "nack") throw new HandoffError(`ztunnel refused the pod: ${answer.reason}`);
+  }
+
+  /** Tells every connected ztunnel to drop a pod; failures are logged, not thrown. */
+  async del(uid: string): Promise<void> {
+    await Promise.all(
+      this.#conns.filter((c) => c.ready && !c.closed).map(async (c) => {
+        try {
+          const answer = await c.ask({ type: "del", uid });
+          if (answer.type === "nack") this.#opts.log.warn({ ztunnel: c.id, uid, reason: answer.reason }, "del refused");
+        } catch (error) {
+          this.#opts.log.warn({ ztunnel: c.id, uid, error: (error as Error).message }, "del not delivered");
+        }
+      }),
+    );
+  }
+
+  /** Stops listening and disconnects every ztunnel. */
+  async close(): Promise<void> {
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+    for (const c of this.#conns) c.close();
+    await this.#accepting;
+    try {
+      Deno.removeSync(this.#opts.socketPath);
+    } catch { /* gone */ }
+  }
+}
