@@ -20,6 +20,7 @@
 
 import type { Logger } from "../mesh/log.ts";
 import { type AddAnswer, type AgentStatus, CNI_CODES, CniError, type PodEvent } from "../mesh/protocol/cni.ts";
+import { isHandoffNetnsPath } from "../mesh/protocol/handoff.ts";
 import type { NodePod, NodePodsView } from "../mesh/protocol/node_pods.ts";
 import type { HandoffPod } from "./handoff_server.ts";
 import type { RedirectProblems } from "./redirect_linux.ts";
@@ -82,6 +83,10 @@ export interface AgentDeps {
   self?: { namespace: string; name: string };
 }
 
+/** Longest reason kept (a ztunnel refusal can be long; the saved state must stay readable). */
+const MAX_REASON = 512;
+const short = (reason: string) => (reason.length > MAX_REASON ? `${reason.slice(0, MAX_REASON - 1)}…` : reason);
+
 /** What the control plane's view says of a pod. */
 type Decision =
   | { kind: "enrolled"; pod: NodePod }
@@ -94,6 +99,8 @@ export class NodeAgent {
   readonly #deps: AgentDeps;
   readonly #pods = new Map<string, PodRecord>();
   #view?: NodePodsView;
+  /** Whether the view came from the control plane in this run (a saved one may be out of date). */
+  #viewFresh = false;
   #lock: Promise<unknown> = Promise.resolve();
   #controlConnected = false;
 
@@ -123,11 +130,15 @@ export class NodeAgent {
     const view = this.#view;
     if (!view) return { kind: "unknown", reason: `no view of node ${this.node} from the control plane yet` };
     const pod = view.pods.find((p) => p.namespace === namespace && p.name === name);
-    if (pod) {
-      return pod.enrolled
-        ? { kind: "enrolled", pod }
-        : { kind: "outside", reason: pod.reason || "not enrolled", serviceAccount: pod.serviceAccount };
+    if (pod?.enrolled) return { kind: "enrolled", pod };
+    // A saved view may miss an enrolment made while the agent was down: it may enrol, never leave out.
+    if (!this.#viewFresh) {
+      return {
+        kind: "unknown",
+        reason: `the view of node ${this.node} is from before the agent restarted; waiting for the control plane`,
+      };
     }
+    if (pod) return { kind: "outside", reason: pod.reason || "not enrolled", serviceAccount: pod.serviceAccount };
     if (view.ambientNamespaces.includes(namespace)) {
       return {
         kind: "unknown",
@@ -182,6 +193,12 @@ export class NodeAgent {
         return { redirected: false, reason: decision.reason };
       }
       record.serviceAccount = decision.pod.serviceAccount;
+      const refusal = this.#cannotRedirect(record);
+      if (refusal) {
+        this.#pods.delete(record.containerId);
+        await this.#changed();
+        throw new CniError(CNI_CODES.redirection, refusal);
+      }
       try {
         // ADD run again: the rules are rewritten whole, never duplicated.
         if (record.state !== "outside") await this.#deps.redirect.install(record.netns);
@@ -196,6 +213,19 @@ export class NodeAgent {
       await this.#changed();
       return { redirected: true, reason: record.reason };
     });
+  }
+
+  /** Why an enrolled pod cannot be redirected at all, if it cannot: better refused than run around ztunnel. */
+  #cannotRedirect(record: PodRecord): string | undefined {
+    if (record.ips.some((ip) => ip.includes(":"))) {
+      return `pod ${record.namespace}/${record.name} has an IPv6 address (${record.ips.join(", ")}); ` +
+        "Skiff redirects IPv4 only, and its IPv6 traffic would bypass ztunnel";
+    }
+    if (!isHandoffNetnsPath(record.netns)) {
+      return `network namespace ${record.netns} is not a path ztunnel takes ` +
+        "(/var/run/netns/NAME, /run/netns/NAME or /proc/PID/ns/net)";
+    }
+    return undefined;
   }
 
   /** Rules first, then ztunnel: with no ztunnel the pod's traffic is refused, never sent around the proxy. */
@@ -218,20 +248,20 @@ export class NodeAgent {
       try {
         await this.#deps.handoff.add(this.#handoffPod(record));
       } catch (error) {
-        record.reason = `rules in place, ztunnel not reached: ${(error as Error).message}`;
+        record.reason = short(`rules in place, ztunnel not reached: ${(error as Error).message}`);
         throw new CniError(CNI_CODES.tryAgainLater, `ztunnel is not ready for the pod: ${(error as Error).message}`);
       }
       record.state = "redirected";
       log.info("pod handed to ztunnel: redirected");
     }
-    record.reason = reason;
+    record.reason = short(reason);
   }
 
   async #unenrol(record: PodRecord, reason: string): Promise<void> {
     await this.#deps.handoff.del(record.uid);
     if (await this.#deps.exists(record.netns)) await this.#deps.redirect.remove(record.netns);
     record.state = "outside";
-    record.reason = reason;
+    record.reason = short(reason);
     this.#deps.log.info({ pod: `${record.namespace}/${record.name}`, reason }, "pod left the mesh: rules removed");
   }
 
@@ -264,7 +294,12 @@ export class NodeAgent {
       if (!record) return;
       await this.#forget(record);
       this.#deps.log.info({ pod: `${record.namespace}/${record.name}`, container: record.containerId }, "pod deleted");
-      await this.#changed();
+      try {
+        await this.#changed();
+      } catch (error) {
+        // The pod is gone either way; the next change saves the list again.
+        this.#deps.log.error({ error: (error as Error).message }, "could not save the pods after a DEL");
+      }
     });
   }
 
@@ -299,13 +334,17 @@ export class NodeAgent {
     });
   }
 
-  /** CNI GC: forgets every pod whose attachment the runtime no longer knows. */
+  /**
+   * CNI GC: forgets pods the runtime no longer knows *and* whose network namespace is gone. A namespace that is
+   * still there keeps its rules until it goes (the periodic reconcile then forgets it): a pod must never be
+   * left running without them.
+   */
   gc(valid: { containerId: string }[]): Promise<number> {
     return this.exclusive(async () => {
       const keep = new Set(valid.map((a) => a.containerId));
       let dropped = 0;
       for (const r of [...this.#pods.values()]) {
-        if (keep.has(r.containerId)) continue;
+        if (keep.has(r.containerId) || await this.#deps.exists(r.netns)) continue;
         await this.#forget(r);
         dropped++;
       }
@@ -324,8 +363,9 @@ export class NodeAgent {
         );
         return;
       }
-      const changed = this.#view?.version !== view.version;
+      const changed = this.#view?.version !== view.version || !this.#viewFresh;
       this.#view = view;
+      this.#viewFresh = true;
       if (changed) await this.#reconcile(false);
     });
   }
@@ -383,10 +423,16 @@ export class NodeAgent {
     return [...this.#pods.values()].filter((r) => r.state !== "outside").map((r) => this.#handoffPod(r));
   }
 
-  /** After a snapshot: pods ztunnel acknowledged are redirected. Call under the lock. */
+  /** After a snapshot: pods ztunnel acknowledged are redirected, the others wait for it. Call under the lock. */
   async snapshotTaken(acked: Set<string>): Promise<void> {
     for (const r of this.#pods.values()) {
-      if (r.state === "pending" && acked.has(r.uid)) r.state = "redirected";
+      if (r.state === "outside") continue;
+      if (acked.has(r.uid)) {
+        r.state = "redirected";
+      } else {
+        r.state = "pending";
+        r.reason = "rules in place, ztunnel refused the pod in its snapshot; retried at the next reconcile";
+      }
     }
     await this.#changed();
   }
@@ -411,7 +457,7 @@ export class NodeAgent {
 
   /** For `GET /v1/status`. */
   status(): AgentStatus {
-    const synced = this.#view !== undefined;
+    const synced = this.#view !== undefined && this.#viewFresh;
     const ztunnels = this.#deps.handoff.ready;
     const reason = !synced
       ? `no view of node ${this.node} from the control plane yet`

@@ -60,17 +60,8 @@ export function serveAgentApi(
         case AGENT_PATHS.check:
           await agent.check(pod(body));
           return Response.json({});
-        case AGENT_PATHS.gc: {
-          const f = Fields.of(body, "");
-          const valid = f.array("validAttachments", (v, p) => {
-            const a = Fields.of(v, p);
-            const out = { containerId: a.string("containerId", { nonEmpty: true }), ifname: a.string("ifname", {}) };
-            a.done();
-            return out;
-          });
-          f.done();
-          return Response.json({ dropped: await agent.gc(valid) });
-        }
+        case AGENT_PATHS.gc:
+          return Response.json({ dropped: await agent.gc(attachments(body)) });
         default:
           return Response.json({ code: 4, msg: `no such endpoint: POST ${path}` }, { status: 404 });
       }
@@ -84,6 +75,25 @@ export function serveAgentApi(
     }
   });
   return server;
+}
+
+function attachments(body: unknown): { containerId: string; ifname: string }[] {
+  try {
+    const f = Fields.of(body, "");
+    const valid = f.array("validAttachments", (v, p) => {
+      const a = Fields.of(v, p);
+      const out = { containerId: a.string("containerId", { nonEmpty: true }), ifname: a.string("ifname", {}) };
+      a.done();
+      return out;
+    });
+    f.done();
+    return valid;
+  } catch (error) {
+    if (error instanceof ValidationError) {
+      throw new CniError(CNI_CODES.decodeFailure, `bad GC request: ${error.message}`);
+    }
+    throw error;
+  }
 }
 
 function pod(body: unknown) {

@@ -32,7 +32,10 @@ const event = (name: string, ns = "shop", containerId = `c-${name}`): PodEvent =
 });
 
 /** An agent whose every action is written to `log` in order. */
-function harness(opts: { ztunnel?: boolean; failInstall?: boolean; saved?: AgentState } = {}) {
+function harness(
+  opts: { ztunnel?: boolean; failInstall?: boolean; saved?: AgentState; self?: { namespace: string; name: string } } =
+    {},
+) {
   const log: string[] = [];
   const reports: PodReport[][] = [];
   const gone = new Set<string>();
@@ -76,6 +79,7 @@ function harness(opts: { ztunnel?: boolean; failInstall?: boolean; saved?: Agent
     save: () => Promise.resolve(),
     exists: (path) => Promise.resolve(!gone.has(path)),
     isOwnNetns: (path) => Promise.resolve(path === "/proc/1/ns/net"),
+    self: opts.self,
     deletedNotes: () => Promise.resolve([...notes]),
     forgetNote: (id) => {
       notes.splice(notes.findIndex((n) => n.containerId === id), 1);
@@ -260,4 +264,53 @@ Deno.test("status: ready only with a view and a ztunnel, saying why not", async 
   assert.equal(h.agent.status().reason, "no ztunnel is connected");
   h.setZtunnel(true);
   assert.equal(h.agent.status().ready, true);
+});
+
+Deno.test("the agent's own pod is never enrolled", async () => {
+  const h = harness({ self: { namespace: "shop", name: "agent" } });
+  await h.agent.setView(view([pod("agent", true)]));
+  assert.deepEqual(await h.agent.add(event("agent")), { redirected: false, reason: "the node agent's own pod" });
+  assert.ok(!h.log.some((l) => l.startsWith("install")));
+});
+
+Deno.test("a saved view may enrol but never leave a pod out: until a fresh one comes, that is 11", async () => {
+  const h = harness({ saved: { pods: [], view: view([pod("web", true), pod("plain", false)]) } });
+  assert.equal((await h.agent.add(event("web"))).redirected, true);
+  assert.equal(await cniCode(h.agent.add(event("plain"))), 11);
+  assert.equal(await cniCode(h.agent.add(event("other", "default"))), 11);
+  assert.equal(h.agent.status().ready, false);
+  await h.agent.setView(view([pod("web", true), pod("plain", false)]));
+  assert.equal((await h.agent.add(event("plain"))).redirected, false);
+  assert.equal(h.agent.status().ready, true);
+});
+
+Deno.test("an enrolled pod that cannot be redirected is refused (100), never run around ztunnel", async () => {
+  const h = harness();
+  await h.agent.setView(view([pod("v6", true), pod("odd", true)]));
+  const v6 = { ...event("v6"), ips: ["10.0.1.7", "fd00::7"] };
+  assert.equal(await cniCode(h.agent.add(v6)), 100);
+  const odd = { ...event("odd"), netns: "/var/run/docker/netns/abc" };
+  assert.equal(await cniCode(h.agent.add(odd)), 100);
+  assert.deepEqual(h.agent.pods(), []);
+  assert.ok(!h.log.some((l) => l.startsWith("install")));
+});
+
+Deno.test("a pod a new ztunnel refused in its snapshot waits again (pending), and is not reported redirected", async () => {
+  const h = harness();
+  await h.agent.setView(view([pod("web", true)]));
+  await h.agent.add(event("web"));
+  await h.agent.exclusive(() => h.agent.snapshotTaken(new Set()));
+  assert.equal(h.agent.pods()[0].state, "pending");
+  assert.equal(h.lastReport()[0].redirected, false);
+  await h.agent.reconcile();
+  assert.equal(h.agent.pods()[0].state, "redirected", "the next reconcile hands it over again");
+});
+
+Deno.test("GC forgets only pods the runtime no longer knows whose namespace is gone", async () => {
+  const h = harness();
+  await h.agent.setView(view([pod("a", true), pod("b", true), pod("c", true)]));
+  for (const n of ["a", "b", "c"]) await h.agent.add(event(n));
+  h.gone.add("/var/run/netns/c-c");
+  assert.equal(await h.agent.gc([{ containerId: "c-a" }]), 1);
+  assert.deepEqual(h.agent.pods().map((p) => p.name), ["a", "b"], "b's namespace is still there: it keeps its rules");
 });

@@ -118,7 +118,13 @@ class ZtunnelConn {
       }
       const line = await this.next(timeoutMs);
       if (line === null) throw new HandoffError(`ztunnel did not answer ${msg.type} within ${timeoutMs} ms`);
-      const answer = parseHandoffLine(line);
+      let answer;
+      try {
+        answer = parseHandoffLine(line);
+      } catch (error) {
+        this.close(); // answers could no longer be matched to questions
+        throw new HandoffError(`ztunnel answered ${msg.type} with a bad message: ${(error as Error).message}`);
+      }
       if (answer.type !== "ack" && answer.type !== "nack") {
         this.close();
         throw new HandoffError(`ztunnel answered ${msg.type} with ${answer.type}`);
@@ -162,6 +168,9 @@ export class HandoffServer {
   readonly #opts: HandoffServerOptions;
   readonly #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   readonly #conns: ZtunnelConn[] = [];
+  /** Every accepted connection, ready or not, so that close() ends them all. */
+  readonly #accepted = new Set<ZtunnelConn>();
+  #closed = false;
   #nextId = 1;
   #accepting: Promise<void>;
 
@@ -182,14 +191,23 @@ export class HandoffServer {
   }
 
   async #accept(): Promise<void> {
-    try {
-      for await (const conn of this.#listener) {
-        this.#serve(new ZtunnelConn(this.#nextId++, conn)).catch((error) =>
-          this.#opts.log.warn({ error: (error as Error).message }, "ztunnel connection ended")
-        );
+    while (!this.#closed) {
+      let raw: Deno.UnixConn;
+      try {
+        raw = await this.#listener.accept();
+      } catch (error) {
+        if (this.#closed) return;
+        // Out of file descriptors, say: ztunnel must still be able to connect once it passes.
+        this.#opts.log.error({ error: (error as Error).message }, "accepting a ztunnel connection failed");
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
       }
-    } catch {
-      // the listener was closed
+      const conn = new ZtunnelConn(this.#nextId++, raw);
+      this.#accepted.add(conn);
+      conn.done.then(() => this.#accepted.delete(conn));
+      this.#serve(conn).catch((error) =>
+        this.#opts.log.warn({ ztunnel: conn.id, error: (error as Error).message }, "ztunnel connection ended")
+      );
     }
   }
 
@@ -210,7 +228,22 @@ export class HandoffServer {
     }
     this.#conns.push(conn);
     log.info({ ztunnel: conn.id }, "ztunnel connected; sending the snapshot");
-    await this.#opts.snapshot(async (pods) => {
+    try {
+      await this.#snapshot(conn);
+      this.#opts.onChange?.(this.ready);
+      await conn.done;
+    } finally {
+      // A failed snapshot ends the connection too: ztunnel reconnects and gets a new one.
+      conn.close();
+      this.#conns.splice(this.#conns.indexOf(conn), 1);
+      log.warn({ ztunnel: conn.id }, "ztunnel disconnected");
+      this.#opts.onChange?.(this.ready);
+    }
+  }
+
+  #snapshot(conn: ZtunnelConn): Promise<void> {
+    const log = this.#opts.log;
+    return this.#opts.snapshot(async (pods) => {
       const acked = new Set<string>();
       for (const p of pods) {
         const answer = await conn.ask({ type: "add", uid: p.uid, workload: p.workload, netns: p.netns });
@@ -223,11 +256,6 @@ export class HandoffServer {
       log.info({ ztunnel: conn.id, pods: pods.length, acked: acked.size }, "ztunnel took the snapshot");
       return acked;
     });
-    this.#opts.onChange?.(this.ready);
-    await conn.done;
-    this.#conns.splice(this.#conns.indexOf(conn), 1);
-    log.warn({ ztunnel: conn.id }, "ztunnel disconnected");
-    this.#opts.onChange?.(this.ready);
   }
 
   /** Hands a pod to the newest ready ztunnel; throws {@link HandoffError} when none takes it. */
@@ -254,10 +282,11 @@ export class HandoffServer {
 
   /** Stops listening and disconnects every ztunnel. */
   async close(): Promise<void> {
+    this.#closed = true;
     try {
       this.#listener.close();
     } catch { /* already closed */ }
-    for (const c of this.#conns) c.close();
+    for (const c of this.#accepted) c.close();
     await this.#accepting;
     try {
       Deno.removeSync(this.#opts.socketPath);

@@ -128,3 +128,19 @@ Deno.test("a client that never says hello is dropped; one that does not answer i
     conn.close();
   });
 });
+
+Deno.test("a ztunnel that refuses the snapshot or answers garbage is disconnected, so it reconnects afresh", async () => {
+  await withServer([], async (server, path) => {
+    for (const answer of ['{"type":"nack","reason":"busy"}\n', "not json\n"]) {
+      const conn = await Deno.connect({ transport: "unix", path });
+      await conn.write(new TextEncoder().encode('{"type":"hello","version":1}\n'));
+      const buf = new Uint8Array(1024);
+      const n = await conn.read(buf);
+      assert.match(new TextDecoder().decode(buf.subarray(0, n!)), /snapshot-sent/);
+      await conn.write(new TextEncoder().encode(answer));
+      assert.equal(await conn.read(buf), null, "the agent closed the connection");
+      assert.equal(server.ready, 0);
+      conn.close();
+    }
+  });
+});

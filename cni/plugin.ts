@@ -133,14 +133,25 @@ async function dispatch(env: CniEnvironment, conf: SkiffNetConf, deps: PluginDep
     case "DEL": {
       try {
         await ask(deps, conf, "POST", AGENT_PATHS.del, pod.event, timeoutMs, "DEL");
+        return ok();
       } catch (error) {
-        if (!(error instanceof CniError) || error.code !== CNI_CODES.tryAgainLater) throw error;
-        // The agent is away: undo what is ours ourselves and leave it a note for when it is back.
-        if (env.netns !== "" && await deps.exists(env.netns)) await deps.removeRedirect(env.netns);
-        await deps.writeFile(join(deletedDir(conf.agentSocket), env.containerId), JSON.stringify(pod.event));
-        return ok("", `skiff: ${error.message}; removed the pod's rules and left a note for the agent`);
+        // DEL ends in success whatever happens (the runtime would otherwise retry forever, and the namespace
+        // goes anyway): undo what is ours ourselves, leave the agent a note, and say what went wrong on stderr.
+        const notes = [`skiff: DEL: ${(error as Error).message}`];
+        try {
+          if (env.netns !== "" && await deps.exists(env.netns)) await deps.removeRedirect(env.netns);
+          notes.push("removed the pod's rules");
+        } catch (e) {
+          notes.push(`could not remove the pod's rules: ${(e as Error).message}`);
+        }
+        try {
+          await deps.writeFile(join(deletedDir(conf.agentSocket), env.containerId), JSON.stringify(pod.event));
+          notes.push("left a note for the agent");
+        } catch (e) {
+          notes.push(`could not leave a note for the agent: ${(e as Error).message}`);
+        }
+        return ok("", notes.join("; "));
       }
-      return ok();
     }
     case "CHECK": {
       needVersion(conf, "0.4.0", "CHECK");
@@ -151,16 +162,16 @@ async function dispatch(env: CniEnvironment, conf: SkiffNetConf, deps: PluginDep
     }
     case "GC": {
       needVersion(conf, "1.1.0", "GC");
-      try {
-        await ask(
-          deps,
-          conf,
-          "POST",
-          AGENT_PATHS.gc,
-          { validAttachments: conf.validAttachments ?? [] },
-          timeoutMs,
-          "GC",
+      if (!conf.validAttachments) {
+        // Taking "no list" for "none valid" would strip every running pod of its redirection.
+        throw new CniError(
+          CNI_CODES.invalidConfig,
+          "invalid network configuration: GC needs cni.dev/valid-attachments",
         );
+      }
+      try {
+        const body = { validAttachments: conf.validAttachments };
+        await ask(deps, conf, "POST", AGENT_PATHS.gc, body, timeoutMs, "GC");
       } catch (error) {
         // Nothing is lost: the agent drops pods whose namespaces are gone on its own.
         if (!(error instanceof CniError) || error.code !== CNI_CODES.tryAgainLater) throw error;

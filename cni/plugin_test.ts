@@ -133,6 +133,16 @@ Deno.test("DEL with the agent away removes the rules itself and leaves the agent
   assert.deepEqual(noNetns.removed, []);
 });
 
+Deno.test("DEL ends in success even when the agent fails and undoing it ourselves fails too", async () => {
+  const f = fakes({ status: 500, body: { code: 5, msg: "the node agent failed: disk full" } });
+  f.deps.removeRedirect = () => Promise.reject(new Error("nsenter: exit 1"));
+  f.deps.writeFile = () => Promise.reject(new Error("read-only file system"));
+  const out = await cniPlugin(env("DEL"), conf(), f.deps);
+  assert.equal(out.exit, 0);
+  assert.equal(out.stdout, "");
+  assert.match(out.stderr, /disk full.*could not remove the pod's rules: nsenter.*could not leave a note/);
+});
+
 Deno.test("DEL with the agent up is the agent's; it needs no K8S args", async () => {
   const f = fakes();
   assert.equal((await cniPlugin(env("DEL", { CNI_ARGS: "" }), conf(), f.deps)).exit, 0);
@@ -172,6 +182,13 @@ Deno.test("STATUS (1.1): ready only when the agent says so; otherwise 50 with it
   assert.match(JSON.parse(notReady.stdout).msg, /not ready: no ztunnel/);
   assert.equal(JSON.parse((await cniPlugin(statusEnv, v11, fakes(unreachable).deps)).stdout).code, 50);
   assert.equal(JSON.parse((await cniPlugin(statusEnv, conf(), fakes().deps)).stdout).code, 1, "STATUS needs 1.1.0");
+});
+
+Deno.test("GC (1.1) without its list of valid attachments is refused (7), never taken as none valid", async () => {
+  const f = fakes();
+  const out = await cniPlugin({ CNI_COMMAND: "GC", CNI_PATH: "/opt/cni/bin" }, conf({ cniVersion: "1.1.0" }), f.deps);
+  assert.equal(JSON.parse(out.stdout).code, 7);
+  assert.equal(f.calls.length, 0);
 });
 
 Deno.test("GC (1.1) hands the agent the valid attachments", async () => {

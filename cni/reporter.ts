@@ -66,6 +66,7 @@ export class Reporter {
         await new Promise<void>((resolve) => {
           const done = () => {
             clearTimeout(timer);
+            this.#signal.removeEventListener("abort", done);
             resolve();
           };
           const timer = setTimeout(done, delay);

@@ -2,8 +2,9 @@
  * The node agent's memory between runs: the pods the CNI plugin saw start (container, network namespace,
  * addresses, state) and the control plane's last view of the node, in one JSON file in the run directory
  * (`/var/run/skiff/cni-agent.json`: on tmpfs, so it goes with a reboot, as the pods' namespaces do). Written to
- * a temporary file and renamed, so a crash leaves the old version or the new one, never half of one. A file
- * that does not decode is kept aside (`.bad`) and reported; the agent starts with no pods rather than guess.
+ * a temporary file and renamed, so a crash leaves the old version or the new one, never half of one. A pod
+ * record that does not decode is reported and skipped, the others kept; a file that does not decode at all is
+ * kept aside (`.bad`) and reported, and the agent starts with no pods rather than guess.
  *
  * @module
  */
@@ -13,10 +14,11 @@ import { canonicalIp } from "../mesh/net.ts";
 import { checkString, Fields, ValidationError } from "../mesh/validate.ts";
 import type { AgentState, PodRecord } from "./agent.ts";
 
-/** Decodes a saved state. */
-export function decodeAgentState(value: unknown): AgentState {
+/** Decodes a saved state; records that do not decode are left out and named in `problems`. */
+export function decodeAgentState(value: unknown): { state: AgentState; problems: string[] } {
   const f = Fields.of(value, "");
-  const pods = f.array("pods", (v, p): PodRecord => {
+  const problems: string[] = [];
+  const record = (v: unknown, p: string): PodRecord => {
     const r = Fields.of(v, p);
     const out: PodRecord = {
       containerId: r.string("containerId", { nonEmpty: true, max: 256 }),
@@ -31,14 +33,23 @@ export function decodeAgentState(value: unknown): AgentState {
       }),
       serviceAccount: r.string("serviceAccount", { nonEmpty: true, max: 253 }),
       state: r.oneOf("state", ["redirected", "pending", "outside"] as const, "outside"),
-      reason: r.string("reason", { default: "", max: 1024 }),
+      reason: r.string("reason", { default: "", max: 4096 }),
     };
     r.done();
     return out;
-  });
+  };
+  const pods = f.array("pods", (v, p) => {
+    try {
+      return [record(v, p)];
+    } catch (error) {
+      if (!(error instanceof ValidationError)) throw error;
+      problems.push(error.message);
+      return [];
+    }
+  }).flat();
   const view = f.optionalObject("view", (v, p) => decodeNodePodsView(v, p));
   f.done();
-  return view ? { pods, view } : { pods };
+  return { state: view ? { pods, view } : { pods }, problems };
 }
 
 /** Reads the saved state; none (first start) is an empty state. */
@@ -51,7 +62,8 @@ export async function loadAgentState(path: string): Promise<{ state: AgentState;
     throw error;
   }
   try {
-    return { state: decodeAgentState(JSON.parse(text)) };
+    const { state, problems } = decodeAgentState(JSON.parse(text));
+    return problems.length > 0 ? { state, problem: `${path}: records left out: ${problems.join("; ")}` } : { state };
   } catch (error) {
     await Deno.rename(path, `${path}.bad`);
     return { state: { pods: [] }, problem: `${path}: ${(error as Error).message} (kept as ${path}.bad)` };

@@ -30,14 +30,28 @@ Deno.test("the agent's state survives a save and a load; none yet is empty", asy
   }
 });
 
-Deno.test("a state file that does not decode is kept aside and named with its field; the agent starts empty", async () => {
+Deno.test("a bad pod record is named and left out; the others are kept", async () => {
   const dir = await Deno.makeTempDir({ prefix: "skiff-agent-state-" });
   try {
     const path = join(dir, "cni-agent.json");
-    await Deno.writeTextFile(path, JSON.stringify({ pods: [{ ...STATE.pods[0], ips: ["x"] }] }));
+    const bad = { ...STATE.pods[0], containerId: "c0", ips: ["x"] };
+    await Deno.writeTextFile(path, JSON.stringify({ pods: [bad, STATE.pods[0]] }));
+    const { state, problem } = await loadAgentState(path);
+    assert.deepEqual(state, { pods: STATE.pods });
+    assert.match(problem!, /records left out: pods\[0\]\.ips\[0\]: expected an IP address/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a state file that does not decode at all is kept aside; the agent starts empty", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-agent-state-" });
+  try {
+    const path = join(dir, "cni-agent.json");
+    await Deno.writeTextFile(path, "{ half a file");
     const { state, problem } = await loadAgentState(path);
     assert.deepEqual(state, { pods: [] });
-    assert.match(problem!, /pods\[0\]\.ips\[0\]: expected an IP address \(kept as .*cni-agent\.json\.bad\)/);
+    assert.match(problem!, /kept as .*cni-agent\.json\.bad/);
     await Deno.stat(`${path}.bad`);
   } finally {
     await Deno.remove(dir, { recursive: true });

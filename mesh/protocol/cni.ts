@@ -115,6 +115,10 @@ export function readCniEnvironment(env: Record<string, string | undefined>): Cni
       `CNI_CONTAINERID ${show(containerId)} is not a valid container ID`,
     );
   }
+  const netns = env.CNI_NETNS ?? "";
+  if (netns !== "" && !netns.startsWith("/")) {
+    throw new CniError(CNI_CODES.invalidEnvironment, `CNI_NETNS ${show(netns)} is not an absolute path`);
+  }
   const ifname = env.CNI_IFNAME ?? "";
   if (ifname !== "" && !IFNAME.test(ifname)) {
     throw new CniError(CNI_CODES.invalidEnvironment, `CNI_IFNAME ${show(ifname)} is not a valid interface name`);
@@ -122,7 +126,7 @@ export function readCniEnvironment(env: Record<string, string | undefined>): Cni
   return {
     command: cmd,
     containerId,
-    netns: env.CNI_NETNS ?? "",
+    netns,
     ifname,
     args: parseCniArgs(env.CNI_ARGS ?? ""),
     path: env.CNI_PATH ?? "",
@@ -219,13 +223,12 @@ export function decodeNetConf(stdin: string): SkiffNetConf {
   }
 }
 
-/** The version to speak: the configuration's `cniVersion`, or the newest of `cniVersions` we know (CNI 1.1). */
+/**
+ * The version to speak: the configuration's `cniVersion`. (With CNI 1.1's `cniVersions` list in a network
+ * configuration, the runtime picks one and passes it to the plugin as `cniVersion`.)
+ */
 function negotiateVersion(conf: Record<string, unknown>): string {
   const known = (v: unknown): v is string => typeof v === "string" && (CNI_VERSIONS as readonly string[]).includes(v);
-  if (Array.isArray(conf.cniVersions)) {
-    const ours = conf.cniVersions.filter(known);
-    if (ours.length > 0) return ours.sort(compareVersions).at(-1)!;
-  }
   const v = conf.cniVersion;
   if (v === undefined || v === "") {
     throw new CniError(CNI_CODES.invalidConfig, "invalid network configuration: cniVersion is required");

@@ -80,6 +80,11 @@ export type HandoffMessage = AgentMessage | ZtunnelMessage;
 
 const NETNS_PATH = /^(\/var\/run\/netns\/[A-Za-z0-9._-]+|\/run\/netns\/[A-Za-z0-9._-]+|\/proc\/[0-9]+\/ns\/net)$/;
 
+/** Whether ztunnel takes this network namespace path: `/var/run/netns/NAME`, `/run/netns/NAME`, `/proc/PID/ns/net`. */
+export function isHandoffNetnsPath(path: string): boolean {
+  return NETNS_PATH.test(path);
+}
+
 function uid(f: Fields): string {
   return f.string("uid", { nonEmpty: true, max: 256 });
 }
