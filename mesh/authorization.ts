@@ -120,6 +120,24 @@ export function decodeMatch(value: unknown, path: string): Match {
   return m;
 }
 
+/** A match with every field empty, to fill in. */
+export function emptyMatch(): Match {
+  return {
+    namespaces: [],
+    notNamespaces: [],
+    principals: [],
+    notPrincipals: [],
+    sourceIps: [],
+    notSourceIps: [],
+    destinationIps: [],
+    notDestinationIps: [],
+    destinationPorts: [],
+    notDestinationPorts: [],
+    serviceAccounts: [],
+    notServiceAccounts: [],
+  };
+}
+
 /** Whether a match has no fields at all (such a match is skipped when evaluating a clause). */
 export function isEmptyMatch(m: Match): boolean {
   return [...STRING_FIELDS, ...CIDR_FIELDS, ...PORT_FIELDS, ...SERVICE_ACCOUNT_FIELDS].every((k) => m[k].length === 0);

@@ -5,6 +5,7 @@ import {
   decodeAuthorization,
   decodeMatch,
   decodeStringMatch,
+  emptyMatch,
   isEmptyMatch,
   type Match,
   policyKey,
@@ -106,23 +107,6 @@ Deno.test("decodeMatch() reads each field and its not* twin on its own", async (
     });
   }
 });
-
-function emptyMatch(): Match {
-  return {
-    namespaces: [],
-    notNamespaces: [],
-    principals: [],
-    notPrincipals: [],
-    sourceIps: [],
-    notSourceIps: [],
-    destinationIps: [],
-    notDestinationIps: [],
-    destinationPorts: [],
-    notDestinationPorts: [],
-    serviceAccounts: [],
-    notServiceAccounts: [],
-  };
-}
 
 Deno.test("isEmptyMatch() is true only for a match with no field at all", () => {
   assert.ok(isEmptyMatch(decodeMatch({}, "m")));

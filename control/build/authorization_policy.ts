@@ -18,7 +18,14 @@
  * @module
  */
 
-import type { Authorization, Clause, Match, Rule, StringMatch } from "../../mesh/authorization.ts";
+import {
+  type Authorization,
+  type Clause,
+  emptyMatch,
+  type Match,
+  type Rule,
+  type StringMatch,
+} from "../../mesh/authorization.ts";
 import { decodeCidr } from "../../mesh/net.ts";
 import { checkString, dnsLabel, Fields, show, ValidationError } from "../../mesh/validate.ts";
 import { LABELS, type MeshSettings, stringMap } from "./common.ts";
@@ -195,23 +202,6 @@ export function stringMatch(pattern: string): StringMatch {
   if (pattern.startsWith("*")) return { suffix: pattern.slice(1) };
   if (pattern.endsWith("*")) return { prefix: pattern.slice(0, -1) };
   return { exact: pattern };
-}
-
-function emptyMatch(): Match {
-  return {
-    namespaces: [],
-    notNamespaces: [],
-    principals: [],
-    notPrincipals: [],
-    sourceIps: [],
-    notSourceIps: [],
-    destinationIps: [],
-    notDestinationIps: [],
-    destinationPorts: [],
-    notDestinationPorts: [],
-    serviceAccounts: [],
-    notServiceAccounts: [],
-  };
 }
 
 /** The result of converting one policy for ztunnel. */

@@ -12,7 +12,7 @@
  * @module
  */
 
-import type { Authorization, Match } from "../../mesh/authorization.ts";
+import { type Authorization, emptyMatch, type Match } from "../../mesh/authorization.ts";
 import { checkOneOf, Fields, ValidationError } from "../../mesh/validate.ts";
 import { type MeshSettings, selects, stringMap } from "./common.ts";
 
@@ -69,20 +69,7 @@ export interface DeclaredPeerAuthentication {
 /** The name of the shared STRICT policy. */
 export const STATIC_STRICT = "istio_converted_static_strict";
 
-const noIdentity = (): Match => ({
-  namespaces: [],
-  notNamespaces: [],
-  principals: [],
-  notPrincipals: [{ presence: true }],
-  sourceIps: [],
-  notSourceIps: [],
-  destinationIps: [],
-  notDestinationIps: [],
-  destinationPorts: [],
-  notDestinationPorts: [],
-  serviceAccounts: [],
-  notServiceAccounts: [],
-});
+const noIdentity = (): Match => ({ ...emptyMatch(), notPrincipals: [{ presence: true }] });
 
 /** The shared policy that denies plaintext on every port. */
 export function staticStrictPolicy(s: MeshSettings): Authorization {
