@@ -103,6 +103,8 @@ export class NodeAgent {
   #viewFresh = false;
   #lock: Promise<unknown> = Promise.resolve();
   #controlConnected = false;
+  /** What was saved last, so an unchanged list is not written again (the reconcile runs every 10 s). */
+  #saved?: string;
 
   constructor(node: string, deps: AgentDeps, saved?: AgentState) {
     this.node = node;
@@ -445,7 +447,12 @@ export class NodeAgent {
     } catch (error) {
       this.#deps.log.error({ error: (error as Error).message }, "could not update the node's probe rules");
     }
-    await this.#deps.save({ pods, view: this.#view });
+    const state = { pods, view: this.#view };
+    const text = JSON.stringify(state);
+    if (text !== this.#saved) {
+      await this.#deps.save(state);
+      this.#saved = text;
+    }
     this.#deps.report(pods.map((p) => ({
       namespace: p.namespace,
       name: p.name,

@@ -77,8 +77,20 @@ export function serveAgentApi(
   return server;
 }
 
-function attachments(body: unknown): { containerId: string; ifname: string }[] {
+/** Decodes a request body; a field that does not decode is CNI error 6 naming it. */
+function decoded<T>(what: string, decode: () => T): T {
   try {
+    return decode();
+  } catch (error) {
+    if (error instanceof ValidationError) throw new CniError(CNI_CODES.decodeFailure, `bad ${what}: ${error.message}`);
+    throw error;
+  }
+}
+
+const pod = (body: unknown) => decoded("pod event", () => decodePodEvent(body));
+
+const attachments = (body: unknown) =>
+  decoded("GC request", () => {
     const f = Fields.of(body, "");
     const valid = f.array("validAttachments", (v, p) => {
       const a = Fields.of(v, p);
@@ -88,21 +100,4 @@ function attachments(body: unknown): { containerId: string; ifname: string }[] {
     });
     f.done();
     return valid;
-  } catch (error) {
-    if (error instanceof ValidationError) {
-      throw new CniError(CNI_CODES.decodeFailure, `bad GC request: ${error.message}`);
-    }
-    throw error;
-  }
-}
-
-function pod(body: unknown) {
-  try {
-    return decodePodEvent(body);
-  } catch (error) {
-    if (error instanceof ValidationError) {
-      throw new CniError(CNI_CODES.decodeFailure, `bad pod event: ${error.message}`);
-    }
-    throw error;
-  }
-}
+  });

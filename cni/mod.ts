@@ -24,7 +24,7 @@ import { NodeAgent } from "./agent.ts";
 import { serveAgentApi } from "./agent_server.ts";
 import { HandoffServer } from "./handoff_server.ts";
 import { syncProbeRules } from "./node_rules.ts";
-import { deletedDir } from "./plugin.ts";
+import { deletedDir, pathExists } from "./plugin.ts";
 import { checkRedirect, installRedirect, removeRedirect } from "./redirect_linux.ts";
 import { Reporter } from "./reporter.ts";
 import { loadAgentState, saveAgentState } from "./state.ts";
@@ -108,8 +108,8 @@ export async function runCniAgent(argv: string[]): Promise<number> {
     },
     report: (pods) => reporter.report(pods),
     save: (s) => saveAgentState(paths.state, s),
-    exists,
-    isOwnNetns: ownNetnsCheck(values.nodeNetns),
+    exists: pathExists,
+    isOwnNetns: await ownNetnsCheck(values.nodeNetns),
     deletedNotes: () => readNotes(paths.deleted),
     forgetNote: (id) => Deno.remove(join(paths.deleted, id)).catch(() => {}),
     self: Deno.env.get("POD_NAME") && Deno.env.get("POD_NAMESPACE")
@@ -169,17 +169,11 @@ export function runPaths(v: { runDir: string }) {
   };
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether a namespace path is the agent's own network namespace or the node's: never to be captured. */
-function ownNetnsCheck(nodeNetns: string | undefined): (path: string) => Promise<boolean> {
+/**
+ * Whether a namespace path is the agent's own network namespace or the node's: never to be captured. Those two
+ * are read once, at start.
+ */
+async function ownNetnsCheck(nodeNetns: string | undefined): Promise<(path: string) => Promise<boolean>> {
   const id = async (p: string) => {
     try {
       const s = await Deno.stat(p);
@@ -188,11 +182,10 @@ function ownNetnsCheck(nodeNetns: string | undefined): (path: string) => Promise
       return undefined;
     }
   };
+  const own = [await id("/proc/self/ns/net"), nodeNetns ? await id(nodeNetns) : undefined].filter((x) => x);
   return async (path) => {
     const target = await id(path);
-    if (target === undefined) return false;
-    const own = [await id("/proc/self/ns/net"), nodeNetns ? await id(nodeNetns) : undefined];
-    return own.includes(target);
+    return target !== undefined && own.includes(target);
   };
 }
 

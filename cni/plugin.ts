@@ -263,6 +263,16 @@ async function ask(
   throw new CniError(code, msg, typeof e?.details === "string" ? e.details : undefined);
 }
 
+/** Whether a path exists (a network namespace, mostly). */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The real dependencies: HTTP over the agent's unix socket, nsenter, the filesystem. */
 export const realPluginDeps: PluginDeps = {
   async agent(socket, method, path, body, timeoutMs) {
@@ -286,14 +296,7 @@ export const realPluginDeps: PluginDeps = {
     }
   },
   removeRedirect,
-  async exists(path) {
-    try {
-      await Deno.stat(path);
-      return true;
-    } catch {
-      return false;
-    }
-  },
+  exists: pathExists,
   async writeFile(path, text) {
     await Deno.mkdir(dirname(path), { recursive: true, mode: 0o700 });
     await Deno.writeTextFile(path, text, { mode: 0o600 });

@@ -11,6 +11,8 @@
  */
 
 import { join } from "node:path";
+import { realPluginDeps } from "../../cni/plugin.ts";
+import { AGENT_PATHS } from "../../mesh/protocol/cni.ts";
 import { SkiffProcess } from "./process.ts";
 import { type Node, run } from "./netns.ts";
 
@@ -236,13 +238,10 @@ export class SkiffNode implements AsyncDisposable {
 
   /** The agent's status (`GET /v1/status` on its socket). */
   async status(): Promise<{ ready: boolean; ztunnels: number; pods: { name: string; state: string }[] }> {
-    const client = Deno.createHttpClient({ proxy: { transport: "unix", path: this.agentSocket } });
-    try {
-      const r = await fetch("http://agent/v1/status", { client });
-      return await r.json();
-    } finally {
-      client.close();
-    }
+    // As the plugin asks it.
+    const answer = await realPluginDeps.agent(this.agentSocket, "GET", AGENT_PATHS.status, undefined, 5000);
+    if (answer.status !== 200) throw new Error(`agent status: ${answer.status} ${JSON.stringify(answer.body)}`);
+    return answer.body as Awaited<ReturnType<SkiffNode["status"]>>;
   }
 
   async stopAgent(): Promise<void> {
