@@ -10,8 +10,10 @@
 
 import { createHash } from "node:crypto";
 import { policyKey } from "../mesh/authorization.ts";
+import { httpRouteKey, l7PolicyKey } from "../mesh/l7.ts";
 import {
   type Removal,
+  RESOURCE_KINDS,
   resourceKey,
   type ResourceKind,
   type StreamMessage,
@@ -56,7 +58,7 @@ export class Publisher {
   }
 
   /** Publishes a new build; returns the delta sent (undefined when nothing changed). */
-  publish(model: Pick<MeshModel, "workloads" | "services" | "policies">): Delta | undefined {
+  publish(model: Pick<MeshModel, "workloads" | "services" | "policies" | "routes" | "l7Policies">): Delta | undefined {
     const next = new Map<string, Entry>();
     const add = (kind: ResourceKind, name: string, body: unknown) => {
       const key = resourceKey({ kind, name });
@@ -71,6 +73,8 @@ export class Publisher {
     for (const w of model.workloads) add("Workload", w.uid, w);
     for (const s of model.services) add("Service", serviceKey(s), s);
     for (const p of model.policies) add("Authorization", policyKey(p), p);
+    for (const r of model.routes) add("HttpRoute", httpRouteKey(r), r);
+    for (const p of model.l7Policies) add("L7Policy", l7PolicyKey(p), p);
     const changed: Entry[] = [];
     for (const [key, e] of next) if (this.#entries.get(key)?.json !== e.json) changed.push(e);
     const removed: Removal[] = [];
@@ -101,9 +105,7 @@ export class Publisher {
       if (this.#entries.has(key)) continue;
       const slash = key.indexOf("/");
       const kind = key.slice(0, slash) as ResourceKind;
-      if (kind === "Workload" || kind === "Service" || kind === "Authorization") {
-        removed.push({ kind, name: key.slice(slash + 1) });
-      }
+      if (RESOURCE_KINDS.includes(kind)) removed.push({ kind, name: key.slice(slash + 1) });
     }
     const line = encoder.encode(encodeLine({ type: "snapshot", version: this.#version, removed, unchanged }, changed));
     if (empty) this.#full = { version: this.#version, line, sent: changed.length };

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
+import { decodeHttpRoute, decodeL7Policy, type HttpRoute, type L7Policy } from "../mesh/l7.ts";
 import { decodeStreamMessage } from "../mesh/protocol/config_stream.ts";
 import { decodeWorkload, type Workload } from "../mesh/workload.ts";
 import { Publisher } from "./push.ts";
 
 const wl = (name: string, ip: string): Workload =>
   decodeWorkload({ uid: `Kubernetes//Pod/shop/${name}`, name, namespace: "shop", addresses: [ip] });
-const model = (...workloads: Workload[]) => ({ workloads, services: [], policies: [] });
+const model = (...workloads: Workload[]) => ({ workloads, services: [], policies: [], routes: [], l7Policies: [] });
 
 Deno.test("Publisher sends only what changed, with versions that depend on content alone", async (t) => {
   const p = new Publisher();
@@ -46,4 +47,32 @@ Deno.test("Publisher sends only what changed, with versions that depend on conte
     const resumed = decodeStreamMessage(new TextDecoder().decode(p.snapshot(current).line));
     assert.deepEqual(resumed.type === "snapshot" && [resumed.resources.length, resumed.unchanged], [0, 1]);
   });
+});
+
+Deno.test("Publisher publishes HTTP routes and L7 policies by namespace/name, and removes them by that name", () => {
+  const route: HttpRoute = decodeHttpRoute({
+    name: "web",
+    namespace: "shop",
+    parents: [{ service: "shop/web.shop.svc.cluster.local" }],
+    rules: [{ matches: [], backends: [{ service: "shop/web.shop.svc.cluster.local", port: 80 }] }],
+  });
+  const policy: L7Policy = decodeL7Policy({
+    name: "get-only",
+    namespace: "shop",
+    targets: [{ kind: "Service", namespace: "shop", name: "web" }],
+    rules: [{ to: [{ methods: ["GET"] }] }],
+  });
+  const p = new Publisher();
+  const d = p.publish({ ...model(), routes: [route], l7Policies: [policy] })!;
+  assert.deepEqual(d.resources.map((r) => [r.kind, r.name, r.body]), [
+    ["HttpRoute", "shop/web", route],
+    ["L7Policy", "shop/get-only", policy],
+  ]);
+  const gone = p.publish(model())!;
+  assert.deepEqual(gone.removed, [{ kind: "HttpRoute", name: "shop/web" }, {
+    kind: "L7Policy",
+    name: "shop/get-only",
+  }]);
+  const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({ "HttpRoute/shop/old": "x" }).line));
+  assert.deepEqual(snap.type === "snapshot" && snap.removed, [{ kind: "HttpRoute", name: "shop/old" }]);
 });

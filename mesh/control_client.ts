@@ -1,9 +1,10 @@
 /**
  * The client side of the control plane's streams. The config stream (mesh/protocol/config_stream.ts), for
- * ztunnel, the waypoint and a standalone CA: it subscribes, applies the snapshot and every delta to a {@link MeshState}, and when the
- * stream breaks it keeps that state, so the proxy keeps serving with its last config while the control plane
- * is away, and reconnects with backoff from 10 ms doubling to 15 s (upstream's xDS client), sending the
- * versions it holds so that only what changed is sent again.
+ * ztunnel, the waypoint and a standalone CA: it subscribes, applies the snapshot and every delta to a
+ * {@link MeshState} (workloads, services, policies, and the waypoints' routes and L7 policies), and when the stream
+ * breaks it keeps that state, so the proxy keeps serving with its last config while the control plane is away,
+ * and reconnects with backoff from 10 ms doubling to 15 s (upstream's xDS client), sending the versions it holds
+ * so that only what changed is sent again.
  *
  * Each resource is decoded with the model's own decoders; one that does not decode is refused on its own (the
  * client keeps its previous version and logs the field), never the whole update. The node token is read from
@@ -18,12 +19,14 @@
 
 import { decodeJwt } from "jose";
 import { dirname, join } from "node:path";
-import { type Authorization, decodeAuthorization } from "./authorization.ts";
+import { decodeAuthorization } from "./authorization.ts";
 import { option, parsers } from "./config.ts";
+import { decodeHttpRoute, decodeL7Policy, httpRouteKey, l7PolicyKey } from "./l7.ts";
 import type { Logger } from "./log.ts";
 import {
   decodeStreamMessage,
   PING_INTERVAL_MS,
+  type Removal,
   resourceKey,
   STREAM_PATH,
   type StreamMessage,
@@ -32,7 +35,7 @@ import {
 import { decodeNodePodsMessage, NODE_PODS_PATH, type NodePodsView } from "./protocol/node_pods.ts";
 import { MeshState } from "./store.ts";
 import { ValidationError } from "./validate.ts";
-import { decodeService, decodeWorkload, type Service, type Workload } from "./workload.ts";
+import { decodeService, decodeWorkload, type Workload } from "./workload.ts";
 
 /** First reconnect delay. */
 export const BACKOFF_MIN_MS = 10;
@@ -195,9 +198,7 @@ export class ClientConfig {
       }
     }
     for (const r of m.removed) {
-      if (r.kind === "Workload") this.state.workloads.remove(r.name);
-      else if (r.kind === "Service") this.state.services.remove(r.name);
-      else this.state.policies.remove(r.name);
+      this.#remove(r);
       this.#versions.delete(resourceKey(r));
     }
     return {
@@ -211,16 +212,56 @@ export class ClientConfig {
 
   #upsert(r: StreamResource): void {
     const path = resourceKey(r);
-    if (r.kind === "Workload") {
-      const w: Workload = decodeWorkload(r.body, path);
-      if (w.uid !== r.name) throw new ValidationError(`${path}.uid`, "does not match the resource name");
-      this.state.workloads.upsert(w);
-    } else if (r.kind === "Service") {
-      const s: Service = decodeService(r.body, path);
-      this.state.services.upsert(s);
-    } else {
-      const a: Authorization = decodeAuthorization(r.body, path);
-      this.state.policies.upsert(a);
+    switch (r.kind) {
+      case "Workload": {
+        const w: Workload = decodeWorkload(r.body, path);
+        if (w.uid !== r.name) throw new ValidationError(`${path}.uid`, "does not match the resource name");
+        this.state.workloads.upsert(w);
+        return;
+      }
+      case "Service":
+        this.state.services.upsert(decodeService(r.body, path));
+        return;
+      case "Authorization":
+        this.state.policies.upsert(decodeAuthorization(r.body, path));
+        return;
+      case "HttpRoute": {
+        const route = decodeHttpRoute(r.body, path);
+        // Removals come by name: a body filed under another name could never be removed.
+        if (httpRouteKey(route) !== r.name) {
+          throw new ValidationError(path, "namespace/name does not match the resource name");
+        }
+        this.state.routes.upsert(route);
+        return;
+      }
+      case "L7Policy": {
+        const policy = decodeL7Policy(r.body, path);
+        if (l7PolicyKey(policy) !== r.name) {
+          throw new ValidationError(path, "namespace/name does not match the resource name");
+        }
+        this.state.l7Policies.upsert(policy);
+        return;
+      }
+    }
+  }
+
+  #remove(r: Removal): void {
+    switch (r.kind) {
+      case "Workload":
+        this.state.workloads.remove(r.name);
+        return;
+      case "Service":
+        this.state.services.remove(r.name);
+        return;
+      case "Authorization":
+        this.state.policies.remove(r.name);
+        return;
+      case "HttpRoute":
+        this.state.routes.remove(r.name);
+        return;
+      case "L7Policy":
+        this.state.l7Policies.remove(r.name);
+        return;
     }
   }
 }

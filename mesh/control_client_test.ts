@@ -53,6 +53,41 @@ Deno.test("ClientConfig applies snapshots and deltas; a resource that does not d
   assert.deepEqual(config.known(), { "Workload/Kubernetes//Pod/shop/a": "v1" }, "the refused version is not claimed");
 });
 
+Deno.test("ClientConfig applies and removes HTTP routes and L7 policies; a body filed under another name is refused", () => {
+  const config = new ClientConfig(logger("test"));
+  const web = "shop/web.shop.svc.cluster.local";
+  const routeBody = { name: "web", namespace: "shop", parents: [{ service: web }], rules: [] };
+  const policyBody = {
+    name: "get-only",
+    namespace: "shop",
+    targets: [{ kind: "Gateway", namespace: "shop", name: "waypoint" }],
+    rules: [{ to: [{ methods: ["GET"] }] }],
+  };
+  const applied = config.apply({
+    type: "snapshot",
+    version: 1,
+    unchanged: 0,
+    removed: [],
+    resources: [
+      { kind: "HttpRoute", name: "shop/web", version: "r1", body: routeBody },
+      { kind: "L7Policy", name: "shop/get-only", version: "p1", body: policyBody },
+      { kind: "HttpRoute", name: "shop/other", version: "r1", body: routeBody },
+      { kind: "L7Policy", name: "shop/bad", version: "p1", body: { ...policyBody, name: "bad", targets: [] } },
+    ],
+  });
+  assert.deepEqual(applied, { type: "snapshot", version: 1, updated: 2, removed: 0, refused: 2 });
+  assert.deepEqual(config.state.routes.forService(web).map((r) => r.name), ["web"]);
+  assert.deepEqual(config.state.l7Policies.forTarget("Gateway", "shop", "waypoint").map((p) => p.name), ["get-only"]);
+  config.apply({
+    type: "delta",
+    version: 2,
+    resources: [],
+    removed: [{ kind: "HttpRoute", name: "shop/web" }, { kind: "L7Policy", name: "shop/get-only" }],
+  });
+  assert.deepEqual([config.state.routes.size, config.state.l7Policies.size], [0, 0]);
+  assert.deepEqual(config.known(), {});
+});
+
 /** A connection that answers each request with the next of `answers`, and remembers what was asked. */
 class FakeConnection extends ControlConnection {
   readonly requests: { method: string; path: string; body: unknown }[] = [];

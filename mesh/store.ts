@@ -1,7 +1,8 @@
 /**
  * Indexed stores for the model, after ztunnel's `state/{workload,service}`: workloads by uid, by `network/ip`,
  * by hostname and by node; services by `namespace/hostname`, by VIP and by hostname, with their endpoints;
- * policies by `namespace/name` and by namespace. {@link MeshState} is the one façade the roles use. Every
+ * policies by `namespace/name` and by namespace; for waypoints, HTTP routes by key and by parent service, and L7
+ * policies by key and by target. {@link MeshState} is the one façade the roles use. Every
  * mutation keeps the indexes consistent: replacing an object first removes its old index entries, so an
  * address that moved never points at the old owner.
  *
@@ -9,6 +10,7 @@
  */
 
 import { type Authorization, policyKey } from "./authorization.ts";
+import { type HttpRoute, httpRouteKey, type L7Policy, l7PolicyKey, type L7Target } from "./l7.ts";
 import { addressKey } from "./net.ts";
 import { type Service, serviceKey, type Workload } from "./workload.ts";
 
@@ -226,11 +228,105 @@ export class PolicyStore {
   }
 }
 
-/** The whole mesh as a proxy or the control plane sees it: one façade over the three stores. */
+/** HTTP routes by `namespace/name`, indexed by the service keys of their parents. */
+export class RouteStore {
+  readonly #byKey = new Map<string, HttpRoute>();
+  readonly #byService = new Map<string, Set<string>>();
+
+  /** Number of routes. */
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  /** Inserts or replaces a route. */
+  upsert(r: HttpRoute): void {
+    const key = httpRouteKey(r);
+    this.remove(key);
+    this.#byKey.set(key, r);
+    for (const p of r.parents) addTo(this.#byService, p.service, key);
+  }
+
+  /** Removes a route by key; returns whether it existed. */
+  remove(key: string): boolean {
+    const old = this.#byKey.get(key);
+    if (!old) return false;
+    this.#byKey.delete(key);
+    for (const p of old.parents) removeFrom(this.#byService, p.service, key);
+    return true;
+  }
+
+  /** The route with key `namespace/name`. */
+  byKey(key: string): HttpRoute | undefined {
+    return this.#byKey.get(key);
+  }
+
+  /** The routes with a parent that is the service `namespace/hostname` (any port), sorted by key, each once. */
+  forService(serviceKey: string): HttpRoute[] {
+    return [...this.#byService.get(serviceKey) ?? []].sort().map((k) => this.#byKey.get(k)!);
+  }
+
+  /** All routes. */
+  all(): IterableIterator<HttpRoute> {
+    return this.#byKey.values();
+  }
+}
+
+/** L7 policies by `namespace/name`, indexed by each target. */
+export class L7PolicyStore {
+  readonly #byKey = new Map<string, L7Policy>();
+  readonly #byTarget = new Map<string, Set<string>>();
+
+  /** Number of policies. */
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  /** Inserts or replaces a policy. */
+  upsert(p: L7Policy): void {
+    const key = l7PolicyKey(p);
+    this.remove(key);
+    this.#byKey.set(key, p);
+    for (const t of p.targets) addTo(this.#byTarget, targetKey(t.kind, t.namespace, t.name), key);
+  }
+
+  /** Removes a policy by key; returns whether it existed. */
+  remove(key: string): boolean {
+    const old = this.#byKey.get(key);
+    if (!old) return false;
+    this.#byKey.delete(key);
+    for (const t of old.targets) removeFrom(this.#byTarget, targetKey(t.kind, t.namespace, t.name), key);
+    return true;
+  }
+
+  /** The policy with key `namespace/name`. */
+  byKey(key: string): L7Policy | undefined {
+    return this.#byKey.get(key);
+  }
+
+  /** The policies attached to the Gateway or Service `namespace/name`, sorted by key, each once. */
+  forTarget(kind: L7Target["kind"], namespace: string, name: string): L7Policy[] {
+    return [...this.#byTarget.get(targetKey(kind, namespace, name)) ?? []].sort().map((k) => this.#byKey.get(k)!);
+  }
+
+  /** All policies. */
+  all(): IterableIterator<L7Policy> {
+    return this.#byKey.values();
+  }
+}
+
+function targetKey(kind: string, namespace: string, name: string): string {
+  return `${kind}/${namespace}/${name}`;
+}
+
+/** The whole mesh as a proxy or the control plane sees it: one façade over the stores. */
 export class MeshState {
   readonly workloads = new WorkloadStore();
   readonly services = new ServiceStore();
   readonly policies = new PolicyStore();
+  /** HTTP routes, for waypoints. */
+  readonly routes = new RouteStore();
+  /** L7 authorization policies, for waypoints. */
+  readonly l7Policies = new L7PolicyStore();
 
   /**
    * What an address is: the service whose VIP it is, else the workload that owns it, else nothing (an

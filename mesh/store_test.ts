@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { type Authorization, decodeAuthorization } from "./authorization.ts";
-import { MeshState, PolicyStore, ServiceStore, WorkloadStore } from "./store.ts";
+import { decodeHttpRoute, decodeL7Policy, type HttpRoute, type L7Policy } from "./l7.ts";
+import { L7PolicyStore, MeshState, PolicyStore, RouteStore, ServiceStore, WorkloadStore } from "./store.ts";
 import { decodeService, decodeWorkload, type Service, type Workload } from "./workload.ts";
 
 const WEB = "default/web.default.svc.cluster.local";
@@ -290,4 +291,65 @@ Deno.test("WorkloadStore.byPod() finds a pod by namespace, name and service acco
   assert.equal(s.byPod("shop", "web-1", "other"), undefined, "another service account is another identity");
   s.remove("Kubernetes//Pod/shop/web-1");
   assert.equal(s.byPod("shop", "web-1", "web"), undefined);
+});
+
+function route(name: string, namespace: string, parents: string[]): HttpRoute {
+  return decodeHttpRoute({ name, namespace, parents: parents.map((service) => ({ service })), rules: [] });
+}
+
+function l7Policy(name: string, targets: [kind: string, name: string][]): L7Policy {
+  return decodeL7Policy({
+    name,
+    namespace: "shop",
+    targets: targets.map(([kind, name]) => ({ kind, namespace: "shop", name })),
+  });
+}
+
+const keys = (items: { namespace: string; name: string }[]) => items.map((x) => `${x.namespace}/${x.name}`);
+
+Deno.test("RouteStore.forService() lists the routes with a parent of that service, by key, each once", () => {
+  const store = new RouteStore();
+  store.upsert(route("b", "shop", [API]));
+  store.upsert(route("a", "shop", [API, API, WEB]));
+  store.upsert(route("c", "other", [WEB]));
+  assert.equal(store.size, 3);
+  assert.deepEqual(keys(store.forService(API)), ["shop/a", "shop/b"]);
+  assert.deepEqual(keys(store.forService(WEB)), ["other/c", "shop/a"]);
+  assert.deepEqual(store.forService("shop/none.shop.svc.cluster.local"), []);
+  assert.equal(store.byKey("shop/a")?.name, "a");
+});
+
+Deno.test("RouteStore.upsert() of a route that moved to another parent, and remove(), keep the index right", () => {
+  const store = new RouteStore();
+  store.upsert(route("a", "shop", [API]));
+  store.upsert(route("a", "shop", [WEB]));
+  assert.deepEqual(store.forService(API), [], "the old parent no longer lists it");
+  assert.deepEqual(keys(store.forService(WEB)), ["shop/a"]);
+  assert.equal(store.remove("shop/a"), true);
+  assert.equal(store.remove("shop/a"), false);
+  assert.deepEqual([store.size, store.forService(WEB), [...store.all()]], [0, [], []]);
+});
+
+Deno.test("L7PolicyStore.forTarget() lists the policies attached to a Gateway or Service, by key", () => {
+  const store = new L7PolicyStore();
+  store.upsert(l7Policy("b", [["Gateway", "waypoint"]]));
+  store.upsert(l7Policy("a", [["Gateway", "waypoint"], ["Service", "web"]]));
+  store.upsert(l7Policy("c", [["Service", "waypoint"]]));
+  assert.deepEqual(keys(store.forTarget("Gateway", "shop", "waypoint")), ["shop/a", "shop/b"]);
+  assert.deepEqual(keys(store.forTarget("Service", "shop", "web")), ["shop/a"]);
+  assert.deepEqual(keys(store.forTarget("Service", "shop", "waypoint")), ["shop/c"], "the kind is part of the target");
+  assert.deepEqual(store.forTarget("Gateway", "other", "waypoint"), []);
+  store.upsert(l7Policy("a", [["Service", "web"]]));
+  assert.deepEqual(keys(store.forTarget("Gateway", "shop", "waypoint")), ["shop/b"], "a dropped target is unindexed");
+  assert.equal(store.remove("shop/a"), true);
+  assert.deepEqual(store.forTarget("Service", "shop", "web"), []);
+  assert.equal(store.size, 2);
+});
+
+Deno.test("MeshState holds the waypoints' routes and L7 policies beside the rest", () => {
+  const state = new MeshState();
+  state.routes.upsert(route("a", "shop", [API]));
+  state.l7Policies.upsert(l7Policy("p", [["Service", "api"]]));
+  assert.deepEqual(keys(state.routes.forService(API)), ["shop/a"]);
+  assert.deepEqual(keys(state.l7Policies.forTarget("Service", "shop", "api")), ["shop/p"]);
 });

@@ -11,9 +11,23 @@
  * - L7 attributes (hosts, methods, paths, request principals, remote IP blocks, request headers...) cannot be
  *   seen by ztunnel: an ALLOW rule that uses any is dropped, so it never matches; a DENY rule loses them and
  *   keeps the rest, so it denies all the traffic it could cover. Either way a warning names the field;
- * - CUSTOM and AUDIT are refused.
+ * - CUSTOM and AUDIT are refused (the reader reports them), as no provider serves them.
  *
- * The decoded spec keeps the L7 fields: the waypoint enforces them.
+ * A policy with `targetRefs` is converted for waypoints instead ({@link convertL7Policy}, mesh/l7.ts), as written
+ * but for what Skiff's waypoint cannot check, which goes the safe way with a note each:
+ *
+ * - targets: Gateways (the waypoint) and Services of the policy's namespace; other kinds are ignored, and a
+ *   target that is not declared is kept (the policy applies once it is) and reported;
+ * - `requestPrincipals`, `notRequestPrincipals` and `when` keys other than the ones mesh/l7.ts lists (JWT claims
+ *   `request.auth.*`, `connection.sni`, `experimental.*`, unknown keys) cannot be checked: an ALLOW rule using any
+ *   is dropped (it allows nothing), a DENY rule loses that field or condition, so it denies all the traffic it
+ *   could cover;
+ * - `serviceAccounts` become principals of the mesh's trust domain;
+ * - AUDIT only logs upstream, and is dropped. CUSTOM hands the decision to an ext-authz provider, which Skiff
+ *   does not have; istiod, when it cannot use the provider, denies every request
+ *   (`pilot/pkg/security/authz/builder`: "will generate a deny all config"), and so does Skiff: a CUSTOM policy
+ *   becomes a DENY of everything on its targets, reported as an error. Dropping it would let through what the
+ *   provider was there to stop.
  *
  * @module
  */
@@ -26,9 +40,12 @@ import {
   type Rule,
   type StringMatch,
 } from "../../mesh/authorization.ts";
+import type { L7Condition, L7Operation, L7Policy, L7Rule, L7Source, L7Target } from "../../mesh/l7.ts";
+import { conditionHeader, headerNameCheck, L7_CONDITION_KEYS } from "../../mesh/l7.ts";
 import { decodeCidr } from "../../mesh/net.ts";
-import { checkString, dnsLabel, Fields, show, ValidationError } from "../../mesh/validate.ts";
+import { checkString, dnsLabel, dnsSubdomain, Fields, show, ValidationError } from "../../mesh/validate.ts";
 import { LABELS, type MeshSettings, stringMap } from "./common.ts";
+import { GATEWAY_GROUP } from "./http_route.ts";
 
 const SOURCE_L4 = ["principals", "notPrincipals", "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks"] as const;
 const SOURCE_SA = ["serviceAccounts", "notServiceAccounts"] as const;
@@ -52,6 +69,8 @@ export interface PolicyTargetRef {
   group: string;
   kind: string;
   name: string;
+  /** As written; Istio allows only the policy's own namespace. */
+  namespace?: string;
 }
 
 /** One `when` condition. */
@@ -72,11 +91,14 @@ export interface RuleSpec {
 export interface AuthorizationPolicySpec {
   selector?: Record<string, string>;
   targetRefs: PolicyTargetRef[];
-  action: "ALLOW" | "DENY";
+  /** CUSTOM and AUDIT only with `targetRefs`: the reader refuses them for ztunnel's policies. */
+  action: "ALLOW" | "DENY" | "CUSTOM" | "AUDIT";
   rules: RuleSpec[];
 }
 
-const strings = (f: Fields, k: string) => f.array(k, (v, p) => checkString(v, p, { nonEmpty: true, max: 1024 }));
+const noNul = (v: string) => (v.includes("\0") ? "must not contain a NUL character" : undefined);
+const strings = (f: Fields, k: string) =>
+  f.array(k, (v, p) => checkString(v, p, { nonEmpty: true, max: 1024, check: noNul }));
 
 function readFields<K extends string>(value: unknown, path: string, keys: readonly K[]): Record<K, string[]> {
   const f = Fields.of(value ?? {}, path);
@@ -88,12 +110,13 @@ function readFields<K extends string>(value: unknown, path: string, keys: readon
 
 function readTargetRef(value: unknown, path: string): PolicyTargetRef {
   const f = Fields.of(value, path);
-  const out = {
+  const out: PolicyTargetRef = {
     group: f.string("group", { default: "" }),
     kind: f.string("kind", { nonEmpty: true }),
-    name: f.string("name", { nonEmpty: true, max: 253 }),
+    name: f.string("name", { check: dnsSubdomain }),
   };
-  f.optionalString("namespace", { check: dnsLabel });
+  const namespace = f.optionalString("namespace", { check: dnsLabel });
+  if (namespace) out.namespace = namespace;
   f.done();
   return out;
 }
@@ -102,13 +125,14 @@ function readTargetRef(value: unknown, path: string): PolicyTargetRef {
 export function readAuthorizationPolicy(doc: Record<string, unknown>): AuthorizationPolicySpec {
   const f = Fields.of(doc.spec ?? {}, "spec");
   const action = f.string("action", { default: "ALLOW" });
-  if (action === "CUSTOM" || action === "AUDIT") {
-    throw new ValidationError("spec.action", `${action} is not supported by Skiff (ALLOW and DENY are)`);
-  }
-  if (action !== "ALLOW" && action !== "DENY") {
+  if (action !== "ALLOW" && action !== "DENY" && action !== "CUSTOM" && action !== "AUDIT") {
     throw new ValidationError("spec.action", `expected ALLOW or DENY, got ${show(action)}`);
   }
-  f.optionalString("provider"); // only meaningful with CUSTOM, refused above
+  f.optionalObject("provider", (v, p) => { // only meaningful with CUSTOM, which no provider serves in Skiff
+    const provider = Fields.of(v, p);
+    provider.string("name", { nonEmpty: true, max: 253 });
+    provider.done();
+  });
   let selector: Record<string, string> | undefined;
   const sel = f.raw("selector");
   if (sel !== undefined) {
@@ -121,6 +145,9 @@ export function readAuthorizationPolicy(doc: Record<string, unknown>): Authoriza
   if (single) targetRefs.push(single);
   if (selector && targetRefs.length > 0) {
     throw new ValidationError("spec.selector", "selector and targetRefs cannot both be set");
+  }
+  if ((action === "CUSTOM" || action === "AUDIT") && targetRefs.length === 0) {
+    throw new ValidationError("spec.action", `${action} is not supported by Skiff (ALLOW and DENY are)`);
   }
   const rules = f.array("rules", (value, path): RuleSpec => {
     const r = Fields.of(value ?? {}, path);
@@ -168,7 +195,7 @@ export function readAuthorizationPolicy(doc: Record<string, unknown>): Authoriza
       }
     });
     rule.when.forEach((c, j) => {
-      const kind = WHEN_L4[c.key]?.[2];
+      const kind = c.key === "remote.ip" ? "cidr" : WHEN_L4[c.key]?.[2];
       const check = kind === "cidr" ? decodeCidr : kind === "port" ? portOf : undefined;
       if (check) {
         c.values.forEach((v, n) => check(v, `spec.rules[${i}].when[${j}].values[${n}]`));
@@ -222,6 +249,10 @@ export function convertAuthorizationPolicy(
   s: MeshSettings,
 ): Converted {
   if (spec.targetRefs.length > 0) return { warnings: [] };
+  const action = spec.action;
+  if (action !== "ALLOW" && action !== "DENY") {
+    return { warnings: [`BUG: action ${action} reached ztunnel's conversion`] };
+  }
   const warnings: string[] = [];
   const rules: Rule[] = [];
   spec.rules.forEach((rule, i) => {
@@ -270,7 +301,7 @@ export function convertAuthorizationPolicy(
     });
     if (l7.length === 0) {
       rules.push({ clauses });
-    } else if (spec.action === "ALLOW") {
+    } else if (action === "ALLOW") {
       warnings.push(
         `rule ${i} uses ${l7.join(", ")}, which ztunnel cannot check; the rule is dropped and allows nothing ` +
           "(attach the policy to a waypoint with targetRefs to enforce it)",
@@ -289,11 +320,176 @@ export function convertAuthorizationPolicy(
       name,
       namespace,
       scope,
-      action: spec.action,
+      action,
       rules,
       dryRun: annotations[LABELS.dryRun] === "true",
     },
     scope,
     warnings,
   };
+}
+
+/** What an L7 policy's targets are checked against. */
+export interface DeclaredTargets {
+  /** The declared waypoints, by `namespace/name`. */
+  waypoints: { has(key: string): boolean };
+  /** The Services declared in the policy's namespace, by name. */
+  services: { has(name: string): boolean };
+}
+
+/** The result of converting one policy with `targetRefs` for waypoints. */
+export interface ConvertedL7 {
+  /** Undefined when nothing is left to enforce (AUDIT, or no target Skiff supports). */
+  policy?: L7Policy;
+  notes: { severity: "error" | "warning"; message: string }[];
+}
+
+/** Converts an AuthorizationPolicy with `targetRefs` for waypoints (see the module's notes). */
+export function convertL7Policy(
+  namespace: string,
+  name: string,
+  annotations: Record<string, string>,
+  spec: AuthorizationPolicySpec,
+  declared: DeclaredTargets,
+  s: MeshSettings,
+): ConvertedL7 {
+  const notes: ConvertedL7["notes"] = [];
+  const warn = (message: string) => notes.push({ severity: "warning", message });
+  const error = (message: string) => notes.push({ severity: "error", message });
+  if (spec.action === "AUDIT") {
+    warn("action AUDIT is not supported by Skiff (upstream it only marks requests for logging); the policy is ignored");
+    return { notes };
+  }
+  const targets: L7Target[] = [];
+  spec.targetRefs.forEach((ref, i) => {
+    const at = `spec.targetRefs[${i}]`;
+    let target: L7Target;
+    if (ref.namespace !== undefined && ref.namespace !== namespace) {
+      return error(
+        `${at}: a policy can only target objects of its own namespace, ${namespace}; this target is ignored`,
+      );
+    } else if (ref.group === GATEWAY_GROUP && ref.kind === "Gateway") {
+      target = { kind: "Gateway", namespace, name: ref.name };
+      if (!declared.waypoints.has(`${namespace}/${ref.name}`)) {
+        warn(`${at}: Gateway ${namespace}/${ref.name} is not a declared waypoint; the policy applies once it is`);
+      }
+    } else if ((ref.group === "" || ref.group === "core") && ref.kind === "Service") {
+      target = { kind: "Service", namespace, name: ref.name };
+      if (!declared.services.has(ref.name)) {
+        warn(`${at}: Service ${namespace}/${ref.name} is not declared; the policy applies once it is`);
+      }
+    } else {
+      return error(
+        `${at}: ${ref.kind} of group ${show(ref.group)} is not a target Skiff supports (a waypoint Gateway or a ` +
+          "Service is); this target is ignored",
+      );
+    }
+    if (!targets.some((t) => t.kind === target.kind && t.name === target.name)) targets.push(target);
+  });
+  if (targets.length === 0) {
+    error("no target Skiff supports is left; the policy is not enforced");
+    return { notes };
+  }
+  const dryRun = annotations[LABELS.dryRun] === "true";
+  if (spec.action === "CUSTOM") {
+    error(
+      "action CUSTOM needs an ext-authz provider, which Skiff does not support; as istiod does when it cannot use " +
+        "the provider, the policy denies every request to its targets",
+    );
+    return {
+      policy: { name, namespace, targets, action: "DENY", rules: [{ from: [], to: [], when: [] }], dryRun },
+      notes,
+    };
+  }
+  const action = spec.action;
+  const rules: L7Rule[] = [];
+  spec.rules.forEach((rule, i) => {
+    const unsupported: string[] = [];
+    const from = rule.from.map((src, j) => l7Source(src, `spec.rules[${i}].from[${j}].source`, unsupported, s));
+    const to = rule.to.map(l7Operation);
+    const when: L7Condition[] = [];
+    rule.when.forEach((c, j) => {
+      const converted = l7Condition(c);
+      if (typeof converted === "string") unsupported.push(`spec.rules[${i}].when[${j}] (${converted})`);
+      else when.push(converted);
+    });
+    if (unsupported.length === 0) {
+      rules.push({ from, to, when });
+    } else if (action === "ALLOW") {
+      warn(
+        `rule ${i} uses ${unsupported.join(", ")}, which Skiff's waypoint cannot check; the rule is dropped and ` +
+          "allows nothing",
+      );
+    } else {
+      warn(
+        `rule ${i} uses ${unsupported.join(", ")}, which Skiff's waypoint cannot check; the rule is kept without ` +
+          "them, so it denies all the traffic it could cover",
+      );
+      rules.push({ from, to, when });
+    }
+  });
+  return { policy: { name, namespace, targets, action, rules, dryRun }, notes };
+}
+
+/**
+ * A source for the waypoint. What it cannot check is named in `unsupported` and left out of the source, which
+ * then matches more (the caller drops an ALLOW rule that has any).
+ */
+function l7Source(src: RuleSpec["from"][number], at: string, unsupported: string[], s: MeshSettings): L7Source {
+  const out: L7Source = {
+    principals: [...src.principals],
+    notPrincipals: [...src.notPrincipals],
+    namespaces: [...src.namespaces],
+    notNamespaces: [...src.notNamespaces],
+    ipBlocks: [...src.ipBlocks],
+    notIpBlocks: [...src.notIpBlocks],
+    remoteIpBlocks: [...src.remoteIpBlocks],
+    notRemoteIpBlocks: [...src.notRemoteIpBlocks],
+  };
+  for (const k of ["requestPrincipals", "notRequestPrincipals"] as const) {
+    if (src[k].length > 0) unsupported.push(`${at}.${k} (needs RequestAuthentication, which Skiff does not support)`);
+  }
+  // A service account is a name, never a pattern, so one holding `*` becomes no principal pattern: as a positive
+  // condition it is unsupported; as a negative one it can never match and is left out.
+  const principal = (v: string) => {
+    const sa = serviceAccount(v, "");
+    return `${s.trustDomain}/ns/${sa.namespace}/sa/${sa.serviceAccount}`;
+  };
+  if (src.serviceAccounts.length > 0) {
+    if (src.principals.length > 0) unsupported.push(`${at}.serviceAccounts (together with principals)`);
+    else if (src.serviceAccounts.some((v) => v.includes("*"))) unsupported.push(`${at}.serviceAccounts (with '*')`);
+    else out.principals = src.serviceAccounts.map(principal);
+  }
+  // None of notPrincipals and none of notServiceAccounts may match: one list says both.
+  out.notPrincipals.push(...src.notServiceAccounts.filter((v) => !v.includes("*")).map(principal));
+  return out;
+}
+
+function l7Operation(op: RuleSpec["to"][number]): L7Operation {
+  return {
+    hosts: [...op.hosts],
+    notHosts: [...op.notHosts],
+    ports: op.ports.map(Number),
+    notPorts: op.notPorts.map(Number),
+    methods: [...op.methods],
+    notMethods: [...op.notMethods],
+    paths: [...op.paths],
+    notPaths: [...op.notPaths],
+  };
+}
+
+/** A condition for the waypoint, or why it cannot be checked. */
+function l7Condition(c: ConditionSpec): L7Condition | string {
+  const header = conditionHeader(c.key);
+  let key = c.key;
+  if (header !== undefined) {
+    if (headerNameCheck(header)) return `${c.key}: not a valid header name`;
+    key = `request.headers[${header.toLowerCase()}]`;
+  } else if (c.key.startsWith("request.auth.")) {
+    return `${c.key}: JWT claims need RequestAuthentication, which Skiff does not support`;
+  } else if (!(L7_CONDITION_KEYS as readonly string[]).includes(c.key)) {
+    return `${c.key}: not a key Skiff's waypoint supports`;
+  }
+  if (c.values.length === 0 && c.notValues.length === 0) return `${c.key}: neither values nor notValues`;
+  return { key, values: [...c.values], notValues: [...c.notValues] };
 }

@@ -2,9 +2,9 @@
  * The model of the mesh from what the sources declare: one reader per kind (`readSpec`, run when an object
  * changes, so a bad spec is reported with its field and its last good version stays), then one pure function,
  * {@link buildMesh}, from every object in force and the node agents' registrations to the workloads, services
- * and policies the proxies receive, as istiod's ambient index does, and each node agent's view of the pods on its
- * node (mesh/protocol/node_pods.ts). The same input always gives the same
- * output, in a stable order, so the stream's content versions survive a restart.
+ * and policies the proxies receive (with the HTTP routes and L7 policies for waypoints), as istiod's ambient index
+ * does, and each node agent's view of the pods on its node (mesh/protocol/node_pods.ts). The same input always
+ * gives the same output, in a stable order, so the stream's content versions survive a restart.
  *
  * @module
  */
@@ -13,14 +13,17 @@ import type { Authorization } from "../../mesh/authorization.ts";
 import { policyKey } from "../../mesh/authorization.ts";
 import { addressKey } from "../../mesh/net.ts";
 import type { NodePod } from "../../mesh/protocol/node_pods.ts";
-import { Fields, ValidationError } from "../../mesh/validate.ts";
+import { type HttpRoute, httpRouteKey, type L7Policy, l7PolicyKey } from "../../mesh/l7.ts";
+import { ValidationError } from "../../mesh/validate.ts";
 import type { Service, Workload } from "../../mesh/workload.ts";
 import {
   type AuthorizationPolicySpec,
   convertAuthorizationPolicy,
+  convertL7Policy,
   readAuthorizationPolicy,
 } from "./authorization_policy.ts";
-import { LABELS, listAt, type MeshSettings, objectAt, selects } from "./common.ts";
+import { LABELS, type MeshSettings, selects } from "./common.ts";
+import { type HttpRouteSpec, readHttpRoute, resolveHttpRoute } from "./http_route.ts";
 import {
   type DeclaredPeerAuthentication,
   PeerAuthentications,
@@ -50,32 +53,6 @@ import {
   type Registration,
   type WorkloadEntrySpec,
 } from "./workloads.ts";
-
-/** What Skiff reads of an HTTPRoute here: where it attaches. Its rules are the waypoint's to read. */
-export interface HttpRouteSpec {
-  parentRefs: { group: string; kind: string; name: string; namespace?: string; port?: number }[];
-  rules: unknown[];
-}
-
-function readHttpRoute(doc: Record<string, unknown>): HttpRouteSpec {
-  const spec = objectAt(doc.spec, "spec");
-  const parentRefs = listAt(spec.parentRefs, "spec.parentRefs").map((v, i) => {
-    const f = Fields.of(v, `spec.parentRefs[${i}]`);
-    const ref: HttpRouteSpec["parentRefs"][number] = {
-      group: f.string("group", { default: "gateway.networking.k8s.io" }),
-      kind: f.string("kind", { default: "Gateway" }),
-      name: f.string("name", { nonEmpty: true, max: 253 }),
-    };
-    const ns = f.optionalString("namespace");
-    if (ns) ref.namespace = ns;
-    if (f.has("port")) ref.port = f.int("port", { min: 1, max: 65535 });
-    f.optionalString("sectionName");
-    f.done();
-    return ref;
-  });
-  if (parentRefs.length === 0) throw new ValidationError("spec.parentRefs", "an HTTPRoute needs a parent");
-  return { parentRefs, rules: listAt(spec.rules, "spec.rules") };
-}
 
 /** The decoded spec of each kind. */
 export interface Specs {
@@ -154,6 +131,10 @@ export interface MeshModel {
   workloads: Workload[];
   services: Service[];
   policies: Authorization[];
+  /** HTTPRoutes attached to Services, for waypoints, sorted by key. */
+  routes: HttpRoute[];
+  /** AuthorizationPolicies with targetRefs, for waypoints, sorted by key. */
+  l7Policies: L7Policy[];
   /** Per node, the identities of the workloads scheduled there (with or without an address yet). */
   identities: Map<string, NodeIdentity[]>;
   /** Per node, the pods scheduled there and not finished, by namespace then name: the node agent's view. */
@@ -189,6 +170,8 @@ interface NamespacePart {
   candidates: Candidate[];
   services: Service[];
   policies: Authorization[];
+  routes: HttpRoute[];
+  l7Policies: L7Policy[];
   identities: [node: string, serviceAccount: string][];
   /** Its pods in their nodes' views, by name. */
   nodePods: [node: string, pod: NodePod][];
@@ -308,6 +291,8 @@ export function buildMesh(input: MeshInput, cache?: BuildCache): MeshModel {
     workloads: workloads.map((c) => c.workload),
     services,
     policies: sortBy(policies, policyKey),
+    routes: sortBy(parts.flatMap((p) => p.routes), httpRouteKey),
+    l7Policies: sortBy(parts.flatMap((p) => p.l7Policies), l7PolicyKey),
     identities: nodeIdentities(parts, [...seen].sort(byText), s),
     nodePods: podsByNode(parts),
     ambientNamespaces: [...nsLabels].filter(([, l]) => l[LABELS.dataplaneMode] === "ambient").map(([ns]) => ns)
@@ -433,6 +418,8 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     useWaypointNamespace: labels[LABELS.useWaypointNamespace],
   };
   const byLabel = labelIndex(candidates);
+  // The Services of this namespace that made a service, by name: what routes and L7 policies can refer to.
+  const declared = new Map<string, ServiceSpec>();
   for (const svc of of("Service")) {
     if (shared.waypoints.has(`${ns}/${svc.name}`)) {
       notes.push({
@@ -442,6 +429,7 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
       });
       continue;
     }
+    declared.set(svc.name, svc.spec);
     const selector = svc.spec.selector ?? {};
     const first = Object.entries(selector)[0];
     const service = buildService(
@@ -469,10 +457,28 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     if (r.problem) notes.push({ key: c.key, severity: "warning", message: r.problem });
   }
 
-  // Policies.
+  // Routes, for waypoints. Parents and backends are looked up in this namespace only (http_route.ts says why).
+  const routes: HttpRoute[] = [];
+  for (const hr of of("HTTPRoute")) {
+    const r = resolveHttpRoute(ns, hr.name, hr.spec, declared, s);
+    for (const w of r.warnings) notes.push({ key: key(hr), severity: "warning", message: w });
+    if (r.route) routes.push(r.route);
+  }
+
+  // Policies: selector and namespace ones for ztunnel, targetRefs ones for waypoints.
   const policies: Authorization[] = [];
+  const l7Policies: L7Policy[] = [];
   const selectorPolicies: SelectorPolicy[] = ns === s.rootNamespace ? [] : [...shared.rootSelectorPolicies];
   for (const ap of of("AuthorizationPolicy")) {
+    if (ap.spec.targetRefs.length > 0) {
+      const l7 = convertL7Policy(ns, ap.name, ap.annotations, ap.spec, {
+        waypoints: shared.waypoints,
+        services: declared,
+      }, s);
+      for (const n of l7.notes) notes.push({ key: key(ap), ...n });
+      if (l7.policy) l7Policies.push(l7.policy);
+      continue;
+    }
     const converted = convertAuthorizationPolicy(ns, ap.name, ap.annotations, ap.spec, s);
     for (const w of converted.warnings) notes.push({ key: key(ap), severity: "warning", message: w });
     if (!converted.authorization) continue;
@@ -500,7 +506,19 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     c.workload.authorizationPolicies = keys.sort(byText);
   }
   policies.push(...peer.policies.values());
-  return { candidates, services, policies, identities, nodePods, needAddresses, allocationOwners, notes, strictUsed };
+  return {
+    candidates,
+    services,
+    policies,
+    routes,
+    l7Policies,
+    identities,
+    nodePods,
+    needAddresses,
+    allocationOwners,
+    notes,
+    strictUsed,
+  };
 }
 
 /** Candidates by each `label=value` they carry, so a service finds its endpoints without scanning them all. */

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { decodeHttpRoute, decodeL7Policy } from "../../mesh/l7.ts";
 import { parseManifestFile } from "../sources/manifests.ts";
 import { DEFAULT_SETTINGS } from "./common.ts";
 import { BuildCache, buildMesh, type MeshModel } from "./mod.ts";
@@ -293,7 +294,11 @@ ${spec}
     assert.equal(deny.length, 1);
     assert.deepEqual(deny[0].clauses[0].matches[0].destinationPorts, [9000]);
     const warnings = m.notes.filter((n) => n.severity === "warning").map((n) => n.key);
-    assert.deepEqual(warnings, ["AuthorizationPolicy/shop/deny-admin", "AuthorizationPolicy/shop/web-only"]);
+    assert.deepEqual(warnings, [
+      "AuthorizationPolicy/shop/deny-admin",
+      "AuthorizationPolicy/shop/for-waypoint", // for waypoints: its target Service web is not declared here
+      "AuthorizationPolicy/shop/web-only",
+    ]);
   });
 });
 
@@ -446,5 +451,227 @@ spec: { address: 192.168.5.10 }
       "namespace label istio.io/dataplane-mode=ambient",
       "a namespace's new label reaches its cached pods",
     );
+  });
+});
+
+Deno.test("buildMesh() attaches HTTPRoutes to the Services they name, for waypoints, and notes what it left out", async (t) => {
+  const yaml = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop }
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { clusterIP: 10.96.0.10, selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web-v2, namespace: shop }
+spec: { clusterIP: 10.96.0.11, selector: { app: web-v2 }, ports: [{ port: 80 }] }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: split, namespace: shop }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: web, port: 80 }, { group: "", kind: Service, name: gone }]
+  rules:
+    - matches: [{ path: { type: PathPrefix, value: /v2 } }]
+      backendRefs: [{ name: web-v2, port: 80, weight: 10 }, { name: web, port: 80, weight: 90 }, { name: old, port: 80 }]
+      timeouts: { request: 1h30m }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: at-gateway, namespace: shop }
+spec:
+  parentRefs: [{ name: waypoint }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: z, namespace: apps }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: api }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: api, namespace: apps }
+spec: { clusterIP: 10.96.0.12, ports: [{ port: 8080 }] }
+`;
+  const m = build(yaml);
+  await t.step("parents and backends are service keys; the routes come sorted by namespace/name", () => {
+    assert.deepEqual(m.routes.map((r) => `${r.namespace}/${r.name}`), ["apps/z", "shop/split"]);
+    const split = m.routes[1];
+    assert.deepEqual(split.parents, [{ service: "shop/web.shop.svc.cluster.local", port: 80 }]);
+    assert.deepEqual(split.rules[0].backends, [
+      { service: "shop/web-v2.shop.svc.cluster.local", port: 80, weight: 10 },
+      { service: "shop/web.shop.svc.cluster.local", port: 80, weight: 90 },
+      { service: "shop/old.shop.svc.cluster.local", port: 80, weight: 1, problem: "Service shop/old is not declared" },
+    ]);
+    assert.equal(split.rules[0].timeoutMs, 5_400_000);
+  });
+  await t.step("an undeclared parent, a Gateway parent and an undeclared backend are noted on the route", () => {
+    assert.deepEqual(m.notes.map((n) => [n.key, n.severity]), [
+      ["HTTPRoute/shop/at-gateway", "warning"],
+      ["HTTPRoute/shop/at-gateway", "warning"],
+      ["HTTPRoute/shop/split", "warning"],
+      ["HTTPRoute/shop/split", "warning"],
+    ]);
+    assert.match(m.notes[0].message, /Skiff's waypoints take routes attached to Services/);
+    assert.match(m.notes[1].message, /no parent Service is left/);
+    assert.match(
+      m.notes[2].message,
+      /spec.parentRefs\[1\]: Service shop\/gone is not declared; this parent is ignored/,
+    );
+    assert.match(m.notes[3].message, /backendRefs\[2\]: Service shop\/old is not declared; its share of requests/);
+  });
+  await t.step("what the waypoint receives decodes unchanged; a build with the cache gives the same routes", () => {
+    for (const r of m.routes) assert.deepEqual(decodeHttpRoute(JSON.parse(JSON.stringify(r))), r);
+    const input = () => ({
+      objects: parseManifestFile(yaml, "t.yaml").objects,
+      registrations: [],
+      vips: new Map<string, string>(),
+      settings: DEFAULT_SETTINGS,
+    });
+    const cache = new BuildCache();
+    buildMesh(input(), cache);
+    assert.deepEqual(buildMesh(input(), cache), m);
+  });
+});
+
+Deno.test("buildMesh() converts targetRefs AuthorizationPolicies for waypoints, failing the safe way", async (t) => {
+  const policy = (name: string, spec: string, annotations = "") =>
+    `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ${name}, namespace: shop, annotations: {${annotations}} }
+spec:
+${spec}
+---
+`;
+  const waypoint = "  targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: waypoint }]\n";
+  const web = "  targetRefs: [{ kind: Service, group: '', name: web }]\n";
+  const yaml = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop }
+spec: { gatewayClassName: istio-waypoint }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { clusterIP: 10.96.0.10, ports: [{ port: 80 }] }
+---
+` +
+    policy(
+      "allow-get",
+      waypoint + `  rules:
+    - to: [{ operation: { methods: [GET], ports: ["8080"], paths: ["/api/*"] } }]
+    - from: [{ source: { requestPrincipals: ["*"] } }]
+    - when: [{ key: "request.auth.claims[iss]", values: [issuer] }]
+    - when: [{ key: "request.headers[X-Token]", values: [secret] }]`,
+    ) +
+    policy(
+      "deny-jwt",
+      web + `  action: DENY
+  rules:
+    - from: [{ source: { requestPrincipals: [evil], namespaces: [dev] } }]
+      to: [{ operation: { paths: [/admin] } }]
+      when: [{ key: connection.sni, values: [x] }, { key: source.ip, values: [10.0.0.0/8] }]`,
+    ) +
+    policy(
+      "by-sa",
+      web + `  rules: [{ from: [{ source: { serviceAccounts: [shop/cart], notServiceAccounts: [dev/x] } }] }]`,
+      "istio.io/dry-run: 'true'",
+    ) +
+    policy("custom", web + "  action: CUSTOM\n  provider: { name: ext-authz }\n  rules: [{}]") +
+    policy("audit", web + "  action: AUDIT\n  rules: [{}]") +
+    policy(
+      "ghost",
+      "  targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: nope }, { kind: Service, group: '', name: gone }]\n  action: DENY\n  rules: [{}]",
+    ) +
+    policy("pods", "  targetRefs: [{ kind: Pod, group: '', name: web-1 }]\n  rules: [{}]");
+  const m = build(yaml);
+  const byName = new Map(m.l7Policies.map((p) => [p.name, p]));
+  const notes = (name: string) =>
+    m.notes.filter((n) => n.key === `AuthorizationPolicy/shop/${name}`).map((n) => `${n.severity}: ${n.message}`);
+  await t.step("the policies go to waypoints only, sorted by key, with their targets", () => {
+    assert.deepEqual(m.l7Policies.map((p) => p.name), ["allow-get", "by-sa", "custom", "deny-jwt", "ghost"]);
+    assert.deepEqual(m.policies.filter((p) => p.namespace === "shop"), [], "ztunnel receives none of them");
+    assert.deepEqual(byName.get("allow-get")!.targets, [{ kind: "Gateway", namespace: "shop", name: "waypoint" }]);
+    assert.deepEqual(byName.get("deny-jwt")!.targets, [{ kind: "Service", namespace: "shop", name: "web" }]);
+  });
+  await t.step("an ALLOW rule the waypoint cannot check is dropped; the rest keep L7 fields as written", () => {
+    const p = byName.get("allow-get")!;
+    assert.equal(p.action, "ALLOW");
+    assert.deepEqual(p.rules, [
+      {
+        from: [],
+        to: [{
+          hosts: [],
+          notHosts: [],
+          ports: [8080],
+          notPorts: [],
+          methods: ["GET"],
+          notMethods: [],
+          paths: ["/api/*"],
+          notPaths: [],
+        }],
+        when: [],
+      },
+      { from: [], to: [], when: [{ key: "request.headers[x-token]", values: ["secret"], notValues: [] }] },
+    ]);
+    assert.deepEqual(notes("allow-get").length, 2);
+    assert.match(
+      notes("allow-get")[0],
+      /^warning: rule 1 uses spec.rules\[1\].from\[0\].source.requestPrincipals .*dropped/,
+    );
+    assert.match(
+      notes("allow-get")[1],
+      /^warning: rule 2 uses spec.rules\[2\].when\[0\] \(request.auth.claims\[iss\]: JWT/,
+    );
+  });
+  await t.step("a DENY rule loses what the waypoint cannot check, so it denies more, and says so", () => {
+    const [rule] = byName.get("deny-jwt")!.rules;
+    assert.deepEqual(rule.from[0].namespaces, ["dev"]);
+    assert.deepEqual(rule.to[0].paths, ["/admin"]);
+    assert.deepEqual(rule.when, [{ key: "source.ip", values: ["10.0.0.0/8"], notValues: [] }]);
+    assert.match(notes("deny-jwt")[0], /requestPrincipals .*connection.sni.* denies all the traffic it could cover/);
+  });
+  await t.step("service accounts become principals of the trust domain; dry-run is read from the annotation", () => {
+    const p = byName.get("by-sa")!;
+    assert.deepEqual([p.rules[0].from[0].principals, p.rules[0].from[0].notPrincipals], [
+      ["cluster.local/ns/shop/sa/cart"],
+      ["cluster.local/ns/dev/sa/x"],
+    ]);
+    assert.equal(p.dryRun, true);
+    assert.equal(byName.get("allow-get")!.dryRun, false);
+  });
+  await t.step("CUSTOM denies every request, as istiod does without its provider; AUDIT is dropped", () => {
+    assert.deepEqual([byName.get("custom")!.action, byName.get("custom")!.rules], ["DENY", [{
+      from: [],
+      to: [],
+      when: [],
+    }]]);
+    assert.match(notes("custom")[0], /^error: action CUSTOM .* denies every request/);
+    assert.equal(byName.has("audit"), false);
+    assert.match(notes("audit")[0], /^warning: action AUDIT is not supported/);
+  });
+  await t.step("an undeclared target still streams and is noted; a kind Skiff cannot target is left out", () => {
+    assert.equal(byName.get("ghost")!.targets.length, 2);
+    assert.deepEqual(notes("ghost").map((n) => n.split(":")[0]), ["warning", "warning"]);
+    assert.match(notes("ghost")[0], /Gateway shop\/nope is not a declared waypoint/);
+    assert.match(notes("ghost")[1], /Service shop\/gone is not declared/);
+    assert.equal(byName.has("pods"), false);
+    assert.match(notes("pods")[0], /^error: spec.targetRefs\[0\]: Pod of group "" is not a target Skiff supports/);
+  });
+  await t.step("what the waypoint receives decodes unchanged", () => {
+    for (const p of m.l7Policies) assert.deepEqual(decodeL7Policy(JSON.parse(JSON.stringify(p))), p);
+  });
+  await t.step("CUSTOM and AUDIT stay refused for ztunnel's policies", () => {
+    const parsed = parseManifestFile(policy("c", "  action: CUSTOM\n  provider: { name: x }"), "t.yaml");
+    assert.deepEqual(parsed.problems.map((p) => [p.field, p.message]), [[
+      "spec.action",
+      "CUSTOM is not supported by Skiff (ALLOW and DENY are)",
+    ]]);
   });
 });

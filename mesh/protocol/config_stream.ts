@@ -17,9 +17,11 @@
  * - `{"type":"ping"}` every {@link PING_INTERVAL_MS}, so a client notices a dead control plane.
  *
  * A resource is `{"kind","name","version","body"}`: kind `Workload` (named by uid), `Service`
- * (`namespace/hostname`) or `Authorization` (`namespace/name`), the body in the model's JSON form
- * (mesh/workload.ts, mesh/authorization.ts), and the version a digest of the body, so it stays the same across a
- * control-plane restart and a reconnecting client is sent only what changed. A removal is `{"kind","name"}`.
+ * (`namespace/hostname`), `Authorization` (`namespace/name`), or, for waypoints, `HttpRoute` and `L7Policy` (both
+ * `namespace/name`); the body in the model's JSON form (mesh/workload.ts, mesh/authorization.ts, mesh/l7.ts), and
+ * the version a digest of the body, so it stays the same across a control-plane restart and a reconnecting client
+ * is sent only what changed. A removal is `{"kind","name"}`. Every client receives every kind (ztunnel holds the
+ * routes and L7 policies without using them).
  *
  * @module
  */
@@ -40,7 +42,7 @@ export const CONTROL_PORT = 15012;
 export const PING_INTERVAL_MS = 10_000;
 
 /** The kinds of resources streamed. */
-export const RESOURCE_KINDS = ["Workload", "Service", "Authorization"] as const;
+export const RESOURCE_KINDS = ["Workload", "Service", "Authorization", "HttpRoute", "L7Policy"] as const;
 /** A kind of resource. */
 export type ResourceKind = typeof RESOURCE_KINDS[number];
 
