@@ -83,7 +83,7 @@ Deno.test("skiff help prints the usage on stdout and exits 0", async (t) => {
 });
 
 Deno.test("each mode not built yet exits 1 and says so once, with one skiff prefix", async (t) => {
-  for (const mode of ["waypoint", "demo"]) {
+  for (const mode of ["demo"]) {
     await t.step(mode, async () => {
       const { code, stdout, stderr } = await skiff([mode]);
       assert.equal(code, 1, stderr);
@@ -99,6 +99,12 @@ Deno.test("skiff control with an unreadable kubeconfig exits 2 naming the flag a
   assert.equal(code, 2, stderr);
   assert.equal(stdout, "");
   assert.match(stderr, /^skiff: control: --kubeconfig \/nonexistent\/kubeconfig: cannot read: /);
+});
+
+Deno.test("skiff waypoint without its name exits 2 naming the flag and its variable", async () => {
+  const { code, stderr } = await skiff(["waypoint", "--namespace=shop"], { SKIFF_WAYPOINT_NAME: "" });
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /--name is required \(SKIFF_WAYPOINT_NAME\)/);
 });
 
 Deno.test("skiff ztunnel without its config exits 2 naming the flag and its variable", async () => {

@@ -46,7 +46,7 @@ export type TcpLabelSet = Record<(typeof TCP_LABELS)[number], string>;
 
 /** What is known about a connection when its metrics are recorded. */
 export interface ConnectionFacts {
-  reporter: "source" | "destination";
+  reporter: "source" | "destination" | "waypoint";
   source?: Workload;
   /** The mTLS peer identity of the source; absent for plaintext. */
   sourceIdentity?: SpiffeId;

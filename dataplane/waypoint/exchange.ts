@@ -1,0 +1,388 @@
+/**
+ * One HTTP request through the waypoint, whatever protocol carried it: L7 authorization (the policies attached
+ * to this waypoint's Gateway and to the destination Service), then routing (the HTTPRoutes whose parent is the
+ * destination Service; with none, the Service itself), then the forward to an endpoint with the rule's timeouts
+ * and retries. The protocol adapters (`http1.ts`, `http2.ts`) turn bytes into an {@link Exchange} and write back
+ * what this returns.
+ *
+ * Order and answers follow Envoy's, since users read them in their logs: a denial is `403 RBAC: access denied`
+ * before anything is routed; no matching rule is `404` (`NR`); a rule whose backend cannot be resolved is `500`
+ * (Gateway API); no endpoint is `503 no healthy upstream` (`UH`); endpoints that cannot be reached are
+ * `503 upstream connect error…` (`UF`, with `URX` when retries ran out); a timeout before the response is
+ * `504 upstream request timeout` (`UT`).
+ *
+ * Retries: connect failures are retried twice by default, on another endpoint when there is one (Istio's
+ * default retry policy retries them too); an HTTPRoute's `retry` sets the attempts and the 5xx codes that are
+ * retried. A response code can only be retried when the request body could be replayed: bodies up to
+ * {@link REPLAY_LIMIT} bytes are held for that when the rule retries on codes; a larger body is sent once.
+ *
+ * @module
+ */
+
+import { Readable } from "node:stream";
+import { authorizeRequest } from "./authz.ts";
+import { applyHeaderModifier, pickBackend, selectRule } from "./routing.ts";
+import type { Session, WaypointSelf } from "./session.ts";
+import type { WaypointMetrics } from "./telemetry.ts";
+import { type Balancer, ConnectFailure, type Endpoint, type Tunnels } from "./upstream.ts";
+import { workloadIdentity } from "../ztunnel/route.ts";
+import type { HeaderModifier, L7Policy, RouteRule } from "../../mesh/l7.ts";
+import type { Logger } from "../../mesh/log.ts";
+import type { ConnectionFacts } from "../../mesh/metrics.ts";
+import type { MeshState } from "../../mesh/store.ts";
+import { type Service, serviceKey } from "../../mesh/workload.ts";
+
+/** Retries of a connect failure when no route says otherwise. */
+export const DEFAULT_CONNECT_RETRIES = 2;
+/** The largest request body held for replaying on a retried response code. */
+export const REPLAY_LIMIT = 64 * 1024;
+/** Between attempts, when the route does not say. */
+export const DEFAULT_BACKOFF_MS = 25;
+
+/** What the waypoint's request handling needs. */
+export interface WaypointContext {
+  self: WaypointSelf;
+  state: () => MeshState;
+  balancer: Balancer;
+  tunnels: Tunnels;
+  metrics: WaypointMetrics;
+  log: Logger;
+  access: Logger;
+  random: () => number;
+}
+
+/** A header list: lowercase names, in order, repeats kept. */
+export type Headers = [string, string][];
+
+/** A request as the adapters hand it over. */
+export interface Exchange {
+  method: string;
+  /** Normalized path, no query: what policies and routes see and what is forwarded. */
+  path: string;
+  /** The raw query, without `?`; empty when none. */
+  query: string;
+  /** Normalized host (lowercase, no port). */
+  host: string;
+  /** The authority as the client sent it (Host or `:authority`). */
+  authority: string;
+  /** Headers without pseudo-headers and hop-by-hop ones. */
+  headers: Headers;
+  /** The body, or null when the request has none. */
+  body: Readable | null;
+  grpc: boolean;
+}
+
+/** A request as sent to an endpoint. */
+export interface UpstreamRequest {
+  method: string;
+  authority: string;
+  /** Path and query. */
+  target: string;
+  headers: Headers;
+  body: Readable | null;
+}
+
+/** An endpoint's answer. */
+export interface UpstreamResponse {
+  status: number;
+  headers: Headers;
+  /** The body, or null when the response has none. */
+  body: Readable | null;
+  /** Trailers, once the body has ended. */
+  trailers(): Headers | undefined;
+  /** Drops the response (a retried attempt): the body is not read. */
+  discard(): void;
+}
+
+/** Sends one attempt; rejects with {@link ConnectFailure} when the endpoint cannot be reached. */
+export interface Upstream {
+  send(endpoint: Endpoint, request: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse>;
+}
+
+/** What to answer. */
+export type Answer =
+  | { kind: "local"; status: number; body: string; headers: Headers }
+  | { kind: "upstream"; response: UpstreamResponse; endpoint: Endpoint };
+
+/** The outcome of an exchange, for the adapter to write and telemetry to record. */
+export interface Handled {
+  answer: Answer;
+  flags: string;
+  attempts: number;
+  facts: ConnectionFacts;
+  route?: string;
+  service?: Service;
+  /** The port of `service` the request went to. */
+  servicePort?: number;
+  /** Applied by the adapter to the endpoint's response headers. */
+  responseHeaders?: HeaderModifier;
+  /** Aborts when the rule's request timeout runs out; the adapter then stops the response. */
+  deadline: AbortSignal;
+  /** Clears the timers. */
+  done(): void;
+}
+
+const local = (status: number, body: string, extra: Headers = []): Answer => ({
+  kind: "local",
+  status,
+  body,
+  headers: [["content-type", "text/plain"], ...extra],
+});
+
+/** The L7 policies that apply to a session's destination. */
+export function policiesFor(session: Session, ctx: WaypointContext): L7Policy[] {
+  const state = ctx.state();
+  const out = state.l7Policies.forTarget("Gateway", ctx.self.namespace, ctx.self.name);
+  if (session.destination.kind === "service") {
+    const s = session.destination.service;
+    out.push(...state.l7Policies.forTarget("Service", s.namespace, s.name));
+  }
+  return out;
+}
+
+/** What telemetry knows of a session before an endpoint is chosen. */
+export function sessionFacts(session: Session): ConnectionFacts {
+  const dest = session.destination;
+  return {
+    reporter: "waypoint",
+    source: session.peer.workload,
+    sourceIdentity: session.peer.identity,
+    service: dest.kind === "service" ? dest.service : undefined,
+    destination: dest.kind === "workload" ? dest.workload : undefined,
+    mtls: true,
+  };
+}
+
+/** The attributes policies read that come from the tunnel rather than the request. */
+export function peerAttributes(session: Session) {
+  const dest = session.destination;
+  const identity = session.peer.identity;
+  return {
+    port: dest.port,
+    sourcePrincipal: identity.toString().replace(/^spiffe:\/\//, ""),
+    sourceNamespace: identity.namespace,
+    sourceIp: session.peer.ip,
+    remoteIp: session.peer.ip,
+    destinationIp: dest.kind === "service" ? dest.vip : dest.ip,
+  };
+}
+
+/** Authorizes, routes and forwards one request. */
+export async function handleExchange(
+  session: Session,
+  x: Exchange,
+  upstream: Upstream,
+  ctx: WaypointContext,
+): Promise<Handled> {
+  const dest = session.destination;
+  const facts = sessionFacts(session);
+  const deadline = new AbortController();
+  const timers: ReturnType<typeof setTimeout>[] = [];
+  const base = { attempts: 0, facts, deadline: deadline.signal, done: () => timers.forEach(clearTimeout) };
+
+  const policies = policiesFor(session, ctx);
+  if (policies.length > 0) {
+    const decision = authorizeRequest(policies, {
+      ...peerAttributes(session),
+      method: x.method,
+      path: x.path,
+      host: x.host,
+      headers: x.headers,
+    });
+    for (const d of decision.dryRun) {
+      ctx.log.info({ policy: d.policy, wouldAllow: d.wouldAllow, path: x.path }, "dry-run policy evaluated");
+    }
+    if (!decision.allowed) {
+      ctx.log.debug({ policy: decision.policy, path: x.path, method: x.method }, "request denied");
+      return { ...base, answer: local(403, "RBAC: access denied"), flags: "RBAC" };
+    }
+  }
+
+  const state = ctx.state();
+  let rule: RouteRule | undefined;
+  let routeName: string | undefined;
+  let endpointFor: (tried: ReadonlySet<string>) => Endpoint | undefined;
+  let servicePort = dest.port;
+  if (dest.kind === "workload") {
+    const w = dest.workload;
+    const fixed: Endpoint = { workload: w, ip: dest.ip, port: dest.port, hbone: w.tunnelProtocol === "HBONE" };
+    endpointFor = () => fixed;
+  } else {
+    // Only routes with a parent on this very port apply; a port no route attaches to routes to itself.
+    const key = serviceKey(dest.service);
+    const routes = state.routes.forService(key).filter((r) =>
+      r.parents.some((p) => p.service === key && (p.port === undefined || p.port === dest.port))
+    );
+    let backendService = dest.service;
+    let backendPort = dest.port;
+    if (routes.length > 0) {
+      const selected = selectRule(
+        routes,
+        { method: x.method, path: x.path, query: x.query, headers: x.headers },
+        dest.port,
+        serviceKey(dest.service),
+      );
+      if (!selected) return { ...base, answer: local(404, "route not found"), flags: "NR" };
+      rule = selected.rule;
+      routeName = `${selected.route.namespace}/${selected.route.name}`;
+      const backend = pickBackend(rule, ctx.random);
+      if (!backend) return { ...base, answer: local(500, "no backend for this route"), flags: "NR", route: routeName };
+      const svc = backend.problem ? undefined : state.services.byKey(backend.service);
+      if (!svc) {
+        ctx.log.warn(
+          { route: routeName, backend: backend.service, problem: backend.problem },
+          "route backend not found",
+        );
+        return { ...base, answer: local(500, "route backend not found"), flags: "NR", route: routeName };
+      }
+      backendService = svc;
+      backendPort = backend.port;
+    }
+    facts.service = backendService;
+    servicePort = backendPort;
+    endpointFor = (tried) => ctx.balancer.pick(state, backendService, backendPort, ctx.self.network, tried);
+  }
+
+  const headers = applyHeaderModifier([...x.headers], rule?.requestHeaders);
+  if (!headers.some(([n]) => n === "x-request-id")) headers.push(["x-request-id", crypto.randomUUID()]);
+  const retry = rule?.retry;
+  const retries = retry ? retry.attempts : DEFAULT_CONNECT_RETRIES;
+  const codes = new Set(retry?.codes ?? []);
+  const backoff = retry?.backoffMs ?? DEFAULT_BACKOFF_MS;
+  let body: { replay: Uint8Array } | { stream: Readable } | null = x.body ? { stream: x.body } : null;
+  if (x.body && codes.size > 0 && retries > 0) body = await holdForReplay(x.body);
+
+  if (rule?.timeoutMs) timers.push(setTimeout(() => deadline.abort(new Error("request timeout")), rule.timeoutMs));
+  const tried = new Set<string>();
+  const extra = { route: routeName, service: facts.service, servicePort, responseHeaders: rule?.responseHeaders };
+  let lastFailure = "";
+  for (let attempt = 0; attempt <= retries; attempt++) {
+    if (attempt > 0) await sleep(backoff * attempt, deadline.signal);
+    if (deadline.signal.aborted) break;
+    const endpoint = endpointFor(tried);
+    if (!endpoint) {
+      return { ...base, ...extra, attempts: attempt, answer: local(503, "no healthy upstream"), flags: "UH" };
+    }
+    tried.add(`${endpoint.ip}:${endpoint.port}`);
+    facts.destination = endpoint.workload;
+    facts.destinationIdentity = endpoint.hbone ? workloadIdentity(endpoint.workload) : undefined;
+    const tryAbort = new AbortController();
+    const onDeadline = () => tryAbort.abort(deadline.signal.reason);
+    deadline.signal.addEventListener("abort", onDeadline, { once: true });
+    const tryTimer = rule?.backendTimeoutMs
+      ? setTimeout(() => tryAbort.abort(new Error("backend request timeout")), rule.backendTimeoutMs)
+      : undefined;
+    try {
+      const requestBody = body === null ? null : "replay" in body ? Readable.from([body.replay]) : body.stream;
+      const response = await upstream.send(endpoint, {
+        method: x.method,
+        authority: x.authority,
+        target: x.query ? `${x.path}?${x.query}` : x.path,
+        headers,
+        body: requestBody,
+      }, tryAbort.signal);
+      const replayable = body === null || "replay" in body;
+      if (codes.has(response.status) && attempt < retries && replayable) {
+        response.discard();
+        lastFailure = `status ${response.status}`;
+        continue;
+      }
+      return {
+        ...base,
+        ...extra,
+        attempts: attempt + 1,
+        answer: { kind: "upstream", response, endpoint },
+        flags: attempt > 0 ? "-" : "-",
+      };
+    } catch (error) {
+      if (tryAbort.signal.aborted) {
+        if (deadline.signal.aborted || attempt >= retries) {
+          return {
+            ...base,
+            ...extra,
+            attempts: attempt + 1,
+            answer: local(504, "upstream request timeout"),
+            flags: "UT",
+          };
+        }
+        lastFailure = "backend request timeout";
+        continue;
+      }
+      if (!(error instanceof ConnectFailure)) {
+        ctx.log.debug({ endpoint: `${endpoint.ip}:${endpoint.port}`, error: String(error) }, "upstream reset");
+        return {
+          ...base,
+          ...extra,
+          attempts: attempt + 1,
+          answer: local(503, "upstream connect error or disconnect/reset before headers. reset reason: remote reset"),
+          flags: "UC",
+        };
+      }
+      ctx.balancer.eject(endpoint);
+      lastFailure = error.message;
+      ctx.log.info(
+        { endpoint: `${endpoint.ip}:${endpoint.port}`, error: error.message, attempt },
+        "upstream connect failed",
+      );
+      if (body !== null && "stream" in body && body.stream.readableDidRead) break; // the body went nowhere; cannot resend
+    } finally {
+      clearTimeout(tryTimer);
+      deadline.signal.removeEventListener("abort", onDeadline);
+    }
+  }
+  if (deadline.signal.aborted) {
+    return { ...base, ...extra, attempts: retries + 1, answer: local(504, "upstream request timeout"), flags: "UT" };
+  }
+  return {
+    ...base,
+    ...extra,
+    attempts: tried.size,
+    answer: local(503, `upstream connect error or disconnect/reset before headers. reset reason: ${lastFailure}`),
+    flags: retries > 0 ? "URX,UF" : "UF",
+  };
+}
+
+/** Reads up to {@link REPLAY_LIMIT} bytes; a longer body comes back as one stream of what was read and the rest. */
+async function holdForReplay(body: Readable): Promise<{ replay: Uint8Array } | { stream: Readable }> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const it = body[Symbol.asyncIterator]();
+  for (;;) {
+    const next = await it.next();
+    if (next.done) break;
+    const chunk = next.value as Uint8Array;
+    chunks.push(chunk);
+    size += chunk.byteLength;
+    if (size > REPLAY_LIMIT) {
+      const rest = async function* () {
+        yield* chunks;
+        for (;;) {
+          const n = await it.next();
+          if (n.done) return;
+          yield n.value as Uint8Array;
+        }
+      };
+      return { stream: Readable.from(rest(), { objectMode: false }) };
+    }
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return { replay: out };
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}

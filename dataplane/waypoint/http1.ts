@@ -1,0 +1,368 @@
+/**
+ * HTTP/1.x inside a tunnel, on Skiff's own codec (`../http1/`): requests read one after another (keep-alive),
+ * bodies streamed both ways with backpressure and never buffered whole, chunked bodies re-framed with their
+ * trailers, `Expect: 100-continue` answered, and upgrades (WebSocket) passed through as raw bytes once the
+ * endpoint answers 101. A request the codec refuses (ambiguous framing, bad fields) gets its 400 and the
+ * connection closes: it never reaches an endpoint.
+ *
+ * Towards endpoints, HTTP/1.1 connections are pooled per endpoint and reused while both sides allow it.
+ *
+ * @module
+ */
+
+import type { Duplex } from "node:stream";
+import {
+  CHUNKED,
+  contentLength,
+  expectsContinue,
+  type Framing,
+  hasBody,
+  headerTokens,
+  headerValue,
+  Http1Connection,
+  Http1Error,
+  keepAlive,
+  NO_BODY,
+  reasonPhrase,
+  type RequestHead,
+  type ResponseHead,
+  stripHopByHop,
+  UNTIL_CLOSE,
+} from "../http1/mod.ts";
+import { relay } from "../ztunnel/relay.ts";
+import {
+  type Exchange,
+  handleExchange,
+  type Headers,
+  type Upstream,
+  type UpstreamRequest,
+  type UpstreamResponse,
+  type WaypointContext,
+} from "./exchange.ts";
+import { normalizeHost, normalizePath } from "./normalize.ts";
+import { recordRequest } from "./record.ts";
+import { applyHeaderModifier } from "./routing.ts";
+import type { Session } from "./session.ts";
+import { type Endpoint, endpointKey, type Tunnels } from "./upstream.ts";
+
+/** An idle pooled connection to an endpoint is closed after this. */
+export const UPSTREAM_IDLE_MS = 30_000;
+/** Idle connections kept per endpoint. */
+const MAX_IDLE_PER_ENDPOINT = 64;
+
+/** An endpoint's response over HTTP/1.1, with the connection for an upgrade. */
+interface Http1Response extends UpstreamResponse {
+  /** After a 101: the endpoint's raw stream and the bytes it sent past the head. */
+  detach(): { socket: Duplex; head: Uint8Array };
+}
+
+/** The framing of an outgoing body whose length may be known from Content-Length. */
+function framingFor(headers: Headers, hasContent: boolean, chunkedOk: boolean): Framing {
+  if (!hasContent) return NO_BODY;
+  const cl = headerValue(headers, "content-length");
+  if (cl !== undefined && /^\d+$/.test(cl)) return contentLength(Number(cl));
+  return chunkedOk ? CHUNKED : UNTIL_CLOSE;
+}
+
+/** HTTP/1.1 connections to endpoints, reused while both sides allow it. */
+export class Http1Upstream implements Upstream {
+  #tunnels: Tunnels;
+  #idle = new Map<string, { conn: Http1Connection; timer: ReturnType<typeof setTimeout> }[]>();
+
+  constructor(tunnels: Tunnels) {
+    this.#tunnels = tunnels;
+  }
+
+  #take(key: string): Http1Connection | undefined {
+    const list = this.#idle.get(key);
+    while (list && list.length > 0) {
+      const { conn, timer } = list.pop()!;
+      clearTimeout(timer);
+      if (conn.reusable) return conn;
+      conn.destroy();
+    }
+    return undefined;
+  }
+
+  #giveBack(key: string, conn: Http1Connection) {
+    const list = this.#idle.get(key) ?? [];
+    if (list.length >= MAX_IDLE_PER_ENDPOINT) return void conn.close();
+    const entry = {
+      conn,
+      timer: setTimeout(() => {
+        const at = list.indexOf(entry);
+        if (at >= 0) list.splice(at, 1);
+        conn.close();
+      }, UPSTREAM_IDLE_MS),
+    };
+    list.push(entry);
+    this.#idle.set(key, list);
+  }
+
+  async send(e: Endpoint, req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse> {
+    const key = endpointKey(e);
+    const pooled = this.#take(key);
+    try {
+      return await this.#exchange(pooled ?? await this.#open(e, signal), key, req, signal);
+    } catch (error) {
+      // A pooled connection the endpoint closed meanwhile: once more on a new one, when nothing was sent yet.
+      if (pooled && error instanceof Http1Error && error.code === "CLOSED" && req.body === null) {
+        return await this.#exchange(await this.#open(e, signal), key, req, signal);
+      }
+      throw error;
+    }
+  }
+
+  async #open(e: Endpoint, signal: AbortSignal): Promise<Http1Connection> {
+    const tunnel = await this.#tunnels.open(e, signal);
+    return new Http1Connection(tunnel, { role: "client" });
+  }
+
+  async #exchange(conn: Http1Connection, key: string, req: UpstreamRequest, signal: AbortSignal) {
+    const abort = () => conn.destroy(new Error("request cancelled"));
+    signal.addEventListener("abort", abort, { once: true });
+    try {
+      const headers = req.headers.filter(([n]) => n !== "host" && n !== "transfer-encoding");
+      const framing = framingFor(headers, req.body !== null, true);
+      const head: RequestHead = {
+        method: req.method,
+        target: req.target,
+        version: "HTTP/1.1",
+        headers: [["host", req.authority], ...headers],
+      };
+      conn.writeHead(head, framing);
+      if (req.body && hasBody(framing)) {
+        const writer = conn.bodyWriter(framing);
+        const body = req.body;
+        body.on("error", (error) => conn.destroy(error));
+        body.pipe(writer);
+      }
+      const res: ResponseHead = await conn.readResponse(req.method);
+      const body = res.status === 101 ? null : conn.readBody();
+      const reusable = () => res.status !== 101 && keepAlive(res, body?.framing) && conn.reusable;
+      const settle = () => {
+        if (reusable()) this.#giveBack(key, conn);
+        else conn.close();
+      };
+      const withBody = body !== null && hasBody(body.framing);
+      if (withBody) {
+        body!.once("end", () => queueMicrotask(settle));
+        body!.once("close", () => {
+          if (!body!.readableEnded) conn.destroy();
+        });
+      } else if (res.status !== 101) queueMicrotask(settle);
+      const out: Http1Response = {
+        status: res.status,
+        headers: stripHopByHop(res.headers, { keepUpgrade: res.status === 101 }) as Headers,
+        body: withBody ? body : null,
+        trailers: () => body?.trailers,
+        discard: () => conn.destroy(),
+        detach: () => conn.detach(),
+      };
+      return out;
+    } catch (error) {
+      conn.destroy();
+      throw error;
+    } finally {
+      signal.removeEventListener("abort", abort);
+    }
+  }
+
+  close(): void {
+    for (const list of this.#idle.values()) {
+      for (const { conn, timer } of list) {
+        clearTimeout(timer);
+        conn.destroy();
+      }
+    }
+    this.#idle.clear();
+  }
+}
+
+/** Serves HTTP/1.x requests on a tunnel until the client or the codec ends it. */
+export async function serveHttp1(tunnel: Duplex, session: Session, upstream: Http1Upstream, ctx: WaypointContext) {
+  const conn = new Http1Connection(tunnel, { role: "server" });
+  for (;;) {
+    const started = performance.now();
+    let head: RequestHead | null;
+    try {
+      head = await conn.readRequest();
+    } catch (error) {
+      const status = error instanceof Http1Error ? error.status : 400;
+      ctx.log.info({ src: session.peer.ip, error: (error as Error).message }, "malformed request refused");
+      recordRequest(ctx, session, {
+        protocol: "http",
+        method: "-",
+        path: "-",
+        authority: session.authority,
+        downstreamProtocol: "HTTP/1.1",
+        status,
+        flags: "DPE",
+        bytesReceived: 0,
+        bytesSent: 0,
+        started,
+        headers: [],
+      });
+      await conn.sendError(status);
+      return;
+    }
+    if (head === null) return void await conn.close();
+    let again = false;
+    try {
+      again = await serveRequest(conn, head, session, upstream, ctx, started);
+    } catch (error) {
+      ctx.log.debug({ error: String(error) }, "HTTP/1 exchange ended early");
+    }
+    if (!again) return void await conn.close();
+  }
+}
+
+/** Serves one request; returns whether the connection may carry another. */
+async function serveRequest(
+  conn: Http1Connection,
+  head: RequestHead,
+  session: Session,
+  upstream: Http1Upstream,
+  ctx: WaypointContext,
+  started: number,
+): Promise<boolean> {
+  const authority = headerValue(head.headers, "host") ?? session.authority;
+  const upgrade = headerTokens(head.headers, "connection").includes("upgrade") &&
+    headerValue(head.headers, "upgrade") !== undefined;
+  const grpc = (headerValue(head.headers, "content-type") ?? "").startsWith("application/grpc");
+  const headers = (stripHopByHop(head.headers, { keepUpgrade: upgrade }) as Headers)
+    .filter(([n]) => n !== "host" && n !== "expect");
+  let received = 0;
+  let sent = 0;
+  const done = (status: number, flags: string, path: string, handled?: Awaited<ReturnType<typeof handleExchange>>) =>
+    recordRequest(ctx, session, {
+      handled,
+      protocol: grpc ? "grpc" : "http",
+      method: head.method,
+      path,
+      authority,
+      downstreamProtocol: head.version,
+      status,
+      flags,
+      bytesReceived: received,
+      bytesSent: sent,
+      started,
+      headers: head.headers,
+    });
+
+  const path = head.method === "CONNECT"
+    ? { error: "CONNECT is not proxied by the waypoint" }
+    : normalizePath(head.target);
+  const host = normalizeHost(authority);
+  if ("error" in path || "error" in host) {
+    ctx.log.info(
+      { target: head.target, authority, error: "error" in path ? path.error : "bad host" },
+      "request refused",
+    );
+    done(400, "DPE", head.target);
+    await conn.sendError(400);
+    return false;
+  }
+  if (expectsContinue(head)) {
+    conn.writeHead({ version: "HTTP/1.1", status: 100, reason: "Continue", headers: [] }, NO_BODY);
+  }
+  const body = conn.readBody();
+  // Counted as it flows; paused again so that nothing flows (and is lost) before the body is piped upstream.
+  body.on("data", (c: Uint8Array) => received += c.byteLength).pause();
+  const x: Exchange = {
+    method: head.method,
+    path: path.path,
+    query: path.query,
+    host: host.host,
+    authority,
+    headers,
+    body: hasBody(body.framing) ? body : null,
+    grpc,
+  };
+  const handled = await handleExchange(session, x, upstream, ctx);
+  const answer = handled.answer;
+  const clientKeeps = keepAlive(head);
+  if (answer.kind === "local") {
+    handled.done();
+    const bytes = new TextEncoder().encode(answer.body);
+    const h: Headers = [...answer.headers];
+    // With a request body left unread, the connection cannot carry another request: say so.
+    const drop = !clientKeeps || !body.readableEnded && hasBody(body.framing);
+    if (drop) h.push(["connection", "close"]);
+    conn.writeHead(
+      { version: "HTTP/1.1", status: answer.status, reason: reasonPhrase(answer.status), headers: h },
+      contentLength(bytes.byteLength),
+    );
+    const writer = conn.bodyWriter(contentLength(bytes.byteLength));
+    await new Promise<void>((resolve) => {
+      writer.once("finish", resolve);
+      writer.once("close", resolve);
+      writer.end(bytes);
+    });
+    sent = bytes.byteLength;
+    done(answer.status, handled.flags, path.path, handled);
+    if (drop) body.destroy();
+    return !drop;
+  }
+
+  const res = answer.response as Http1Response;
+  const resHeaders = applyHeaderModifier(res.headers, handled.responseHeaders);
+  if (res.status === 101) {
+    conn.writeHead({ version: "HTTP/1.1", status: 101, reason: "Switching Protocols", headers: resHeaders }, NO_BODY);
+    const down = conn.detach();
+    const up = res.detach();
+    if (down.head.byteLength > 0) up.socket.write(down.head);
+    if (up.head.byteLength > 0) down.socket.write(up.head);
+    down.socket.resume();
+    up.socket.resume();
+    handled.done();
+    const result = await relay(down.socket, up.socket).done;
+    received += result.aToB;
+    sent += result.bToA;
+    done(101, handled.flags, path.path, handled);
+    return false;
+  }
+  const framing = framingFor(resHeaders, res.body !== null, head.version === "HTTP/1.1");
+  const out: ResponseHead = {
+    version: "HTTP/1.1",
+    status: res.status,
+    reason: reasonPhrase(res.status),
+    headers: resHeaders.filter(([n]) => n !== "transfer-encoding"),
+  };
+  if (!clientKeeps || framing.kind === "close") out.headers.push(["connection", "close"]);
+  conn.writeHead(out, framing);
+  let complete = true;
+  if (res.body && hasBody(framing)) {
+    const writer = conn.bodyWriter(framing);
+    const resBody = res.body;
+    resBody.on("data", (c: Uint8Array) => sent += c.byteLength);
+    const onDeadline = () => resBody.destroy(new Error("request timeout"));
+    handled.deadline.addEventListener("abort", onDeadline, { once: true });
+    complete = await new Promise<boolean>((resolve) => {
+      resBody.pipe(writer, { end: false });
+      resBody.once("end", () => {
+        const trailers = res.trailers() ?? [];
+        if (framing.kind === "chunked" && trailers.length > 0) writer.finish(trailers);
+        else writer.end();
+      });
+      resBody.once("close", () => {
+        if (!resBody.readableEnded) {
+          conn.destroy();
+          resolve(false);
+        }
+      });
+      writer.once("finish", () => resolve(true));
+      writer.once("close", () => resolve(writer.writableFinished));
+    });
+    handled.deadline.removeEventListener("abort", onDeadline);
+  }
+  handled.done();
+  done(res.status, complete ? handled.flags : "UC", path.path, handled);
+  if (!complete || !clientKeeps || framing.kind === "close") return false;
+  // The request body must have been read to its end for another request to follow.
+  if (hasBody(body.framing) && !body.readableEnded) {
+    body.destroy();
+    return false;
+  }
+  return true;
+}

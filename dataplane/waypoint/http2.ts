@@ -1,0 +1,239 @@
+/**
+ * HTTP/2 with prior knowledge inside a tunnel (what gRPC clients and `curl --http2-prior-knowledge` speak), on
+ * Skiff's own HTTP/2 (`../h2/`), both towards the client (a server connection on the tunnel) and towards the
+ * endpoints (one multiplexed client connection per endpoint, shared by every client's requests). Trailers pass
+ * through untouched, so gRPC status arrives intact; a local answer to a gRPC request is a gRPC status (a
+ * denial is `PERMISSION_DENIED`, an unreachable backend `UNAVAILABLE`), as Envoy answers gRPC clients.
+ *
+ * @module
+ */
+
+import type { Duplex } from "node:stream";
+import { H2Connection } from "../h2/connection.ts";
+import { field, type HeaderField } from "../h2/fields.ts";
+import { ErrorCode } from "../h2/frame.ts";
+import type { H2Stream } from "../h2/stream.ts";
+import {
+  type Exchange,
+  type Handled,
+  handleExchange,
+  type Headers,
+  type Upstream,
+  type UpstreamRequest,
+  type UpstreamResponse,
+  type WaypointContext,
+} from "./exchange.ts";
+import { normalizeHost, normalizePath } from "./normalize.ts";
+import { applyHeaderModifier } from "./routing.ts";
+import type { Session } from "./session.ts";
+import { type Endpoint, endpointKey, type Tunnels } from "./upstream.ts";
+import { recordRequest } from "./record.ts";
+
+/** Upstream HTTP/2 connections, one per endpoint while it has room. */
+export class Http2Upstream implements Upstream {
+  #tunnels: Tunnels;
+  #conns = new Map<string, Promise<H2Connection>>();
+
+  constructor(tunnels: Tunnels) {
+    this.#tunnels = tunnels;
+  }
+
+  async #connection(e: Endpoint, signal: AbortSignal): Promise<H2Connection> {
+    const key = endpointKey(e);
+    const held = this.#conns.get(key);
+    if (held) {
+      const conn = await held.catch(() => undefined);
+      if (conn?.usable && conn.activeStreams < conn.peerMaxConcurrentStreams) return conn;
+      if (this.#conns.get(key) === held) this.#conns.delete(key);
+    }
+    const opening = this.#tunnels.open(e, signal).then((tunnel) => {
+      const conn = new H2Connection(tunnel, { role: "client" });
+      conn.closed.then(() => {
+        if (this.#conns.get(key) === opening) this.#conns.delete(key);
+      });
+      return conn;
+    });
+    this.#conns.set(key, opening);
+    opening.catch(() => {
+      if (this.#conns.get(key) === opening) this.#conns.delete(key);
+    });
+    return await opening;
+  }
+
+  async send(e: Endpoint, req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse> {
+    const conn = await this.#connection(e, signal);
+    const fields: HeaderField[] = [
+      [":method", req.method],
+      [":scheme", "http"],
+      [":authority", req.authority],
+      [":path", req.target],
+      ...req.headers,
+    ];
+    const stream = conn.request(fields, { endStream: req.body === null });
+    const abort = () => stream.reset(ErrorCode.CANCEL);
+    signal.addEventListener("abort", abort, { once: true });
+    if (req.body) {
+      req.body.on("error", () => stream.reset(ErrorCode.CANCEL));
+      req.body.pipe(stream);
+    }
+    try {
+      const head = await stream.response;
+      return {
+        status: Number(field(head, ":status")),
+        headers: head.filter(([n]) => !n.startsWith(":")),
+        body: stream,
+        trailers: () => stream.trailers,
+        discard: () => stream.reset(ErrorCode.CANCEL),
+      };
+    } finally {
+      signal.removeEventListener("abort", abort);
+    }
+  }
+
+  close(): void {
+    for (const c of this.#conns.values()) c.then((conn) => conn.destroy(new Error("waypoint closing")), () => {});
+    this.#conns.clear();
+  }
+}
+
+/** gRPC status codes for local answers (Envoy's mapping of HTTP status to gRPC). */
+function grpcStatusOf(status: number): string {
+  if (status === 403) return "7"; // PERMISSION_DENIED
+  if (status === 404) return "12"; // UNIMPLEMENTED
+  if (status === 504) return "4"; // DEADLINE_EXCEEDED
+  if (status === 400) return "13"; // INTERNAL
+  return "14"; // UNAVAILABLE
+}
+
+/** Serves HTTP/2 requests on a tunnel until it closes. */
+export async function serveHttp2(tunnel: Duplex, session: Session, upstream: Http2Upstream, ctx: WaypointContext) {
+  const conn = new H2Connection(tunnel, {
+    role: "server",
+    maxConcurrentStreams: 100,
+    onStream: (stream) => {
+      onStream(stream, session, upstream, ctx).catch((error) => {
+        ctx.log.error({ error: String(error) }, "BUG: HTTP/2 request handling failed");
+        stream.reset(ErrorCode.INTERNAL_ERROR);
+      });
+    },
+  });
+  await conn.closed;
+}
+
+async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstream, ctx: WaypointContext) {
+  const started = performance.now();
+  const h = stream.requestHeaders;
+  const method = field(h, ":method") ?? "";
+  const rawPath = field(h, ":path") ?? "";
+  const authority = field(h, ":authority") ?? field(h, "host") ?? session.authority;
+  const headers: Headers = h.filter(([n]) => !n.startsWith(":") && n !== "host");
+  const grpc = (field(h, "content-type") ?? "").startsWith("application/grpc");
+  let received = 0;
+  // Counted as it flows; paused again so that nothing flows (and is lost) before the body is piped upstream.
+  stream.on("data", (c: Uint8Array) => received += c.byteLength).pause();
+  const record = (status: number, flags: string, handled?: Handled, grpcStatus?: string, sent = 0, path = rawPath) =>
+    recordRequest(ctx, session, {
+      handled,
+      protocol: grpc ? "grpc" : "http",
+      method,
+      path,
+      authority,
+      downstreamProtocol: "HTTP/2",
+      status,
+      grpcStatus,
+      flags,
+      bytesReceived: received,
+      bytesSent: sent,
+      started,
+      headers,
+    });
+
+  const path = method === "CONNECT" ? { error: "CONNECT inside a tunnel is not proxied" } : normalizePath(rawPath);
+  const host = normalizeHost(authority);
+  if ("error" in path || "error" in host) {
+    const body = new TextEncoder().encode(
+      `Bad Request: ${"error" in path ? path.error : (host as { error: string }).error}\n`,
+    );
+    stream.respond([[":status", "400"], ["content-type", "text/plain"], ["content-length", String(body.byteLength)]]);
+    stream.end(body);
+    record(400, "DPE", undefined, undefined, body.byteLength);
+    return;
+  }
+  const x: Exchange = {
+    method,
+    path: path.path,
+    query: path.query,
+    host: host.host,
+    authority,
+    headers,
+    body: stream.remoteEnded && stream.readableLength === 0 ? null : stream,
+    grpc,
+  };
+  const handled = await handleExchange(session, x, upstream, ctx);
+  const answer = handled.answer;
+  if (answer.kind === "local") {
+    handled.done();
+    if (grpc) {
+      stream.respond([
+        [":status", "200"],
+        ["content-type", "application/grpc"],
+        ["grpc-status", grpcStatusOf(answer.status)],
+        ["grpc-message", encodeURIComponent(answer.body)],
+      ], { endStream: true });
+      record(200, handled.flags, handled, grpcStatusOf(answer.status), 0, path.path);
+    } else {
+      const body = new TextEncoder().encode(answer.body);
+      stream.respond([[":status", String(answer.status)], ...answer.headers, [
+        "content-length",
+        String(body.byteLength),
+      ]]);
+      stream.end(body);
+      record(answer.status, handled.flags, handled, undefined, body.byteLength, path.path);
+    }
+    if (!stream.remoteEnded) stream.reset(ErrorCode.NO_ERROR);
+    return;
+  }
+  const res = answer.response;
+  const out = applyHeaderModifier(res.headers.filter(([n]) => !isConnectionSpecific(n)), handled.responseHeaders);
+  stream.respond([[":status", String(res.status)], ...out], { endStream: res.body === null });
+  let sent = 0;
+  const finish = (flags: string) => {
+    handled.done();
+    const trailers = res.trailers();
+    const grpcStatus = grpc ? (field(trailers ?? [], "grpc-status") ?? field(res.headers, "grpc-status")) : undefined;
+    record(res.status, flags, handled, grpcStatus, sent, path.path);
+  };
+  if (!res.body) return finish(handled.flags);
+  const body = res.body;
+  const onDeadline = () => {
+    body.destroy();
+    stream.reset(ErrorCode.CANCEL);
+  };
+  handled.deadline.addEventListener("abort", onDeadline, { once: true });
+  body.on("data", (c: Uint8Array) => sent += c.byteLength);
+  body.pipe(stream, { end: false });
+  await new Promise<void>((resolve) => {
+    body.once("end", () => {
+      const trailers = res.trailers();
+      if (trailers && trailers.length > 0) stream.endWithTrailers(trailers);
+      else stream.end();
+      resolve();
+    });
+    body.once("close", () => {
+      if (!body.readableEnded) stream.reset(ErrorCode.CANCEL);
+      resolve();
+    });
+    stream.once("close", () => {
+      if (!body.readableEnded) body.destroy();
+      resolve();
+    });
+  });
+  handled.deadline.removeEventListener("abort", onDeadline);
+  finish(body.readableEnded ? handled.flags : "UC");
+}
+
+/** Headers HTTP/2 forbids (RFC 9113 §8.2.2); an HTTP/1 endpoint may send them. */
+export function isConnectionSpecific(name: string): boolean {
+  return name === "connection" || name === "keep-alive" || name === "proxy-connection" ||
+    name === "transfer-encoding" || name === "upgrade";
+}

@@ -1,0 +1,103 @@
+/**
+ * The waypoint's listener: HBONE on 15008 (the same mTLS and HTTP/2 code as ztunnel's), each CONNECT admitted
+ * only for a destination bound to this waypoint (`session.ts`), answered 200, then served by what its first
+ * bytes are: HTTP/2 with prior knowledge (the connection preface), HTTP/1.x (a request line), or anything else
+ * at L4. A Service port whose `appProtocol` is `tcp` is not sniffed. A client that sends nothing within
+ * {@link SNIFF_TIMEOUT_MS} (a server-first protocol) is passed at L4 too.
+ *
+ * @module
+ */
+
+import type { Duplex } from "node:stream";
+import { field } from "../h2/fields.ts";
+import type { HboneRequest } from "../hbone/server.ts";
+import type { WaypointContext } from "./exchange.ts";
+import { type Http1Upstream, serveHttp1 } from "./http1.ts";
+import { type Http2Upstream, serveHttp2 } from "./http2.ts";
+import { admit } from "./session.ts";
+import { passTcp } from "./tcp.ts";
+
+/** How long the first bytes of a tunnel are awaited before it is taken as a server-first protocol. */
+export const SNIFF_TIMEOUT_MS = 1_000;
+
+const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** What the first bytes say: a protocol, or undefined when more bytes are needed. */
+export function classify(b: Uint8Array): "http1" | "http2" | "tcp" | undefined {
+  if (b.byteLength === 0) return undefined;
+  const n = Math.min(b.byteLength, PREFACE.byteLength);
+  let preface = true;
+  for (let i = 0; i < n; i++) if (b[i] !== PREFACE[i]) preface = false;
+  if (preface) return b.byteLength >= PREFACE.byteLength ? "http2" : undefined;
+  // An HTTP/1 request line starts with a method token of upper-case letters and a space.
+  for (let i = 0; i < Math.min(b.byteLength, 21); i++) {
+    const c = b[i];
+    if (c === 0x20) return i > 0 ? "http1" : "tcp";
+    if ((c < 0x41 || c > 0x5a) && !(i > 0 && (c === 0x2d || c === 0x5f))) return "tcp";
+  }
+  return b.byteLength >= 21 ? "tcp" : undefined;
+}
+
+/** Reads the first bytes of `s` to tell its protocol, then puts them back. */
+export function sniff(s: Duplex, timeoutMs = SNIFF_TIMEOUT_MS): Promise<"http1" | "http2" | "tcp"> {
+  return new Promise((resolve) => {
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    const joined = () => {
+      const out = new Uint8Array(total);
+      let at = 0;
+      for (const c of chunks) {
+        out.set(c, at);
+        at += c.byteLength;
+      }
+      return out;
+    };
+    const decide = (kind: "http1" | "http2" | "tcp") => {
+      clearTimeout(timer);
+      s.off("readable", onReadable);
+      s.off("end", onEnd);
+      if (total > 0) s.unshift(joined());
+      resolve(kind);
+    };
+    const onReadable = () => {
+      let c: Uint8Array | null;
+      while ((c = s.read()) !== null) {
+        chunks.push(c);
+        total += c.byteLength;
+      }
+      const kind = classify(joined());
+      if (kind) decide(kind);
+    };
+    const onEnd = () => decide(classify(joined()) ?? "tcp");
+    const timer = setTimeout(() => decide(classify(joined()) ?? "tcp"), timeoutMs);
+    s.on("readable", onReadable);
+    s.once("end", onEnd);
+  });
+}
+
+/** The per-protocol upstreams, shared by every tunnel. */
+export interface Upstreams {
+  http1: Http1Upstream;
+  http2: Http2Upstream;
+}
+
+/** Serves one HBONE request to the waypoint to its end. */
+export async function handleTunnel(req: HboneRequest, ctx: WaypointContext, upstreams: Upstreams): Promise<void> {
+  const { stream } = req;
+  const session = admit(req.headers, { identity: req.peer, ...req.remote }, ctx.self, ctx.state());
+  if ("reason" in session) {
+    ctx.log.info({
+      authority: field(req.headers, ":authority"),
+      peer: req.peer.toString(),
+      status: session.status,
+    }, `tunnel refused: ${session.reason}`);
+    stream.respond([[":status", String(session.status)]], { endStream: true });
+    return;
+  }
+  stream.respond([[":status", "200"]]);
+  const app = session.destination.appProtocol?.toLowerCase();
+  const kind = app === "tcp" ? "tcp" : await sniff(stream);
+  if (kind === "http2") await serveHttp2(stream, session, upstreams.http2, ctx);
+  else if (kind === "http1") await serveHttp1(stream, session, upstreams.http1, ctx);
+  else await passTcp(stream, session, ctx);
+}

@@ -1,0 +1,112 @@
+/**
+ * Traffic that is not HTTP passes the waypoint at L4: authorized by the same policies, sent to an endpoint of
+ * the destination (round robin, as HTTP requests are), bytes relayed both ways. Policies written for HTTP are
+ * read as Istio reads them for TCP traffic: in a DENY rule the HTTP-only conditions are ignored (the rule denies
+ * more), and an ALLOW rule with an HTTP-only condition is left out (it allows less).
+ *
+ * @module
+ */
+
+import type { Duplex } from "node:stream";
+import { authorizeRequest } from "./authz.ts";
+import { peerAttributes, policiesFor, sessionFacts, type WaypointContext } from "./exchange.ts";
+import type { Session } from "./session.ts";
+import { ConnectFailure, type Endpoint } from "./upstream.ts";
+import { relay } from "../ztunnel/relay.ts";
+import { workloadIdentity } from "../ztunnel/route.ts";
+import type { L7Operation, L7Policy, L7Rule } from "../../mesh/l7.ts";
+import { tcpLabels } from "../../mesh/metrics.ts";
+
+const HTTP_ONLY_OPERATION: (keyof L7Operation)[] = ["hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"];
+const httpOnlyCondition = (key: string) => key.startsWith("request.");
+
+function ruleIsHttpOnly(r: L7Rule): boolean {
+  return r.to.some((op) => HTTP_ONLY_OPERATION.some((k) => (op[k] as unknown[]).length > 0)) ||
+    r.when.some((c) => httpOnlyCondition(c.key));
+}
+
+function withoutHttp(r: L7Rule): L7Rule {
+  const to = r.to.map((op) => ({
+    ...op,
+    hosts: [],
+    notHosts: [],
+    methods: [],
+    notMethods: [],
+    paths: [],
+    notPaths: [],
+  }));
+  return { ...r, to, when: r.when.filter((c) => !httpOnlyCondition(c.key)) };
+}
+
+/** Policies as they apply to a TCP connection (see the module's comment). */
+export function tcpPolicies(policies: readonly L7Policy[]): L7Policy[] {
+  return policies.map((p) =>
+    p.action === "DENY"
+      ? { ...p, rules: p.rules.map(withoutHttp) }
+      : { ...p, rules: p.rules.filter((r) => !ruleIsHttpOnly(r)) }
+  );
+}
+
+/** Serves a tunnel as TCP; `tunnel` still holds any bytes that were sniffed. */
+export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointContext): Promise<void> {
+  const started = performance.now();
+  const dest = session.destination;
+  const facts = sessionFacts(session);
+  const policies = policiesFor(session, ctx);
+  if (policies.length > 0) {
+    const d = authorizeRequest(tcpPolicies(policies), {
+      ...peerAttributes(session),
+      method: "",
+      path: "",
+      host: "",
+      headers: [],
+    });
+    if (!d.allowed) {
+      ctx.log.info({ policy: d.policy, src: session.peer.ip, dst: session.authority }, "connection denied");
+      ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "DENY" }));
+      tunnel.destroy();
+      return;
+    }
+  }
+  const state = ctx.state();
+  let upstream: Duplex | undefined;
+  let endpoint: Endpoint | undefined;
+  const tried = new Set<string>();
+  for (let attempt = 0; attempt < 3 && !upstream; attempt++) {
+    endpoint = dest.kind === "workload"
+      ? { workload: dest.workload, ip: dest.ip, port: dest.port, hbone: dest.workload.tunnelProtocol === "HBONE" }
+      : ctx.balancer.pick(state, dest.service, dest.port, ctx.self.network, tried);
+    if (!endpoint) break;
+    tried.add(`${endpoint.ip}:${endpoint.port}`);
+    try {
+      upstream = await ctx.tunnels.open(endpoint);
+    } catch (error) {
+      if (!(error instanceof ConnectFailure)) throw error;
+      ctx.balancer.eject(endpoint);
+      ctx.log.info({ endpoint: `${endpoint.ip}:${endpoint.port}`, error: error.message }, "upstream connect failed");
+    }
+  }
+  if (!upstream || !endpoint) {
+    ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: endpoint ? "CONNECT" : "NO_HEALTHY_UPSTREAM" }));
+    tunnel.destroy();
+    return;
+  }
+  facts.destination = endpoint.workload;
+  facts.destinationIdentity = endpoint.hbone ? workloadIdentity(endpoint.workload) : undefined;
+  const labels = tcpLabels(facts);
+  ctx.metrics.opened.inc(labels);
+  const result = await relay(tunnel, upstream).done;
+  ctx.metrics.received.inc(labels, result.aToB);
+  ctx.metrics.sent.inc(labels, result.bToA);
+  ctx.metrics.closed.inc(labels);
+  ctx.access.info({
+    "src.addr": `${session.peer.ip}:${session.peer.port}`,
+    "src.identity": session.peer.identity.toString(),
+    "dst.addr": `${endpoint.ip}:${endpoint.port}`,
+    "dst.service": facts.service?.hostname,
+    "dst.workload": endpoint.workload.name,
+    bytes_received: result.aToB,
+    bytes_sent: result.bToA,
+    duration: `${Math.round(performance.now() - started)}ms`,
+  }, "connection complete");
+}
