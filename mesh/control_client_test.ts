@@ -13,7 +13,7 @@ const body = (name: string, ip: string) => ({
 });
 
 Deno.test("ClientConfig applies snapshots and deltas; a resource that does not decode keeps its previous version", () => {
-  const config = new ClientConfig(logger("test"));
+  const config = new ClientConfig(capturingLogger().log);
   const applied = config.apply({
     type: "snapshot",
     version: 1,
@@ -54,7 +54,7 @@ Deno.test("ClientConfig applies snapshots and deltas; a resource that does not d
 });
 
 Deno.test("ClientConfig applies and removes HTTP routes and L7 policies; a body filed under another name is refused", () => {
-  const config = new ClientConfig(logger("test"));
+  const config = new ClientConfig(capturingLogger().log);
   const web = "shop/web.shop.svc.cluster.local";
   const routeBody = { name: "web", namespace: "shop", parents: [{ service: web }], rules: [] };
   const policyBody = {
