@@ -254,6 +254,7 @@ export async function handleExchange(
 
   if (rule?.timeoutMs) timers.push(setTimeout(() => deadline.abort(new Error("request timeout")), rule.timeoutMs));
   const tried = new Set<string>();
+  let sent = 0;
   const extra = { route: routeName, service: facts.service, servicePort, responseHeaders: rule?.responseHeaders };
   let lastFailure = "";
   for (let attempt = 0; attempt <= retries; attempt++) {
@@ -274,6 +275,7 @@ export async function handleExchange(
       : undefined;
     try {
       const requestBody = body === null ? null : "replay" in body ? Readable.from([body.replay]) : body.stream;
+      sent++;
       const response = await upstream.send(endpoint, {
         method: x.method,
         authority: x.authority,
@@ -296,7 +298,10 @@ export async function handleExchange(
       };
     } catch (error) {
       if (tryAbort.signal.aborted) {
-        if (deadline.signal.aborted || attempt >= retries) {
+        // A try that timed out is retried only when the route asks for retries (Istio's default policy does not
+        // retry per-try timeouts), and never when its body has gone and cannot be sent again.
+        const bodyGone = body !== null && "stream" in body && body.stream.readableDidRead;
+        if (deadline.signal.aborted || attempt >= retries || !retry || bodyGone) {
           return {
             ...base,
             ...extra,
@@ -331,12 +336,12 @@ export async function handleExchange(
     }
   }
   if (deadline.signal.aborted) {
-    return { ...base, ...extra, attempts: retries + 1, answer: local(504, "upstream request timeout"), flags: "UT" };
+    return { ...base, ...extra, attempts: sent, answer: local(504, "upstream request timeout"), flags: "UT" };
   }
   return {
     ...base,
     ...extra,
-    attempts: tried.size,
+    attempts: sent,
     answer: local(503, `upstream connect error or disconnect/reset before headers. reset reason: ${lastFailure}`),
     flags: retries > 0 ? "URX,UF" : "UF",
   };

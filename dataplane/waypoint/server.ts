@@ -65,7 +65,9 @@ export function sniff(s: Duplex, timeoutMs = SNIFF_TIMEOUT_MS): Promise<"http1" 
         chunks.push(c);
         total += c.byteLength;
       }
-      const kind = classify(joined());
+      // At the end of the input, decide now: once `end` is emitted the bytes could no longer be put back.
+      const eof = (s as Duplex & { _readableState?: { ended?: boolean } })._readableState?.ended === true;
+      const kind = classify(joined()) ?? (eof && total > 0 ? "tcp" : undefined);
       if (kind) decide(kind);
     };
     const onEnd = () => decide(classify(joined()) ?? "tcp");
