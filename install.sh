@@ -14,9 +14,11 @@ export RUST_BACKTRACE=0 DEBIAN_FRONTEND=noninteractive DENO_NO_UPDATE_CHECK=1
 
 DENO_VERSION=2.9.6
 # iptables/iproute2: the in-pod rules and test namespaces. containernetworking-plugins: the reference CNI plugins
-# (bridge, host-local) skiff is chained after. nghttp2-client, python3-h2: HTTP/2 interop tests. stunnel4: the
-# mTLS baseline of the data-plane benchmark.
-PACKAGES=(iptables iproute2 procps openssl ca-certificates containernetworking-plugins nghttp2-client python3-h2 stunnel4)
+# (bridge, host-local) skiff is chained after. nghttp2-client, python3-h2: HTTP/2 interop tests. curl: the waypoint
+# test's client. stunnel4: the mTLS baseline of the data-plane benchmark. wrk, haproxy: the load generator and the
+# HTTP proxy baseline of the waypoint benchmark.
+PACKAGES=(iptables iproute2 procps openssl ca-certificates containernetworking-plugins nghttp2-client python3-h2 stunnel4
+  curl wrk haproxy)
 CNI_BIN=/opt/cni/bin
 LIB=/usr/local/lib/skiff
 BIN=/usr/local/bin/skiff

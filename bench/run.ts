@@ -2,7 +2,8 @@
  * `deno task bench`: runs every benchmark and writes the results, with the commands that made them and the
  * machine they ran on, to docs/benchmarks.md. The micro-benchmarks under bench/ run with `deno bench`; the
  * data-plane benchmark (bench/dataplane.ts) is a script, since it builds network namespaces and starts
- * ztunnel and stunnel processes (it says why when it cannot run, and it needs root); so is the control plane's
+ * ztunnel and stunnel processes (it says why when it cannot run, and it needs root); so is the waypoint's
+ * (bench/waypoint.ts: wrk through a waypoint, directly and through haproxy), and the control plane's
  * (bench/control.ts), which starts `skiff control` over ten thousand pods. Numbers are for comparing
  * runs on one kind of machine; the test suite never asserts on time.
  *
@@ -14,6 +15,10 @@ const RUNS: { title: string; args: string[] }[] = [
   {
     title: "Data plane: direct TCP, Skiff (two ztunnels, HBONE), stunnel",
     args: ["run", "--allow-all", "bench/dataplane.ts"],
+  },
+  {
+    title: "Waypoint: HTTP/1.1 through skiff waypoint vs direct vs haproxy",
+    args: ["run", "--allow-all", "bench/waypoint.ts"],
   },
   {
     title: "Control plane at scale: 10,000 workloads, 1,000 services, 10 subscribed nodes",
