@@ -203,6 +203,9 @@ ${DENY_ADMIN}`,
     assert.equal(seen.name, "v1");
     assert.equal(seen.headers["x-added"], "by-waypoint");
     assert.ok(seen.headers["x-request-id"], "the waypoint adds x-request-id");
+    // Only WebSocket is upgraded: an h2c upgrade would carry requests past the L7 policy once switched.
+    const h2c = JSON.parse(await curl("-H", "connection: upgrade", "-H", "upgrade: h2c", `http://${ECHO}/headers`));
+    assert.equal(h2c.headers.upgrade, undefined);
   });
 
   await t.step("an L7 DENY on method and path holds against //admin, /admin%2F and /admin#x", async () => {

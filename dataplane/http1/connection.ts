@@ -112,11 +112,15 @@ export class Http1Connection {
 
   /**
    * Whether the connection can carry another message now: nothing failed or ended, the last body was read and
-   * written to its end, and nothing was refused. A client pool checks it (with `keepAlive()`) before reuse.
+   * written to its end, nothing was refused, and (client) nothing arrived beyond the last response. A client pool
+   * checks it (with `keepAlive()`) before reuse.
    */
   get reusable(): boolean {
     return this.#poisoned === null && this.#failure === null && !this.#eof && !this.#detached &&
-      this.#closed === null && this.#unread === null && this.#writer === null && this.#pendingHead === null;
+      this.#closed === null && this.#unread === null && this.#writer === null && this.#pendingHead === null &&
+      // A client that holds bytes past the last response (a backend that sent more than its framing said, or spoke
+      // unasked) would hand them to the next request as its response: never reuse such a connection.
+      (this.role === "server" || this.#received.length === 0);
   }
 
   /**

@@ -436,6 +436,19 @@ Deno.test("an idle client connection notices the server closing, even after a ba
   await closeBoth(conn, pair[0]);
 });
 
+Deno.test("a client connection that holds bytes past its response is not reusable (no response desync in a pool)", async () => {
+  await using pair = socketPair();
+  const conn = new Http1Connection(pair[1], { role: "client" });
+  // A backend that miscounts its Content-Length: the extra bytes would be the next request's "response".
+  pair[0].write(
+    bytes("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"),
+  );
+  await conn.readResponse("GET");
+  assert.equal(await text(await readAll(conn.readBody())), "hello");
+  assert.equal(conn.reusable, false);
+  await closeBoth(conn, pair[0]);
+});
+
 Deno.test("maxBodyBytes refuses a large Content-Length up front and a large chunked body as it streams", async (t) => {
   await t.step("Content-Length → 413 at readRequest()", async () => {
     await using pair = socketPair();

@@ -24,6 +24,7 @@ import {
   keepAlive,
   NO_BODY,
   reasonPhrase,
+  requestFraming,
   type RequestHead,
   type ResponseHead,
   stripHopByHop,
@@ -227,8 +228,11 @@ async function serveRequest(
   started: number,
 ): Promise<boolean> {
   const authority = headerValue(head.headers, "host") ?? session.authority;
+  // Only WebSocket is upgraded, as Envoy enables it: any other protocol (h2c, say) would carry requests past the
+  // L7 policy once switched. Its Upgrade header is dropped as hop-by-hop; an upgrade request with a body is not
+  // upgraded either.
   const upgrade = headerTokens(head.headers, "connection").includes("upgrade") &&
-    headerValue(head.headers, "upgrade") !== undefined;
+    headerTokens(head.headers, "upgrade").join(",") === "websocket" && !hasBody(requestFraming(head));
   const grpc = (headerValue(head.headers, "content-type") ?? "").startsWith("application/grpc");
   const headers = (stripHopByHop(head.headers, { keepUpgrade: upgrade }) as Headers)
     .filter(([n]) => n !== "host" && n !== "expect");
@@ -274,7 +278,8 @@ async function serveRequest(
     path: path.path,
     query: path.query,
     host: host.host,
-    authority,
+    // Forwarded as policies saw it: lowercase, no trailing dot.
+    authority: host.port === undefined ? host.host : `${host.host}:${host.port}`,
     headers,
     body: hasBody(body.framing) ? body : null,
     grpc,
@@ -289,17 +294,20 @@ async function serveRequest(
     // With a request body left unread, the connection cannot carry another request: say so.
     const drop = !clientKeeps || !body.readableEnded && hasBody(body.framing);
     if (drop) h.push(["connection", "close"]);
-    conn.writeHead(
-      { version: "HTTP/1.1", status: answer.status, reason: reasonPhrase(answer.status), headers: h },
-      contentLength(bytes.byteLength),
-    );
-    const writer = conn.bodyWriter(contentLength(bytes.byteLength));
-    await new Promise<void>((resolve) => {
-      writer.once("finish", resolve);
-      writer.once("close", resolve);
-      writer.end(bytes);
-    });
-    sent = bytes.byteLength;
+    const respond = { version: "HTTP/1.1" as const, status: answer.status, reason: reasonPhrase(answer.status) };
+    if (head.method === "HEAD") {
+      // The length of the body a GET would have had, and no body.
+      conn.writeHead({ ...respond, headers: [...h, ["content-length", String(bytes.byteLength)]] }, NO_BODY);
+    } else {
+      conn.writeHead({ ...respond, headers: h }, contentLength(bytes.byteLength));
+      const writer = conn.bodyWriter(contentLength(bytes.byteLength));
+      await new Promise<void>((resolve) => {
+        writer.once("finish", resolve);
+        writer.once("close", resolve);
+        writer.end(bytes);
+      });
+      sent = bytes.byteLength;
+    }
     done(answer.status, handled.flags, path.path, handled);
     if (drop) body.destroy();
     return !drop;
@@ -307,6 +315,14 @@ async function serveRequest(
 
   const res = answer.response as Http1Response;
   const resHeaders = applyHeaderModifier(res.headers, handled.responseHeaders);
+  if (res.status === 101 && !upgrade) {
+    // A switch nobody asked for would turn the rest of the connection into bytes no policy reads.
+    res.discard();
+    handled.done();
+    done(502, "UPE", path.path, handled);
+    await conn.sendError(502);
+    return false;
+  }
   if (res.status === 101) {
     conn.writeHead({ version: "HTTP/1.1", status: 101, reason: "Switching Protocols", headers: resHeaders }, NO_BODY);
     const down = conn.detach();

@@ -148,7 +148,13 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
       headers,
     });
 
-  const path = method === "CONNECT" ? { error: "CONNECT inside a tunnel is not proxied" } : normalizePath(rawPath);
+  // Methods are case-sensitive tokens and policies match them exactly: `delete` is refused rather than let past
+  // a DENY on DELETE to a backend that reads methods without regard to case.
+  const path = method === "CONNECT"
+    ? { error: "CONNECT inside a tunnel is not proxied" }
+    : /[a-z]/.test(method)
+    ? { error: `method ${JSON.stringify(method)} is not upper case` }
+    : normalizePath(rawPath);
   const host = normalizeHost(authority);
   if ("error" in path || "error" in host) {
     const body = new TextEncoder().encode(
@@ -164,7 +170,8 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
     path: path.path,
     query: path.query,
     host: host.host,
-    authority,
+    // Forwarded as policies saw it: lowercase, no trailing dot.
+    authority: host.port === undefined ? host.host : `${host.host}:${host.port}`,
     headers,
     body: stream.remoteEnded && stream.readableLength === 0 ? null : stream,
     grpc,
@@ -183,12 +190,15 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
       record(200, handled.flags, handled, grpcStatusOf(answer.status), 0, path.path);
     } else {
       const body = new TextEncoder().encode(answer.body);
-      stream.respond([[":status", String(answer.status)], ...answer.headers, [
-        "content-length",
-        String(body.byteLength),
-      ]]);
-      stream.end(body);
-      record(answer.status, handled.flags, handled, undefined, body.byteLength, path.path);
+      const fields: HeaderField[] = [
+        [":status", String(answer.status)],
+        ...answer.headers,
+        ["content-length", String(body.byteLength)],
+      ];
+      const head = method === "HEAD";
+      stream.respond(fields, { endStream: head });
+      if (!head) stream.end(body);
+      record(answer.status, handled.flags, handled, undefined, head ? 0 : body.byteLength, path.path);
     }
     if (!stream.remoteEnded) stream.reset(ErrorCode.NO_ERROR);
     return;

@@ -10,6 +10,7 @@
 
 import { field, type HeaderField } from "../h2/fields.ts";
 import { parseAuthority } from "../ztunnel/inbound_check.ts";
+import { workloadIdentity } from "../ztunnel/route.ts";
 import type { SpiffeId } from "../../mesh/identity.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import type { GatewayAddress, Service, Workload } from "../../mesh/workload.ts";
@@ -83,7 +84,14 @@ export function admit(
   const raw = field(headers, ":authority");
   const authority = raw === undefined ? undefined : parseAuthority(raw);
   if (!authority?.ip) return { status: 400, reason: `authority ${JSON.stringify(raw)} is not ip:port` };
-  const client = forwardedFor(headers) ?? { ip: peer.ip, port: peer.port };
+  // The client's address from `Forwarded` is believed only when it is a workload with the very identity the
+  // peer proved: any other mesh certificate could claim any address and pass ipBlocks rules.
+  const claimed = forwardedFor(headers);
+  const claimedBy = claimed && state.lookupAddress(self.network, claimed.ip);
+  const client = claimed && claimedBy && "workload" in claimedBy &&
+      workloadIdentity(claimedBy.workload).equals(peer.identity)
+    ? claimed
+    : { ip: peer.ip, port: peer.port };
   const found = state.lookupAddress(self.network, client.ip);
   const tunnelPeer: TunnelPeer = {
     identity: peer.identity,

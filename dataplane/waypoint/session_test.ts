@@ -50,7 +50,24 @@ function mesh(): MeshState {
     waypoint: { hostname: { namespace: "billing", hostname: WAYPOINT_HOST } },
   });
   service("stray", "10.96.0.6", { waypoint: { address: { address: "10.96.0.99" } } });
-  state.workloads.upsert(decodeWorkload({ uid: "client", name: "client", namespace: "shop", addresses: ["10.0.0.1"] }));
+  state.workloads.upsert(
+    decodeWorkload({
+      uid: "client",
+      name: "client",
+      namespace: "shop",
+      serviceAccount: "client",
+      addresses: ["10.0.0.1"],
+    }),
+  );
+  state.workloads.upsert(
+    decodeWorkload({
+      uid: "other",
+      name: "other",
+      namespace: "shop",
+      serviceAccount: "other",
+      addresses: ["10.0.0.7"],
+    }),
+  );
   state.workloads.upsert(decodeWorkload({
     uid: "db",
     name: "db",
@@ -161,6 +178,21 @@ Deno.test("admit() takes the peer from Forwarded: for= and looks its workload up
   assert.equal(s.peer.ip, "10.0.0.1");
   assert.equal(s.peer.port, 43210);
   assert.equal(s.peer.workload?.uid, "client");
+});
+
+Deno.test("admit() believes Forwarded: for= only for an address whose workload has the peer's identity", () => {
+  const spoofed: [string, string][] = [[":method", "CONNECT"], [":authority", "10.96.0.1:80"], [
+    "forwarded",
+    'for="10.0.0.7:1234"',
+  ]];
+  const s = admitted(admit(spoofed, tcpPeer, self, mesh()));
+  assert.equal(s.peer.ip, "192.168.1.20", "another workload's address is not the client's to claim");
+  assert.equal(s.peer.workload, undefined);
+  const unknown: [string, string][] = [[":method", "CONNECT"], [":authority", "10.96.0.1:80"], [
+    "forwarded",
+    'for="10.9.9.9:1234"',
+  ]];
+  assert.equal(admitted(admit(unknown, tcpPeer, self, mesh())).peer.ip, "192.168.1.20");
 });
 
 Deno.test("admit() falls back to the TCP peer without Forwarded, and knows no workload for a node address", () => {
