@@ -68,7 +68,9 @@ function framingFor(headers: Headers, hasContent: boolean, chunkedOk: boolean): 
 /** HTTP/1.1 connections to endpoints, reused while both sides allow it. */
 export class Http1Upstream implements Upstream {
   #tunnels: Tunnels;
-  #idle = new Map<string, { conn: Http1Connection; timer: ReturnType<typeof setTimeout> }[]>();
+  #idle = new Map<string, { conn: Http1Connection; since: number }[]>();
+  /** One sweep for every idle connection, rather than a timer armed and cleared per request. */
+  #sweeper: ReturnType<typeof setInterval> | undefined;
 
   constructor(tunnels: Tunnels) {
     this.#tunnels = tunnels;
@@ -77,8 +79,7 @@ export class Http1Upstream implements Upstream {
   #take(key: string): Http1Connection | undefined {
     const list = this.#idle.get(key);
     while (list && list.length > 0) {
-      const { conn, timer } = list.pop()!;
-      clearTimeout(timer);
+      const { conn } = list.pop()!;
       if (conn.reusable) return conn;
       conn.destroy();
     }
@@ -88,16 +89,27 @@ export class Http1Upstream implements Upstream {
   #giveBack(key: string, conn: Http1Connection) {
     const list = this.#idle.get(key) ?? [];
     if (list.length >= MAX_IDLE_PER_ENDPOINT) return void conn.close();
-    const entry = {
-      conn,
-      timer: setTimeout(() => {
-        const at = list.indexOf(entry);
-        if (at >= 0) list.splice(at, 1);
-        conn.close();
-      }, UPSTREAM_IDLE_MS),
-    };
-    list.push(entry);
+    list.push({ conn, since: performance.now() });
     this.#idle.set(key, list);
+    this.#sweeper ??= setInterval(() => this.#sweep(), UPSTREAM_IDLE_MS / 4);
+  }
+
+  /** Closes connections idle for {@link UPSTREAM_IDLE_MS}; stops when none is left. */
+  #sweep() {
+    const now = performance.now();
+    for (const [key, list] of this.#idle) {
+      const keep = list.filter((e) => {
+        if (now - e.since < UPSTREAM_IDLE_MS && e.conn.reusable) return true;
+        e.conn.close();
+        return false;
+      });
+      if (keep.length > 0) this.#idle.set(key, keep);
+      else this.#idle.delete(key);
+    }
+    if (this.#idle.size === 0) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+    }
   }
 
   async send(e: Endpoint, req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse> {
@@ -170,12 +182,9 @@ export class Http1Upstream implements Upstream {
   }
 
   close(): void {
-    for (const list of this.#idle.values()) {
-      for (const { conn, timer } of list) {
-        clearTimeout(timer);
-        conn.destroy();
-      }
-    }
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+    for (const list of this.#idle.values()) for (const { conn } of list) conn.destroy();
     this.#idle.clear();
   }
 }

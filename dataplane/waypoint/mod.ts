@@ -177,6 +177,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     log,
     signal: controller.signal,
     onChange: (change) => {
+      ctx.balancer.invalidate();
       if (change.type === "snapshot" && !configReady) {
         configReady = true;
         log.info("config synced");

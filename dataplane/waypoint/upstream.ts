@@ -37,7 +37,10 @@ export interface Endpoint {
 /** `ip:port`, the key of an endpoint in pools and in the ejection list. */
 export const endpointKey = (e: Pick<Endpoint, "ip" | "port">) => `${e.ip}:${e.port}`;
 
-/** Round robin over the healthy endpoints of each service port, skipping ejected ones. */
+/**
+ * Round robin over the healthy endpoints of each service port, skipping ejected ones. The endpoint lists are
+ * kept until {@link Balancer.invalidate} (the waypoint calls it on every config change).
+ */
 export class Balancer {
   #next = new Map<string, number>();
   #ejected = new Map<string, number>();
@@ -47,8 +50,25 @@ export class Balancer {
     this.#now = now;
   }
 
+  /** Endpoint lists by service, port and network, until the config changes ({@link invalidate}). */
+  #cache = new Map<string, { state: MeshState; service: Service; endpoints: Endpoint[] }>();
+
+  /** Forgets the endpoint lists: the config changed. */
+  invalidate(): void {
+    this.#cache.clear();
+  }
+
   /** The endpoints of `service` that serve `port` and may take traffic, in a stable order. */
   candidates(state: MeshState, service: Service, port: number, network: string): Endpoint[] {
+    const key = `${serviceKey(service)}|${port}|${network}`;
+    const cached = this.#cache.get(key);
+    if (cached && cached.state === state && cached.service === service) return cached.endpoints;
+    const endpoints = this.#candidates(state, service, port, network);
+    this.#cache.set(key, { state, service, endpoints });
+    return endpoints;
+  }
+
+  #candidates(state: MeshState, service: Service, port: number, network: string): Endpoint[] {
     if (!service.ports.some((p) => p.port === port)) return [];
     const allowUnhealthy = service.loadBalancing?.healthPolicy === "ALLOW_ALL";
     const out: Endpoint[] = [];
