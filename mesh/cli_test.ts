@@ -82,16 +82,11 @@ Deno.test("skiff help prints the usage on stdout and exits 0", async (t) => {
   }
 });
 
-Deno.test("each mode not built yet exits 1 and says so once, with one skiff prefix", async (t) => {
-  for (const mode of ["demo"]) {
-    await t.step(mode, async () => {
-      const { code, stdout, stderr } = await skiff([mode]);
-      assert.equal(code, 1, stderr);
-      assert.equal(stdout, "");
-      assert.equal(stderr, `skiff ${mode}: not built yet\n`);
-      assert.equal(stderr.match(/skiff/g)?.length, 1);
-    });
-  }
+Deno.test("skiff demo with an unknown command exits 2 with its usage", async () => {
+  const { code, stderr } = await skiff(["demo", "launch"]);
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /demo: unknown command "launch"/);
+  assert.match(stderr, /skiff demo down/);
 });
 
 Deno.test("skiff control with an unreadable kubeconfig exits 2 naming the flag and the file, before anything starts", async () => {

@@ -1,0 +1,96 @@
+/**
+ * What the demo declares, stage by stage, as one manifests file the control plane watches: the sample apps in
+ * namespace `demo` (pods scheduled on the two nodes, services), then the namespace enrolled, then an L4 DENY
+ * policy for one client, then a waypoint with an HTTPRoute that splits the echo service 90/10 between versions.
+ *
+ * @module
+ */
+
+/** The demo's Kubernetes namespace. */
+export const NS = "demo";
+
+/** Services' addresses. */
+export const VIPS = { echo: "10.96.10.10", v1: "10.96.10.11", v2: "10.96.10.12", tcp: "10.96.10.20" };
+
+/** The pods: where they run and what they are. */
+export const PODS = [
+  { name: "client", node: "node1", labels: { app: "client" } },
+  { name: "intruder", node: "node1", labels: { app: "intruder" } },
+  { name: "echo-v1", node: "node2", labels: { app: "echo", version: "v1" } },
+  { name: "echo-v2", node: "node1", labels: { app: "echo", version: "v2" } },
+  { name: "tcp-echo", node: "node2", labels: { app: "tcp-echo" } },
+  {
+    name: "waypoint",
+    node: "node2",
+    labels: { "gateway.networking.k8s.io/gateway-name": "waypoint", "istio.io/dataplane-mode": "none" },
+  },
+] as const;
+
+/** How far the tour has gone. */
+export type Stage = "plain" | "enrolled" | "deny" | "waypoint";
+const ORDER: Stage[] = ["plain", "enrolled", "deny", "waypoint"];
+
+const labels = (l: Record<string, string>) =>
+  Object.entries(l).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(", ");
+
+/** The manifests file of a stage. */
+export function manifests(stage: Stage): string {
+  const at = (s: Stage) => ORDER.indexOf(stage) >= ORDER.indexOf(s);
+  const nsLabels: Record<string, string> = at("enrolled") ? { "istio.io/dataplane-mode": "ambient" } : {};
+  const docs: string[] = [
+    `apiVersion: v1\nkind: Namespace\nmetadata: { name: ${NS}, labels: { ${labels(nsLabels)} } }`,
+    ...PODS.map((p) =>
+      `apiVersion: v1\nkind: Pod\nmetadata: { name: ${p.name}, namespace: ${NS}, labels: { ${labels(p.labels)} } }\n` +
+      `spec: { nodeName: ${p.node}, serviceAccountName: ${p.name} }`
+    ),
+    service(
+      "echo",
+      VIPS.echo,
+      { app: "echo" },
+      80,
+      8080,
+      at("waypoint") ? { "istio.io/use-waypoint": "waypoint" } : {},
+    ),
+    service("echo-v1", VIPS.v1, { version: "v1" }, 80, 8080),
+    service("echo-v2", VIPS.v2, { version: "v2" }, 80, 8080),
+    service("tcp-echo", VIPS.tcp, { app: "tcp-echo" }, 9000, 9000),
+  ];
+  if (at("deny")) {
+    docs.push(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-intruder, namespace: ${NS} }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { principals: [cluster.local/ns/${NS}/sa/intruder] } }] }]`);
+  }
+  if (at("waypoint")) {
+    docs.push(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: ${NS} }
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]`);
+    docs.push(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: echo-split, namespace: ${NS} }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: echo, port: 80 }]
+  rules:
+  - backendRefs: [{ name: echo-v1, port: 80, weight: 90 }, { name: echo-v2, port: 80, weight: 10 }]`);
+  }
+  return docs.join("\n---\n") + "\n";
+}
+
+function service(
+  name: string,
+  vip: string,
+  selector: Record<string, string>,
+  port: number,
+  targetPort: number,
+  extra: Record<string, string> = {},
+): string {
+  return `apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: ${NS}, labels: { ${labels(extra)} } }
+spec: { clusterIP: ${vip}, selector: { ${labels(selector)} }, ports: [{ port: ${port}, targetPort: ${targetPort} }] }`;
+}

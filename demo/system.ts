@@ -1,0 +1,129 @@
+/**
+ * What the demo asks of the machine: commands (in the host's or a namespace's network), `skiff` itself as a
+ * command line, and processes that outlive `skiff demo` (the cluster stays up) yet are stopped by their pid
+ * alone. Every process the demo starts writes its pid to `DIR/pids/NAME.pid` before it runs, so `skiff demo
+ * down` finds them even after a crash of `skiff demo` itself, and stops only a pid whose command line is still
+ * skiff's or the app's it started.
+ *
+ * @module
+ */
+
+import { inNs } from "../cni/redirect_linux.ts";
+
+/** Where the demo keeps its state, logs and data. */
+export const DEMO_DIR = "/var/lib/skiff-demo";
+/** Every network namespace the demo makes starts with this. */
+export const NETNS_PREFIX = "skd-";
+
+/** A command failed. */
+export class DemoError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DemoError";
+  }
+}
+
+/** Runs `cmd` (inside `netns`, a name, when given); returns its code and output. */
+export function sh(cmd: string[], netns?: string, stdin?: string) {
+  return inNs(netns === undefined ? undefined : `/var/run/netns/${netns}`, cmd, stdin);
+}
+
+/** {@link sh}, throwing a {@link DemoError} with the command's stderr when it fails. */
+export async function must(cmd: string[], netns?: string, stdin?: string): Promise<string> {
+  const r = await sh(cmd, netns, stdin);
+  if (r.code !== 0) {
+    throw new DemoError(`${netns ? `in ${netns}: ` : ""}${cmd.join(" ")} failed (exit ${r.code}): ${r.stderr.trim()}`);
+  }
+  return r.stdout;
+}
+
+/**
+ * `skiff` as a command line: the compiled binary itself, or Deno running this checkout's main.ts with every
+ * permission (what the launcher install.sh writes does).
+ */
+export function selfCommand(): string[] {
+  const main = new URL("../main.ts", import.meta.url);
+  if (main.protocol === "file:") {
+    try {
+      Deno.statSync(main);
+      // Deno finds deno.json from the working directory, not the script's: name it, so the import map and the
+      // lock are the ones beside main.ts wherever the demo is run from (DENO_DIR, when set, is inherited).
+      const config = new URL("../deno.json", import.meta.url).pathname;
+      return [Deno.execPath(), "run", "--allow-all", "--config", config, main.pathname];
+    } catch { /* compiled: main.ts is inside the binary */ }
+  }
+  return [Deno.execPath()];
+}
+
+/** Network namespaces whose name starts with the demo's prefix. */
+export async function demoNamespaces(): Promise<string[]> {
+  const out = await must(["ip", "-j", "netns", "list"]);
+  const list = out.trim() ? JSON.parse(out) as { name: string }[] : [];
+  return list.map((n) => n.name).filter((n) => n.startsWith(NETNS_PREFIX));
+}
+
+/**
+ * Starts `cmd` in its own session, detached from this process, output appended to `log`, and returns its pid
+ * once it is written to `pidFile` (the pid of `cmd` itself: the shell execs it).
+ */
+export async function spawnDetached(
+  cmd: string[],
+  opts: { log: string; pidFile: string; env?: Record<string, string> },
+): Promise<number> {
+  await Deno.remove(opts.pidFile).catch(() => {});
+  const script = 'echo $$ > "$0"; exec "$@" >>"$LOG" 2>&1 </dev/null';
+  const child = new Deno.Command("setsid", {
+    args: ["-f", "bash", "-c", script, opts.pidFile, ...cmd],
+    env: { ...opts.env, LOG: opts.log, RUST_BACKTRACE: "0", DENO_NO_UPDATE_CHECK: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  });
+  const status = await child.output();
+  if (!status.success) throw new DemoError(`could not start ${cmd.join(" ")}`);
+  for (let i = 0; i < 100; i++) {
+    const text = await Deno.readTextFile(opts.pidFile).catch(() => "");
+    if (/^\d+\s*$/.test(text)) return Number(text);
+    await sleep(20);
+  }
+  throw new DemoError(`${cmd.join(" ")} did not start (no pid in ${opts.pidFile})`);
+}
+
+/** Whether `pid` runs and its command line contains `marker`. */
+export async function runs(pid: number, marker: string): Promise<boolean> {
+  const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
+  return cmdline.split("\0").join(" ").includes(marker);
+}
+
+/** Stops `pid` (SIGTERM, then SIGKILL after 5 s) if it still runs `marker`; returns whether it was running. */
+export async function stop(pid: number, marker: string): Promise<boolean> {
+  if (!(await runs(pid, marker))) return false;
+  try {
+    Deno.kill(pid, "SIGTERM");
+  } catch {
+    return false;
+  }
+  for (let i = 0; i < 100; i++) {
+    if (!(await runs(pid, marker))) return true;
+    await sleep(50);
+  }
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* gone */ }
+  return true;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `fn` until it returns a value other than undefined; throws `what` after `timeoutMs`. */
+export async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new DemoError(`${what}: still not after ${Math.round(timeoutMs / 1000)} s`);
+    await sleep(100);
+  }
+}
