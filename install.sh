@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs Skiff on a Debian machine, as root. Safe to run again: each step checks before it acts.
 #
-#   bash install.sh            system packages, Deno 2.9.6 (from npm), dependencies, /usr/local/bin/skiff
-#                              (linked as the CNI plugin /opt/cni/bin/skiff)
-#   bash install.sh --systemd  (later) also the systemd units; says so plainly until then
+#   bash install.sh                    system packages, Deno 2.9.6 (from npm), dependencies, /usr/local/bin/skiff
+#                                      (linked as the CNI plugin /opt/cni/bin/skiff)
+#   bash install.sh --systemd control  that, then the control plane's unit skiff-control.service, its settings
+#                                      /etc/skiff/control.env and the user skiff
+#   bash install.sh --systemd node     that, then a node's units skiff-cni-agent.service, skiff-ztunnel.service
+#                                      and skiff-waypoint@.service, with /etc/skiff/node.env
+#
+# The units come from deploy/systemd/ (install-units.sh there does that part; docs/vm-install.md walks through
+# a three-machine install). Settings files are written only when absent; systemctl is called only where
+# systemd runs the machine, and its absence is never an error.
 #
 # /usr/local/bin/skiff is a `deno compile` binary where the compile runtime can be downloaded; where it
 # cannot (these machines reach only the npm registry and Debian), it is a launcher that runs main.ts from
@@ -16,9 +23,10 @@ DENO_VERSION=2.9.6
 # iptables/iproute2: the in-pod rules and test namespaces. containernetworking-plugins: the reference CNI plugins
 # (bridge, host-local) skiff is chained after. nghttp2-client, python3-h2: HTTP/2 interop tests. curl: the waypoint
 # test's client. stunnel4: the mTLS baseline of the data-plane benchmark. wrk, haproxy: the load generator and the
-# HTTP proxy baseline of the waypoint benchmark.
+# HTTP proxy baseline of the waypoint benchmark. systemd: systemd-analyze, which checks the unit files in the tests,
+# and systemctl for --systemd.
 PACKAGES=(iptables iproute2 procps openssl ca-certificates containernetworking-plugins nghttp2-client python3-h2 stunnel4
-  curl wrk haproxy)
+  curl wrk haproxy systemd)
 CNI_BIN=/opt/cni/bin
 LIB=/usr/local/lib/skiff
 BIN=/usr/local/bin/skiff
@@ -28,15 +36,20 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
-systemd=false
-for arg in "$@"; do
-  case "$arg" in
-    --systemd) systemd=true ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown flag $arg (try --help)" ;;
+role=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --systemd) [ $# -ge 2 ] || die "--systemd needs a role: control or node"; role=$2; shift ;;
+    --systemd=*) role=${1#--systemd=} ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) die "unknown flag $1 (try --help)" ;;
   esac
+  shift
 done
-if $systemd; then die "--systemd: not built yet (the systemd units come with the demo issue)"; fi
+case "$role" in
+  "" | control | node) ;;
+  *) die "--systemd: unknown role \"$role\" (control or node)" ;;
+esac
 [ "$(id -u)" -eq 0 ] || die "run as root: it installs system packages and /usr/local/bin/skiff"
 
 # 1. System packages, only those missing.
@@ -107,3 +120,6 @@ fi
 mkdir -p "$CNI_BIN"
 [ "$(readlink "$CNI_BIN/skiff" 2>/dev/null)" = "$BIN" ] || ln -sfn "$BIN" "$CNI_BIN/skiff"
 say "installed $BIN: $built"
+
+# 6. With --systemd ROLE, the role's units and settings.
+if [ -n "$role" ]; then bash "$SRC/deploy/systemd/install-units.sh" "$role"; fi

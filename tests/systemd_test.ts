@@ -1,0 +1,77 @@
+/**
+ * The systemd units of `install.sh --systemd control|node`: `systemd-analyze verify` accepts each one without a
+ * single warning (it exits 0 on unknown keys and bad values, so silence is what is checked), and the installer
+ * stages them with their settings files under a root of the test's own (`SKIFF_SYSTEMD_ROOT`), never
+ * overwriting a settings file an operator changed. systemd does not run these machines (no PID 1), so starting
+ * the units is not tested here; the units run `/usr/local/bin/skiff`, which `install.sh` makes.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+
+const DEPLOY = new URL("../deploy/systemd/", import.meta.url).pathname;
+const INSTALL = new URL("../install.sh", import.meta.url).pathname;
+const UNITS = ["skiff-control.service", "skiff-cni-agent.service", "skiff-ztunnel.service", "skiff-waypoint@.service"];
+
+async function run(cmd: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), env, stdout: "piped", stderr: "piped" }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("each unit passes systemd-analyze verify without a warning", async (t) => {
+  for (const unit of UNITS) {
+    await t.step(unit, async () => {
+      const r = await run(["systemd-analyze", "verify", join(DEPLOY, unit)]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(`${r.stdout}${r.stderr}`.trim(), "", "systemd-analyze printed warnings");
+    });
+  }
+});
+
+Deno.test("each unit bounds its capabilities to what its role needs", async () => {
+  const caps = async (unit: string) =>
+    (await Deno.readTextFile(join(DEPLOY, unit))).match(/^CapabilityBoundingSet=(.*)$/m)?.[1].trim();
+  assert.equal(await caps("skiff-control.service"), "");
+  assert.equal(await caps("skiff-waypoint@.service"), "");
+  assert.equal(await caps("skiff-ztunnel.service"), "CAP_NET_ADMIN CAP_SYS_ADMIN");
+  assert.equal(await caps("skiff-cni-agent.service"), "CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN");
+});
+
+Deno.test("install-units.sh stages a role's units and settings, and never overwrites a settings file", async () => {
+  const root = await Deno.makeTempDir({ prefix: "skiff-systemd-" });
+  try {
+    const env = { SKIFF_SYSTEMD_ROOT: root };
+    const node = await run(["bash", join(DEPLOY, "install-units.sh"), "node"], env);
+    assert.equal(node.code, 0, node.stderr);
+    for (const u of ["skiff-cni-agent.service", "skiff-ztunnel.service", "skiff-waypoint@.service"]) {
+      assert.equal(
+        await Deno.readTextFile(join(root, "etc/systemd/system", u)),
+        await Deno.readTextFile(join(DEPLOY, u)),
+      );
+    }
+    const nodeEnv = join(root, "etc/skiff/node.env");
+    assert.match(await Deno.readTextFile(nodeEnv), /^SKIFF_CONTROL=$/m);
+    await Deno.writeTextFile(nodeEnv, "SKIFF_CONTROL=https://10.0.0.1:15012\n");
+    const again = await run(["bash", join(DEPLOY, "install-units.sh"), "node"], env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await Deno.readTextFile(nodeEnv), "SKIFF_CONTROL=https://10.0.0.1:15012\n");
+    assert.match(again.stdout, /kept .*node\.env/);
+
+    const control = await run(["bash", join(DEPLOY, "install-units.sh"), "control"], env);
+    assert.equal(control.code, 0, control.stderr);
+    assert.match(
+      await Deno.readTextFile(join(root, "etc/skiff/control.env")),
+      /^SKIFF_MANIFESTS=\/etc\/skiff\/manifests$/m,
+    );
+    assert.ok((await Deno.stat(join(root, "etc/skiff/manifests"))).isDirectory);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("install.sh --systemd with an unknown role stops before doing anything, naming the roles", async () => {
+  const r = await run(["bash", INSTALL, "--systemd", "ztunnel"]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /unknown role "ztunnel" \(control or node\)/);
+});
