@@ -23,6 +23,7 @@ import {
   demoNamespaces,
   must,
   NETNS_PREFIX,
+  RUN_VARIABLE,
   runs,
   selfCommand,
   sh,
@@ -40,11 +41,14 @@ export const DEMO_USAGE = `Usage:
 
 const CONTROL_PORT = 15612;
 const MONITORING_PORT = 15614;
-/** Ports of each node's ztunnel (admin, metrics, readiness) and of the waypoint. */
+/**
+ * Ports of each node's ztunnel (admin, metrics, readiness) and of the waypoint: apart from Istio's own (15000,
+ * 15020, 15021) and the systemd waypoint's (15100, 15120, 15121), so the demo can run beside an installed node.
+ */
 const PORTS: Record<string, [number, number, number]> = {
-  node1: [15100, 15120, 15121],
-  node2: [15200, 15220, 15221],
-  waypoint: [15300, 15320, 15321],
+  node1: [15700, 15720, 15721],
+  node2: [15800, 15820, 15821],
+  waypoint: [15900, 15920, 15921],
 };
 
 /** Runs `skiff demo ...`; returns the exit code. */
@@ -72,7 +76,12 @@ export async function runDemo(argv: string[]): Promise<number> {
 }
 
 const say = (line: string) => console.log(line);
-const marker = () => selfCommand().at(-1)!;
+/** This run's `SKIFF_DEMO_RUN=<id>`, made by `up` and kept in DIR/run-id; empty when there is no run. */
+let runId = "";
+const marker = () => `${RUN_VARIABLE}=${runId}`;
+async function loadRunId(): Promise<void> {
+  runId = (await Deno.readTextFile(join(DEMO_DIR, "run-id")).catch(() => "")).trim();
+}
 const pidFile = (name: string) => join(DEMO_DIR, "pids", `${name}.pid`);
 const logFile = (name: string) => join(DEMO_DIR, "logs", `${name}.log`);
 
@@ -82,7 +91,7 @@ function start(name: string, args: string[], netns?: string): Promise<number> {
   return spawnDetached(netns ? ["ip", "netns", "exec", netns, ...cmd] : cmd, {
     log: logFile(name),
     pidFile: pidFile(name),
-    env: { LOG_FORMAT: "json", LOG_LEVEL: "info" },
+    env: { LOG_FORMAT: "json", LOG_LEVEL: "info", [RUN_VARIABLE]: runId },
   });
 }
 
@@ -103,7 +112,7 @@ function logged(name: string, what: string, test: (l: Record<string, unknown>) =
   return until(`${name}: ${what}`, timeoutMs, async () => {
     const pid = Number(await Deno.readTextFile(pidFile(name)).catch(() => "0"));
     if (pid && !(await runs(pid, marker()))) {
-      throw new DemoError(`${name} exited; see ${logFile(name)}`);
+      throw new DemoError(`${name} exited`);
     }
     return (await logLines(name)).find(test);
   }).catch((error) => {
@@ -129,9 +138,12 @@ async function up(): Promise<number> {
     );
     return 1;
   }
-  for (const tool of [`${REFERENCE_PLUGINS}/bridge`, `${REFERENCE_PLUGINS}/host-local`]) {
-    if (!(await Deno.stat(tool).then(() => true, () => false))) {
-      console.error(`skiff demo: ${tool} is missing (bash install.sh installs containernetworking-plugins)`);
+  for (const tool of ["bridge", "host-local"]) {
+    if (!(await Deno.stat(join(REFERENCE_PLUGINS, tool)).then(() => true, () => false))) {
+      console.error(
+        `skiff demo: ${join(REFERENCE_PLUGINS, tool)} is missing: the demo uses Debian's containernetworking-plugins ` +
+          "(bash install.sh installs them)",
+      );
       return 1;
     }
   }
@@ -154,6 +166,8 @@ async function up(): Promise<number> {
 /** Builds the cluster; returns the pods by name. */
 async function build(): Promise<Map<string, DemoPod>> {
   for (const d of ["pids", "logs", "manifests", "data"]) await Deno.mkdir(join(DEMO_DIR, d), { recursive: true });
+  runId = crypto.randomUUID();
+  await Deno.writeTextFile(join(DEMO_DIR, "run-id"), `${runId}\n`);
   await Deno.writeTextFile(join(DEMO_DIR, "manifests", "demo.yaml"), manifests("plain"));
   await writePluginShim(DEMO_DIR);
   await step("network: a fabric bridge and two node namespaces (skd-node1, skd-node2)", buildNetwork);
@@ -216,7 +230,7 @@ async function build(): Promise<Map<string, DemoPod>> {
     for (const [pod, kind, port] of [["echo-v1", "http", 8080], ["echo-v2", "http", 8080], ["tcp-echo", "tcp", 9000]]) {
       const name = `app-${pod}`;
       await start(name, ["demo", "app", String(kind), `--name=${pod}`, `--port=${port}`], pods.get(String(pod))!.netns);
-      await until(`${name} listening`, 30_000, async () => {
+      await until(`${name} listening (log: ${logFile(name)})`, 30_000, async () => {
         const text = await Deno.readTextFile(logFile(name)).catch(() => "");
         return text.includes("listening") ? true : undefined;
       });
@@ -269,7 +283,7 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
 
   say(`  2. Enrol namespace ${NS} (istio.io/dataplane-mode=ambient): the node agents redirect its pods`);
   await apply("enrolled");
-  await until("the pods to be redirected", 30_000, async () => {
+  await until(`the pods to be redirected (logs: ${logFile("cni-agent-node1")})`, 30_000, async () => {
     const r = await sh(["iptables-save", "-t", "mangle"], client.netns);
     return r.stdout.includes("SKIFF_OUTPUT") ? true : undefined;
   });
@@ -291,12 +305,20 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
   say("  3. An L4 DENY policy for the intruder's identity (cluster.local/ns/demo/sa/intruder)");
   await apply("deny");
   const denied = await until("the policy to be enforced", 20_000, async () => {
-    return await curl(intruder, url) === undefined ? true : undefined;
-  }).catch(() => false);
+    const mark = (await logLines(zt2)).length;
+    if (await curl(intruder, url) !== undefined) return undefined;
+    await sleep(300);
+    // Refused for the policy's reason, as node2's ztunnel logs it, not for any other failure.
+    return (await logLines(zt2)).slice(mark).find((l) =>
+      l.direction === "inbound" && String(l["src.identity"]).endsWith("/sa/intruder") && l.error !== undefined
+    );
+  }).catch(() => undefined);
   const allowed = await curl(client, url);
   results.push(verdict(
-    denied === true && allowed === "echo-v1 /hello\n",
-    `intruder refused, client still answered ${JSON.stringify(allowed)}`,
+    denied !== undefined && allowed === "echo-v1 /hello\n",
+    denied
+      ? `intruder refused by node2's ztunnel (${denied.error}); client still answered ${JSON.stringify(allowed)}`
+      : "the intruder was not refused by the policy",
   ));
 
   say("  4. A waypoint and an HTTPRoute: echo splits 90/10 between v1 and v2");
@@ -315,6 +337,7 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
     `--readiness-port=${readiness}`,
   ]);
   await logged("waypoint", "listening", (l) => l.msg === "listener established" && l.listener === "hbone");
+  await logged("waypoint", "config", (l) => l.msg === "config synced");
   const split = await until("the route to be in force", 30_000, async () => {
     const out = await curl(client, `http://${VIPS.echo}/split?[1-100]`);
     const lines = out?.trim().split("\n") ?? [];
@@ -323,7 +346,7 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
   const toV2 = split.filter((l) => l.startsWith("echo-v2")).length;
   const viaWaypoint = (await logLines("waypoint")).filter((l) => l.msg === "request complete").length;
   results.push(verdict(
-    split.length === 100 && toV2 >= 2 && toV2 <= 20 && viaWaypoint >= 100,
+    split.length === 100 && toV2 >= 1 && toV2 <= 25 && viaWaypoint >= 100,
     `100 requests to ${VIPS.echo}: ${100 - toV2} to v1, ${toV2} to v2, all through the waypoint`,
   ));
 
@@ -344,6 +367,7 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
 }
 
 async function status(): Promise<number> {
+  await loadRunId();
   const namespaces = await demoNamespaces();
   const pidNames = await Array.fromAsync(Deno.readDir(join(DEMO_DIR, "pids"))).catch(() => []);
   if (namespaces.length === 0 && pidNames.length === 0) {
@@ -384,6 +408,7 @@ async function exec(argv: string[]): Promise<number> {
 }
 
 async function down(): Promise<number> {
+  await loadRunId();
   let stopped = 0;
   const pidNames = await Array.fromAsync(Deno.readDir(join(DEMO_DIR, "pids"))).catch(() => []);
   // Waypoint and ztunnels first, then agents, then the control plane, so nothing reconnects meanwhile.

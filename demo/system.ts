@@ -68,7 +68,7 @@ export async function demoNamespaces(): Promise<string[]> {
  */
 export async function spawnDetached(
   cmd: string[],
-  opts: { log: string; pidFile: string; env?: Record<string, string> },
+  opts: { log: string; pidFile: string; env: Record<string, string> },
 ): Promise<number> {
   await Deno.remove(opts.pidFile).catch(() => {});
   const script = 'echo $$ > "$0"; exec "$@" >>"$LOG" 2>&1 </dev/null';
@@ -89,13 +89,20 @@ export async function spawnDetached(
   throw new DemoError(`${cmd.join(" ")} did not start (no pid in ${opts.pidFile})`);
 }
 
-/** Whether `pid` runs and its command line contains `marker`. */
+/** The variable every process of one demo run carries, `SKIFF_DEMO_RUN=<id>`: how `down` knows its own. */
+export const RUN_VARIABLE = "SKIFF_DEMO_RUN";
+
+/**
+ * Whether `pid` is a process of the demo run `marker` (`SKIFF_DEMO_RUN=<id>` in its environment). A pid file
+ * whose pid now belongs to anything else (after a reboot, say, or to a systemd-run skiff) does not match.
+ */
 export async function runs(pid: number, marker: string): Promise<boolean> {
-  const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
-  return cmdline.split("\0").join(" ").includes(marker);
+  if (!pid) return false;
+  const environ = await Deno.readTextFile(`/proc/${pid}/environ`).catch(() => "");
+  return environ.split("\0").includes(marker);
 }
 
-/** Stops `pid` (SIGTERM, then SIGKILL after 5 s) if it still runs `marker`; returns whether it was running. */
+/** Stops `pid` (SIGTERM, then SIGKILL after 5 s) if it is still `marker`'s; returns whether it was running. */
 export async function stop(pid: number, marker: string): Promise<boolean> {
   if (!(await runs(pid, marker))) return false;
   try {
@@ -121,7 +128,11 @@ export function sleep(ms: number): Promise<void> {
 export async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const v = await fn().catch(() => undefined);
+    // A DemoError says waiting cannot help (the process exited): it ends the wait at once.
+    const v = await fn().catch((error) => {
+      if (error instanceof DemoError) throw error;
+      return undefined;
+    });
     if (v !== undefined) return v;
     if (Date.now() > deadline) throw new DemoError(`${what}: still not after ${Math.round(timeoutMs / 1000)} s`);
     await sleep(100);

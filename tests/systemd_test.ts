@@ -34,8 +34,8 @@ Deno.test("each unit bounds its capabilities to what its role needs", async () =
     (await Deno.readTextFile(join(DEPLOY, unit))).match(/^CapabilityBoundingSet=(.*)$/m)?.[1].trim();
   assert.equal(await caps("skiff-control.service"), "");
   assert.equal(await caps("skiff-waypoint@.service"), "");
-  assert.equal(await caps("skiff-ztunnel.service"), "CAP_NET_ADMIN CAP_SYS_ADMIN");
-  assert.equal(await caps("skiff-cni-agent.service"), "CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN");
+  assert.equal(await caps("skiff-ztunnel.service"), "CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE");
+  assert.equal(await caps("skiff-cni-agent.service"), "CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN CAP_SYS_PTRACE");
 });
 
 Deno.test("install-units.sh stages a role's units and settings, and never overwrites a settings file", async () => {
