@@ -19,6 +19,7 @@
 
 import { decodeJwt } from "jose";
 import { dirname, join } from "node:path";
+import { sleep } from "./abort.ts";
 import { decodeAuthorization } from "./authorization.ts";
 import { option, parsers } from "./config.ts";
 import { decodeHttpRoute, decodeL7Policy, httpRouteKey, l7PolicyKey } from "./l7.ts";
@@ -403,16 +404,4 @@ async function* lines(body: ReadableStream<Uint8Array>): AsyncGenerator<string> 
     }
     if (chunk !== "") pieces.push(chunk);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -27,6 +27,7 @@ import type { WaypointMetrics } from "./telemetry.ts";
 import { type Balancer, ConnectFailure, type Endpoint, type Tunnels } from "./upstream.ts";
 import { workloadIdentity } from "../ztunnel/route.ts";
 import type { HeaderModifier, L7Policy, RouteRule } from "../../mesh/l7.ts";
+import { sleep } from "../../mesh/abort.ts";
 import type { Logger } from "../../mesh/log.ts";
 import type { ConnectionFacts } from "../../mesh/metrics.ts";
 import type { MeshState } from "../../mesh/store.ts";
@@ -377,17 +378,4 @@ async function holdForReplay(body: Readable): Promise<{ replay: Uint8Array } | {
     at += c.byteLength;
   }
   return { replay: out };
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

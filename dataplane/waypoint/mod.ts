@@ -21,6 +21,7 @@ import {
   controlEndpoint,
   runConfigClient,
 } from "../../mesh/control_client.ts";
+import { sleep } from "../../mesh/abort.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
 import { logger } from "../../mesh/log.ts";
 import { HBONE_PORT } from "../../mesh/workload.ts";
@@ -231,13 +232,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
           { identity: identity.toString(), error: String(error), retryInMs: wait },
           "no certificate for the waypoint's identity yet (is its workload declared on this node?)",
         );
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, wait);
-          controller.signal.addEventListener("abort", () => {
-            clearTimeout(timer);
-            resolve();
-          }, { once: true });
-        });
+        await sleep(wait, controller.signal);
       }
     }
     log.info({ identity: identity.toString() }, "certificate obtained");

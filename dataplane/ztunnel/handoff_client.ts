@@ -10,6 +10,7 @@
  * @module
  */
 
+import { sleep } from "../../mesh/abort.ts";
 import type { Logger } from "../../mesh/log.ts";
 import {
   type AgentMessage,
@@ -148,16 +149,4 @@ async function serve(conn: Deno.UnixConn, opts: HandoffClientOptions, snapshotDo
   } finally {
     opts.signal.removeEventListener("abort", onAbort);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
 }
