@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import type { L7Condition, L7Operation, L7Policy, L7Rule, L7Source } from "../../mesh/l7.ts";
 import {
   authorizeRequest,
   ipInBlock,
@@ -10,55 +9,10 @@ import {
   type RequestAttributes,
 } from "./authz.ts";
 import { normalizeHost, normalizePath } from "./normalize.ts";
+import { op, policy, rule, src, when } from "./test_util.ts";
+import type { L7Policy, L7Rule } from "../../mesh/l7.ts";
 
 const BOB = "cluster.local/ns/shop/sa/bob";
-
-function src(s: Partial<L7Source>): L7Source {
-  return {
-    principals: [],
-    notPrincipals: [],
-    namespaces: [],
-    notNamespaces: [],
-    ipBlocks: [],
-    notIpBlocks: [],
-    remoteIpBlocks: [],
-    notRemoteIpBlocks: [],
-    ...s,
-  };
-}
-
-function op(o: Partial<L7Operation>): L7Operation {
-  return {
-    hosts: [],
-    notHosts: [],
-    ports: [],
-    notPorts: [],
-    methods: [],
-    notMethods: [],
-    paths: [],
-    notPaths: [],
-    ...o,
-  };
-}
-
-function when(key: string, values: string[], notValues: string[] = []): L7Condition {
-  return { key, values, notValues };
-}
-
-function rule(r: Partial<L7Rule>): L7Rule {
-  return { from: [], to: [], when: [], ...r };
-}
-
-function policy(action: "ALLOW" | "DENY", rules: L7Rule[], name = "p", dryRun = false): L7Policy {
-  return {
-    name,
-    namespace: "shop",
-    targets: [{ kind: "Service", namespace: "shop", name: "web" }],
-    action,
-    rules,
-    dryRun,
-  };
-}
 
 const REQ: RequestAttributes = {
   method: "GET",

@@ -1,57 +1,11 @@
 import assert from "node:assert/strict";
 import { authorizeRequest, type RequestAttributes } from "./authz.ts";
 import { tcpPolicies } from "./tcp.ts";
-import type { L7Condition, L7Operation, L7Policy, L7Rule, L7Source } from "../../mesh/l7.ts";
+import { op, policy, rule, src, when } from "./test_util.ts";
+import type { L7Policy, L7Rule } from "../../mesh/l7.ts";
 
 const X = "cluster.local/ns/shop/sa/x";
 const Y = "cluster.local/ns/shop/sa/y";
-
-function src(s: Partial<L7Source>): L7Source {
-  return {
-    principals: [],
-    notPrincipals: [],
-    namespaces: [],
-    notNamespaces: [],
-    ipBlocks: [],
-    notIpBlocks: [],
-    remoteIpBlocks: [],
-    notRemoteIpBlocks: [],
-    ...s,
-  };
-}
-
-function op(o: Partial<L7Operation>): L7Operation {
-  return {
-    hosts: [],
-    notHosts: [],
-    ports: [],
-    notPorts: [],
-    methods: [],
-    notMethods: [],
-    paths: [],
-    notPaths: [],
-    ...o,
-  };
-}
-
-function when(key: string, values: string[]): L7Condition {
-  return { key, values, notValues: [] };
-}
-
-function rule(r: Partial<L7Rule>): L7Rule {
-  return { from: [], to: [], when: [], ...r };
-}
-
-function policy(action: "ALLOW" | "DENY", rules: L7Rule[], name = "p"): L7Policy {
-  return {
-    name,
-    namespace: "shop",
-    targets: [{ kind: "Service", namespace: "shop", name: "web" }],
-    action,
-    rules,
-    dryRun: false,
-  };
-}
 
 /** A TCP connection as passTcp authorizes it: no method, path, host or headers. */
 function connection(principal: string, port = 5432, sourceIp = "10.0.0.1"): RequestAttributes {
