@@ -85,11 +85,14 @@ export interface DemoPod {
   ip: string;
 }
 
-/** The CNI network configuration list of a node: bridge with host-local for its range, then skiff. */
-export function nodeConflist(node: DemoNode, dir: string) {
+/**
+ * A node's CNI network configuration list as Skiff expects to be chained: the reference `bridge` (a gateway and
+ * the pods' default route) with `host-local` addresses from the node's pod range, then `skiff`.
+ */
+export function skiffConflist(o: { name: string; podCidr: string; ipamDir: string; agentSocket: string }) {
   return {
     cniVersion: "1.0.0",
-    name: "skiff-demo",
+    name: o.name,
     plugins: [
       {
         type: "bridge",
@@ -97,11 +100,21 @@ export function nodeConflist(node: DemoNode, dir: string) {
         isGateway: true,
         isDefaultGateway: true,
         ipMasq: false,
-        ipam: { type: "host-local", ranges: [[{ subnet: node.podCidr }]], dataDir: join(dir, "ipam", node.name) },
+        ipam: { type: "host-local", ranges: [[{ subnet: o.podCidr }]], dataDir: o.ipamDir },
       },
-      { type: "skiff", agentSocket: join(dir, node.name, "run", "cni.sock"), timeoutSeconds: 10 },
+      { type: "skiff", agentSocket: o.agentSocket, timeoutSeconds: 10 },
     ],
   };
+}
+
+/** The list of a demo node. */
+export function nodeConflist(node: DemoNode, dir: string) {
+  return skiffConflist({
+    name: "skiff-demo",
+    podCidr: node.podCidr,
+    ipamDir: join(dir, "ipam", node.name),
+    agentSocket: join(dir, node.name, "run", "cni.sock"),
+  });
 }
 
 /**

@@ -15,6 +15,7 @@ import { realPluginDeps } from "../../cni/plugin.ts";
 import { AGENT_PATHS } from "../../mesh/protocol/cni.ts";
 import { SkiffProcess } from "./process.ts";
 import { type Node, run } from "./netns.ts";
+import { skiffConflist } from "../../demo/cluster.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 /** Where Debian installs the reference plugins. */
@@ -165,23 +166,9 @@ export class CniRuntime {
   }
 }
 
-/** The network configuration list of a node: bridge + host-local for the node's pod range, then skiff. */
+/** The network configuration list of a node: the one the demo uses, for this node's pod range. */
 export function nodeNetwork(node: Node, opts: { ipamDir: string; agentSocket: string }) {
-  return {
-    cniVersion: "1.0.0",
-    name: "skiff-test",
-    plugins: [
-      {
-        type: "bridge",
-        bridge: "cni0",
-        isGateway: true,
-        isDefaultGateway: true,
-        ipMasq: false,
-        ipam: { type: "host-local", ranges: [[{ subnet: node.podCidr }]], dataDir: opts.ipamDir },
-      },
-      { type: "skiff", agentSocket: opts.agentSocket, timeoutSeconds: 10 },
-    ],
-  };
+  return skiffConflist({ name: "skiff-test", podCidr: node.podCidr, ...opts });
 }
 
 /** A node's `skiff cni-agent` and `skiff ztunnel`, against a control plane. */
