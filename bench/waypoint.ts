@@ -22,7 +22,7 @@ import { REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
 import { runIn } from "../tests/harness/apps.ts";
 import { ControlProcess } from "../tests/harness/control.ts";
 import { IS_ROOT, NetnsCluster, type Pod } from "../tests/harness/netns.ts";
-import { SkiffProcess } from "../tests/harness/process.ts";
+import { SkiffProcess, terminate } from "../tests/harness/process.ts";
 import { dialFrom } from "../tests/harness/tcp.ts";
 import { ZtunnelProcess } from "../tests/harness/ztunnel.ts";
 
@@ -89,16 +89,7 @@ class PodProcess implements AsyncDisposable {
   }
 
   async [Symbol.asyncDispose]() {
-    try {
-      this.#child.kill("SIGTERM");
-    } catch { /* gone */ }
-    const timer = setTimeout(() => {
-      try {
-        this.#child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 5000);
-    await this.#child.status;
-    clearTimeout(timer);
+    await terminate(this.#child);
     await this.#stderr;
   }
 }

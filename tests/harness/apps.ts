@@ -5,6 +5,7 @@
  */
 
 import type { Pod } from "./netns.ts";
+import { terminate } from "./process.ts";
 
 const APPS = new URL("../apps/", import.meta.url).pathname;
 
@@ -58,10 +59,7 @@ export class AppProcess implements AsyncDisposable {
   }
 
   async [Symbol.asyncDispose]() {
-    try {
-      this.#child.kill("SIGTERM");
-    } catch { /* gone */ }
-    await this.#child.status;
+    await terminate(this.#child);
   }
 }
 

@@ -82,16 +82,21 @@ export class SkiffProcess implements AsyncDisposable {
   }
 
   async [Symbol.asyncDispose]() {
-    try {
-      this.#child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    const timer = setTimeout(() => {
-      try {
-        this.#child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 5000);
-    await this.#child.status;
-    clearTimeout(timer);
+    await terminate(this.#child);
     await this.#done;
   }
+}
+
+/** Stops a child the test started: SIGTERM, then SIGKILL if it still runs after `graceMs`. */
+export async function terminate(child: Deno.ChildProcess, graceMs = 5000): Promise<void> {
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, graceMs);
+  await child.status;
+  clearTimeout(timer);
 }
