@@ -17,8 +17,6 @@
 
 import { join } from "node:path";
 import { installRedirect } from "../cni/redirect_linux.ts";
-import { ControlConnection } from "../mesh/control_client.ts";
-import { REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
 import { runIn } from "../tests/harness/apps.ts";
 import { ControlProcess } from "../tests/harness/control.ts";
 import { IS_ROOT, NetnsCluster, type Pod } from "../tests/harness/netns.ts";
@@ -271,20 +269,8 @@ spec:
   });
   const token = await control.addNode(node.name);
   // The test plays the node agent: it reports the load pod redirected and hands it to ztunnel.
-  const agent = new ControlConnection({
-    url: control.url,
-    tokenFile: token,
-    caFile: token.replace(/token$/, "root-cert.pem"),
-  });
-  try {
-    const r = await agent.request("PUT", REGISTRATIONS_PATH, {
-      pods: [{ namespace: "bench", name: pods.load.name, ips: [pods.load.address], redirected: true }],
-    });
-    const answer = await r.json();
-    if (answer.accepted !== 1) throw new Error(`registration refused: ${JSON.stringify(answer)}`);
-  } finally {
-    agent.close();
-  }
+  const answer = await control.reportRedirected(token, "bench", [pods.load]) as { accepted?: number };
+  if (answer.accepted !== 1) throw new Error(`registration refused: ${JSON.stringify(answer)}`);
   // Access logs off (LOG_LEVEL=warn) in the ztunnel and the waypoint, as in bench/dataplane.ts; metrics stay on.
   const quiet = { LOG_LEVEL: "warn" };
   await using ztunnel = await ZtunnelProcess.start(node.name, {

@@ -88,12 +88,11 @@ spec: { clusterIP: ${VIP}, selector: { app: server }, ports: [{ port: 80, target
 
   // The test plays each node's agent: report the pods as redirected, then hand them to ztunnel.
   for (const [token, node, p] of [[tokenA, nodeA, client], [tokenB, nodeB, server]] as const) {
-    const agent = new ControlConnection({ url: control.url, tokenFile: token, caFile: caFile(token) });
-    const r = await agent.request("PUT", REGISTRATIONS_PATH, {
-      pods: [{ namespace: "shop", name: p.name, ips: [p.address], redirected: true }],
-    });
-    assert.deepEqual(await r.json(), { accepted: 1 }, `registration of ${node.name}`);
-    agent.close();
+    assert.deepEqual(
+      await control.reportRedirected(token, "shop", [p]),
+      { accepted: 1 },
+      `registration of ${node.name}`,
+    );
   }
   await using zA = await ZtunnelProcess.start(nodeA.name, {
     dir: control.dir,

@@ -10,8 +10,6 @@
 import assert from "node:assert/strict";
 import { installRedirect } from "../cni/redirect_linux.ts";
 import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
-import { ControlConnection } from "../mesh/control_client.ts";
-import { REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
 import { AppProcess, runApp, runIn } from "./harness/apps.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
@@ -115,14 +113,8 @@ ${DENY_ADMIN}`,
   });
   const tokenA = await control.addNode(nodeA.name);
   const tokenB = await control.addNode(nodeB.name);
-  const caFile = (token: string) => token.replace(/token$/, "root-cert.pem");
   for (const [token, pods] of [[tokenA, [client]], [tokenB, [v1, v2]]] as const) {
-    const agent = new ControlConnection({ url: control.url, tokenFile: token, caFile: caFile(token) });
-    const r = await agent.request("PUT", REGISTRATIONS_PATH, {
-      pods: pods.map((p) => ({ namespace: "shop", name: p.name, ips: [p.address], redirected: true })),
-    });
-    assert.deepEqual(await r.json(), { accepted: pods.length });
-    agent.close();
+    assert.deepEqual(await control.reportRedirected(token, "shop", pods), { accepted: pods.length });
   }
   await using zA = await ZtunnelProcess.start(nodeA.name, {
     dir: control.dir,

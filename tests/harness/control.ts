@@ -5,6 +5,9 @@
  */
 
 import { join } from "node:path";
+import { ControlConnection } from "../../mesh/control_client.ts";
+import { REGISTRATIONS_PATH } from "../../mesh/protocol/config_stream.ts";
+import type { Pod } from "./netns.ts";
 import { SkiffProcess } from "./process.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -83,6 +86,30 @@ export class ControlProcess implements AsyncDisposable {
     const tmp = join(this.dir, `.${name}.tmp`);
     await Deno.writeTextFile(tmp, text);
     await Deno.rename(tmp, join(this.manifests, name)); // atomic, as a careful operator (or kubectl cp) writes
+  }
+
+  /**
+   * Reports `pods` of `namespace` redirected, as the node agent of the node whose token is `tokenFile` does (the
+   * tests that play the agent); returns the control plane's answer (`{accepted: N}` when all went in).
+   */
+  async reportRedirected(
+    tokenFile: string,
+    namespace: string,
+    pods: readonly Pick<Pod, "name" | "address">[],
+  ): Promise<number> {
+    const agent = new ControlConnection({
+      url: this.url,
+      tokenFile,
+      caFile: tokenFile.replace(/token$/, "root-cert.pem"),
+    });
+    try {
+      const r = await agent.request("PUT", REGISTRATIONS_PATH, {
+        pods: pods.map((p) => ({ namespace, name: p.name, ips: [p.address], redirected: true })),
+      });
+      return await r.json();
+    } finally {
+      agent.close();
+    }
   }
 
   /** GET /status on the monitoring port. */
