@@ -1,8 +1,7 @@
 /**
  * The process edge shared by every mode: the top-level usage text, and the one place where errors become
  * exit codes. Usage and configuration errors print their message (and the usage, for usage errors) and exit
- * 2; a mode that is not built yet says so and exits 1; any other failure is logged and exits 1. Every exit
- * flushes the logs first.
+ * 2; any other failure is logged and exits 1. Every exit flushes the logs first.
  *
  * @module
  */
@@ -33,15 +32,6 @@ Modes:
 Run 'skiff <mode> --help' for a mode's flags. Started with CNI_COMMAND set, skiff runs as the CNI plugin.
 Environment: LOG_LEVEL (trace|debug|info|warn|error|fatal|silent), LOG_FORMAT (json|plain).`;
 
-/** A mode a later piece of work builds: exit 1 with a plain statement, never a pretend behaviour. */
-export class NotBuiltError extends Error {
-  readonly code = "NOT_BUILT";
-  constructor(what: string) {
-    super(`${what}: not built yet`);
-    this.name = "NotBuiltError";
-  }
-}
-
 /** Runs a mode and ends the process with its exit code, mapping errors to codes in this one place. */
 export async function runAndExit(usage: string, body: () => Promise<number>): Promise<never> {
   let code: number;
@@ -61,10 +51,6 @@ function report(err: unknown, usage: string): number {
   if (err instanceof ConfigError || err instanceof LogConfigError || err instanceof ValidationError) {
     console.error(`skiff: ${err.message}`);
     return 2;
-  }
-  if (err instanceof NotBuiltError) {
-    console.error(err.message);
-    return 1;
   }
   try {
     logger("skiff").error({ err }, "failed");
