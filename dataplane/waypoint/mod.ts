@@ -187,10 +187,8 @@ export async function runWaypoint(argv: string[]): Promise<number> {
   });
 
   const hostname = `${name}.${namespace}.svc.cluster.local`;
-  const ownWorkload = () =>
-    [...config.state.workloads.all()].find((w) =>
-      w.namespace === namespace && Object.keys(w.services).includes(`${namespace}/${hostname}`)
-    );
+  // Its own workload is an endpoint of its own service (found through the store's service index).
+  const ownWorkload = () => config.state.workloads.endpointsOf(`${namespace}/${hostname}`)[0];
   if (values.netns !== undefined) {
     loadNetnsSupport();
     loadSocketSupport();
