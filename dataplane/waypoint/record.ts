@@ -6,45 +6,36 @@
 
 import { type Handled, type Headers, sessionFacts, type WaypointContext } from "./exchange.ts";
 import type { Session } from "./session.ts";
+import type { RequestRecord } from "./telemetry.ts";
 import { formatAddr } from "../ztunnel/pod.ts";
 
-/** What an adapter reports at the end of a request. */
-export interface Completed {
-  handled?: Handled;
-  protocol: "http" | "grpc";
-  method: string;
-  path: string;
-  authority: string;
-  downstreamProtocol: string;
-  status: number;
-  grpcStatus?: string;
-  flags: string;
-  bytesReceived: number;
-  bytesSent: number;
-  started: number;
-  headers: Headers;
-}
+/** What an adapter reports at the end of a request: the record's own fields, and what the rest comes from. */
+export type Completed =
+  & Pick<
+    RequestRecord,
+    | "protocol"
+    | "method"
+    | "path"
+    | "authority"
+    | "downstreamProtocol"
+    | "status"
+    | "grpcStatus"
+    | "flags"
+    | "bytesReceived"
+    | "bytesSent"
+  >
+  & { handled?: Handled; started: number; headers: Headers };
 
 /** Records a request's metrics and its access-log line. */
 export function recordRequest(ctx: WaypointContext, session: Session, c: Completed): void {
-  const h = c.handled;
-  const facts = h?.facts ?? sessionFacts(session);
+  const { handled: h, started, headers, ...reported } = c;
   const answer = h?.answer;
   const service = h?.service;
-  const header = (name: string) => c.headers.find(([n]) => n === name)?.[1];
+  const header = (name: string) => headers.find(([n]) => n === name)?.[1];
   ctx.metrics.record({
-    facts,
-    protocol: c.protocol,
-    method: c.method,
-    path: c.path,
-    authority: c.authority,
-    downstreamProtocol: c.downstreamProtocol,
-    status: c.status,
-    grpcStatus: c.grpcStatus,
-    flags: c.flags,
-    bytesReceived: c.bytesReceived,
-    bytesSent: c.bytesSent,
-    durationMs: performance.now() - c.started,
+    ...reported,
+    facts: h?.facts ?? sessionFacts(session),
+    durationMs: performance.now() - started,
     upstreamHost: answer?.kind === "upstream" ? `${answer.endpoint.ip}:${answer.endpoint.port}` : undefined,
     upstreamCluster: service && answer?.kind === "upstream"
       ? `outbound|${h?.servicePort}||${service.hostname}`
