@@ -295,7 +295,7 @@ export async function handleExchange(
         ...extra,
         attempts: attempt + 1,
         answer: { kind: "upstream", response, endpoint },
-        flags: attempt > 0 ? "-" : "-",
+        flags: "-",
       };
     } catch (error) {
       if (tryAbort.signal.aborted) {

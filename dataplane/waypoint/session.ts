@@ -92,7 +92,7 @@ export function admit(
       workloadIdentity(claimedBy.workload).equals(peer.identity)
     ? claimed
     : { ip: peer.ip, port: peer.port };
-  const found = state.lookupAddress(self.network, client.ip);
+  const found = client === claimed ? claimedBy : state.lookupAddress(self.network, client.ip);
   const tunnelPeer: TunnelPeer = {
     identity: peer.identity,
     ip: client.ip,
