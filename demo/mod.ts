@@ -18,6 +18,7 @@ import { runApp } from "./apps.ts";
 import { addPod, buildNetwork, type DemoPod, NODES, REFERENCE_PLUGINS, writePluginShim } from "./cluster.ts";
 import { manifests, NS, PODS, type Stage, VIPS } from "./manifests.ts";
 import {
+  alive,
   DEMO_DIR,
   DemoError,
   demoNamespaces,
@@ -111,7 +112,7 @@ async function logLines(name: string): Promise<Record<string, unknown>[]> {
 function logged(name: string, what: string, test: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000) {
   return until(`${name}: ${what}`, timeoutMs, async () => {
     const pid = Number(await Deno.readTextFile(pidFile(name)).catch(() => "0"));
-    if (pid && !(await runs(pid, marker()))) {
+    if (pid && !(await alive(pid))) {
       throw new DemoError(`${name} exited`);
     }
     return (await logLines(name)).find(test);

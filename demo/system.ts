@@ -102,6 +102,16 @@ export async function runs(pid: number, marker: string): Promise<boolean> {
   return environ.split("\0").includes(marker);
 }
 
+/**
+ * Whether `pid` still runs (exists and is not a zombie), whatever it is. Its environment can read empty for a
+ * moment while it execs, so this, not {@link runs}, tells whether a process just started has exited.
+ */
+export async function alive(pid: number): Promise<boolean> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => "");
+  const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  return stat !== "" && state !== "Z" && state !== "X";
+}
+
 /** Stops `pid` (SIGTERM, then SIGKILL after 5 s) if it is still `marker`'s; returns whether it was running. */
 export async function stop(pid: number, marker: string): Promise<boolean> {
   if (!(await runs(pid, marker))) return false;
