@@ -63,6 +63,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } ||
     die "apt-get could not install ${missing[*]}"
 fi
+# The in-pod rules need both families: without ip6tables the node agent refuses every enrolled pod (its IPv6 is
+# dropped by ip6tables rules). Debian's iptables package provides both, through update-alternatives.
+for t in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save nsenter; do
+  command -v "$t" >/dev/null ||
+    die "$t is not on PATH (Debian's iptables package provides it: update-alternatives --display ${t%%-*})"
+done
 
 # 2. Deno, pinned, from the npm registry (JSR and dl.deno.land are not reachable here).
 deno_ok() { command -v deno >/dev/null && deno --version 2>/dev/null | head -n1 | grep -qx "deno $DENO_VERSION .*"; }

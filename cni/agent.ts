@@ -221,7 +221,7 @@ export class NodeAgent {
   #cannotRedirect(record: PodRecord): string | undefined {
     if (record.ips.some((ip) => ip.includes(":"))) {
       return `pod ${record.namespace}/${record.name} has an IPv6 address (${record.ips.join(", ")}); ` +
-        "Skiff redirects IPv4 only, and its IPv6 traffic would bypass ztunnel";
+        "Skiff captures IPv4 only and its in-pod rules drop all IPv6 but loopback, so that address would not work";
     }
     if (!isHandoffNetnsPath(record.netns)) {
       return `network namespace ${record.netns} is not a path ztunnel takes ` +

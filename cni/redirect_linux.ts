@@ -30,6 +30,18 @@
  *     PREROUTING, where rule 2 or 4 takes them to ztunnel. Replies to connections others opened (probes,
  *     connections that predate capture) are the REPLY direction and go out as usual.
  *
+ * IPv6 is not captured yet, and it cannot simply be left alone: every interface in a pod has an `fe80::`
+ * address (RFC 4862 §5.3) whatever its CNI configured, so a neighbour on the node's bridge would reach the app
+ * over `[fe80::…%eth0]` around ztunnel, and the app's own IPv6 would leave uncaptured. So the same chain names
+ * in ip6tables' mangle table drop all IPv6 but loopback, both ways: PREROUTING (before routing, so nothing
+ * addressed to the pod or through it) and OUTPUT. Upstream ztunnel captures IPv6 in dual-stack clusters with
+ * the same rules under ip6tables (istio-cni `ambient.ipv6`); Skiff drops it until it captures it too. The IPv6 set is
+ * installed, checked and removed with the IPv4 one; if it cannot be installed (no ip6tables, no IPv6 netfilter)
+ * installation fails and the agent refuses the pod rather than enrol it with its IPv6 open.
+ *
+ * ip6tables mangle PREROUTING → SKIFF_PRERT: `lo` returns (`::1`, the pod's own addresses); all else is dropped.
+ * ip6tables mangle OUTPUT → SKIFF_OUTPUT: `lo` returns; all else, neighbour discovery included, is dropped.
+ *
  * @module
  */
 
@@ -88,6 +100,46 @@ export const JUMPS: readonly (readonly [string, string])[] = [["PREROUTING", "SK
   "SKIFF_OUTPUT",
 ]];
 
+/**
+ * The IPv6 chains (ip6tables mangle, reached by the same {@link JUMPS}): all IPv6 but loopback dropped both
+ * ways, until Skiff captures IPv6. Written as `ip6tables-save` prints them.
+ */
+export const CHAINS6: Readonly<Record<string, readonly string[]>> = {
+  SKIFF_OUTPUT: [
+    `-A SKIFF_OUTPUT -o lo -j RETURN`,
+    `-A SKIFF_OUTPUT -j DROP`,
+  ],
+  SKIFF_PRERT: [
+    `-A SKIFF_PRERT -i lo -j RETURN`,
+    `-A SKIFF_PRERT -j DROP`,
+  ],
+};
+
+/** One address family's rule set and the tools that write and read it. */
+interface Family {
+  /** Prefix of this family's problems in {@link checkRedirect}'s report ("" for IPv4, as it always was). */
+  label: string;
+  iptables: string;
+  save: string;
+  restore: string;
+  chains: Readonly<Record<string, readonly string[]>>;
+}
+
+const IPV4: Family = {
+  label: "",
+  iptables: "iptables",
+  save: "iptables-save",
+  restore: "iptables-restore",
+  chains: CHAINS,
+};
+const IPV6: Family = {
+  label: "IPv6: ",
+  iptables: "ip6tables",
+  save: "ip6tables-save",
+  restore: "ip6tables-restore",
+  chains: CHAINS6,
+};
+
 /** A command that failed inside the pod's namespace. */
 export class RedirectError extends Error {
   readonly code = "REDIRECT";
@@ -138,14 +190,57 @@ export async function mustInNs(netnsPath: string | undefined, cmd: string[], std
   return r.stdout;
 }
 
-/** The `iptables-restore --noflush` input that (re)writes our chains; declaring a chain flushes it. */
-export function restoreInput(): string {
-  const names = Object.keys(CHAINS);
-  return ["*mangle", ...names.map((c) => `:${c} - [0:0]`), ...names.flatMap((c) => CHAINS[c]), "COMMIT", ""].join("\n");
+/**
+ * The `iptables-restore --noflush` input that (re)writes our chains (`chains`: {@link CHAINS}, or
+ * {@link CHAINS6} for `ip6tables-restore`); declaring a chain flushes it, so the rewrite is whole and atomic.
+ */
+export function restoreInput(chains: Readonly<Record<string, readonly string[]>> = CHAINS): string {
+  const names = Object.keys(chains);
+  return ["*mangle", ...names.map((c) => `:${c} - [0:0]`), ...names.flatMap((c) => chains[c]), "COMMIT", ""].join("\n");
 }
 
-async function hasJump(netnsPath: string, from: string, to: string): Promise<boolean> {
-  return (await inNs(netnsPath, ["iptables", "-w", "-t", "mangle", "-C", from, "-j", to])).code === 0;
+async function hasJump(netnsPath: string, f: Family, from: string, to: string): Promise<boolean> {
+  return (await inNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-C", from, "-j", to])).code === 0;
+}
+
+async function installChains(netnsPath: string, f: Family): Promise<void> {
+  await mustInNs(netnsPath, [f.restore, "-w", "--noflush"], restoreInput(f.chains));
+  for (const [from, to] of JUMPS) {
+    if (!await hasJump(netnsPath, f, from, to)) {
+      await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-A", from, "-j", to]);
+    }
+  }
+}
+
+async function checkChains(netnsPath: string, f: Family, problems: string[]): Promise<void> {
+  const saved = (await mustInNs(netnsPath, [f.save, "-t", "mangle"])).split("\n");
+  for (const [chain, rules] of Object.entries(f.chains)) {
+    const have = saved.filter((l) => l.startsWith(`-A ${chain} `));
+    if (!saved.includes(`:${chain} - [0:0]`) && have.length === 0) {
+      problems.push(`${f.label}chain ${chain} is missing`);
+      continue;
+    }
+    if (have.join("\n") !== rules.join("\n")) {
+      problems.push(`${f.label}chain ${chain} differs: expected ${rules.length} rules, found ${have.length}`);
+    }
+  }
+  for (const [from, to] of JUMPS) {
+    const count = saved.filter((l) => l === `-A ${from} -j ${to}`).length;
+    if (count !== 1) problems.push(`${f.label}${from} jumps to ${to} ${count} times, expected once`);
+  }
+}
+
+async function removeChains(netnsPath: string, f: Family): Promise<void> {
+  for (const [from, to] of JUMPS) {
+    while (await hasJump(netnsPath, f, from, to)) {
+      await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-D", from, "-j", to]);
+    }
+  }
+  const saved = await mustInNs(netnsPath, [f.save, "-t", "mangle"]);
+  // Flush all first: SKIFF_PRERT refers to SKIFF_DIVERT, which cannot be deleted while referenced.
+  const present = Object.keys(f.chains).filter((c) => saved.includes(`:${c} `));
+  for (const c of present) await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-F", c]);
+  for (const c of present) await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-X", c]);
 }
 
 async function hasPolicyRoute(netnsPath: string): Promise<{ rule: boolean; route: boolean }> {
@@ -158,14 +253,13 @@ async function hasPolicyRoute(netnsPath: string): Promise<{ rule: boolean; route
   };
 }
 
-/** Installs the rules in the namespace at `netnsPath`; running it again changes nothing. */
+/**
+ * Installs the rules in the namespace at `netnsPath`; running it again changes nothing. Throws a
+ * {@link RedirectError} when any part fails, the IPv6 drop included: a pod is never left captured for IPv4 and
+ * open over IPv6 without its caller hearing of it.
+ */
 export async function installRedirect(netnsPath: string): Promise<void> {
-  await mustInNs(netnsPath, ["iptables-restore", "-w", "--noflush"], restoreInput());
-  for (const [from, to] of JUMPS) {
-    if (!await hasJump(netnsPath, from, to)) {
-      await mustInNs(netnsPath, ["iptables", "-w", "-t", "mangle", "-A", from, "-j", to]);
-    }
-  }
+  await installChains(netnsPath, IPV4);
   const pr = await hasPolicyRoute(netnsPath);
   if (!pr.rule) {
     await mustInNs(netnsPath, [
@@ -191,46 +285,29 @@ export async function installRedirect(netnsPath: string): Promise<void> {
     "table",
     String(ROUTE_TABLE),
   ]);
+  await installChains(netnsPath, IPV6);
 }
 
-/** Reports what is missing or different from the rule set; no problems means capture is in place. */
+/**
+ * Reports what is missing or different from the rule set, IPv4 first, then the IPv6 drop (its problems start
+ * with "IPv6: "); no problems means capture is in place.
+ */
 export async function checkRedirect(netnsPath: string): Promise<RedirectProblems> {
   const problems: string[] = [];
-  const saved = (await mustInNs(netnsPath, ["iptables-save", "-t", "mangle"])).split("\n");
-  for (const [chain, rules] of Object.entries(CHAINS)) {
-    const have = saved.filter((l) => l.startsWith(`-A ${chain} `));
-    if (!saved.includes(`:${chain} - [0:0]`) && have.length === 0) {
-      problems.push(`chain ${chain} is missing`);
-      continue;
-    }
-    if (have.join("\n") !== rules.join("\n")) {
-      problems.push(`chain ${chain} differs: expected ${rules.length} rules, found ${have.length}`);
-    }
-  }
-  for (const [from, to] of JUMPS) {
-    const count = saved.filter((l) => l === `-A ${from} -j ${to}`).length;
-    if (count !== 1) problems.push(`${from} jumps to ${to} ${count} times, expected once`);
-  }
+  await checkChains(netnsPath, IPV4, problems);
   const pr = await hasPolicyRoute(netnsPath);
   if (!pr.rule) problems.push(`ip rule fwmark ${hex(TPROXY_MARK)}/${hex(MARK_MASK)} lookup ${ROUTE_TABLE} is missing`);
   if (!pr.route) problems.push(`route local 0.0.0.0/0 dev lo in table ${ROUTE_TABLE} is missing`);
+  await checkChains(netnsPath, IPV6, problems);
   return { problems };
 }
 
-/** Removes the rules; removing what is not there is not an error. */
+/** Removes the rules, IPv4 and IPv6; removing what is not there is not an error. */
 export async function removeRedirect(netnsPath: string): Promise<void> {
-  for (const [from, to] of JUMPS) {
-    while (await hasJump(netnsPath, from, to)) {
-      await mustInNs(netnsPath, ["iptables", "-w", "-t", "mangle", "-D", from, "-j", to]);
-    }
-  }
-  const saved = await mustInNs(netnsPath, ["iptables-save", "-t", "mangle"]);
-  // Flush all first: SKIFF_PRERT refers to SKIFF_DIVERT, which cannot be deleted while referenced.
-  const present = Object.keys(CHAINS).filter((c) => saved.includes(`:${c} `));
-  for (const c of present) await mustInNs(netnsPath, ["iptables", "-w", "-t", "mangle", "-F", c]);
-  for (const c of present) await mustInNs(netnsPath, ["iptables", "-w", "-t", "mangle", "-X", c]);
+  await removeChains(netnsPath, IPV4);
   while ((await hasPolicyRoute(netnsPath)).rule) {
     await mustInNs(netnsPath, ["ip", "rule", "del", "pref", String(RULE_PRIORITY)]);
   }
   await inNs(netnsPath, ["ip", "route", "flush", "table", String(ROUTE_TABLE)]);
+  await removeChains(netnsPath, IPV6);
 }

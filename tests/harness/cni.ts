@@ -193,15 +193,15 @@ export class SkiffNode implements AsyncDisposable {
     return join(this.runDir, "cni.sock");
   }
 
-  /** Starts the agent and waits until it listens for the plugin. */
-  async startAgent(): Promise<SkiffProcess> {
+  /** Starts the agent (with `env` added to its environment) and waits until it listens for the plugin. */
+  async startAgent(env: Record<string, string> = {}): Promise<SkiffProcess> {
     const agent = new SkiffProcess(`cni-agent ${this.node.name}`, [
       "cni-agent",
       `--control=${this.control}`,
       `--token-file=${this.tokenFile}`,
       `--run-dir=${this.runDir}`,
       `--node-netns=/var/run/netns/${this.node.netns}`,
-    ]);
+    ], env);
     this.agent = agent;
     await agent.waitForLog((l) => l.msg === "listening for the CNI plugin", 20_000);
     return agent;
