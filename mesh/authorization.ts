@@ -60,6 +60,11 @@ export interface Authorization {
   rules: Rule[];
   /** Evaluated and logged, never enforced. */
   dryRun: boolean;
+  /**
+   * Set only by the proxy, never on the wire: this is the deny-all standing in for a policy that did not decode,
+   * and why it did not (mesh/refused_policy.ts).
+   */
+  refused?: string;
 }
 
 /** The fields of a {@link Match} that hold string matches. */

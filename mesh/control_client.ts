@@ -7,7 +7,12 @@
  * so that only what changed is sent again.
  *
  * Each resource is decoded with the model's own decoders; one that does not decode is refused on its own (the
- * client keeps its previous version and logs the field), never the whole update. The node token is read from
+ * client keeps its previous version and logs the field), never the whole update. A refused policy
+ * (`Authorization`, `L7Policy`) fails closed: until a version that decodes arrives, or the policy is removed, a
+ * deny-all stands for it over the scope it still plainly states, else over everything (mesh/refused_policy.ts);
+ * skipping it would drop a DENY, or turn a sole ALLOW into allow-all. Refusals are logged at error and counted
+ * (`skiff_config_refused_total`, `skiff_policies_failing_closed`, {@link ClientConfig.registerMetrics}). The
+ * node token is read from
  * its file on every connection, so a rotated token is picked up without a restart. A stream silent for three
  * ping intervals is taken as dead.
  *
@@ -18,9 +23,10 @@
  */
 
 import { decodeJwt } from "jose";
+import client from "prom-client";
 import { dirname, join } from "node:path";
 import { sleep } from "./abort.ts";
-import { decodeAuthorization } from "./authorization.ts";
+import { decodeAuthorization, policyKey } from "./authorization.ts";
 import { option, parsers } from "./config.ts";
 import { decodeHttpRoute, decodeL7Policy, httpRouteKey, l7PolicyKey } from "./l7.ts";
 import type { Logger } from "./log.ts";
@@ -34,6 +40,7 @@ import {
   type StreamResource,
 } from "./protocol/config_stream.ts";
 import { decodeNodePodsMessage, NODE_PODS_PATH, type NodePodsView } from "./protocol/node_pods.ts";
+import { failClosedAuthorization, failClosedL7Policy } from "./refused_policy.ts";
 import { MeshState } from "./store.ts";
 import { ValidationError } from "./validate.ts";
 import { decodeService, decodeWorkload, type Workload } from "./workload.ts";
@@ -174,10 +181,42 @@ export interface AppliedChange {
 export class ClientConfig {
   readonly state = new MeshState();
   readonly #versions = new Map<string, string>();
+  /** Resources refused since start, by kind. */
+  readonly #refusedTotal = new Map<string, number>();
   #log: Logger;
 
   constructor(log: Logger) {
     this.#log = log;
+  }
+
+  /**
+   * Registers the refusal metrics on a proxy's registry: `skiff_config_refused_total{kind}`, resources of the
+   * config stream refused because they did not decode, and `skiff_policies_failing_closed{kind}`, policies
+   * held refused now, each denying all over its scope. Read at scrape time.
+   */
+  registerMetrics(registry: client.Registry): void {
+    const totals = this.#refusedTotal;
+    new client.Counter({
+      name: "skiff_config_refused_total",
+      help: "Config stream resources refused because they did not decode.",
+      labelNames: ["kind"],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [kind, n] of totals) this.inc({ kind }, n);
+      },
+    });
+    const state = this.state;
+    new client.Gauge({
+      name: "skiff_policies_failing_closed",
+      help: "Policies that did not decode, each denying all traffic in its scope until a version that decodes arrives.",
+      labelNames: ["kind"],
+      registers: [registry],
+      collect() {
+        this.set({ kind: "Authorization" }, state.policies.refusedKeys().length);
+        this.set({ kind: "L7Policy" }, state.l7Policies.refusedKeys().length);
+      },
+    });
   }
 
   /** `kind/name` → version of everything held, for resuming. */
@@ -194,13 +233,33 @@ export class ClientConfig {
         this.#versions.set(resourceKey(r), r.version);
       } catch (error) {
         refused++;
+        this.#refusedTotal.set(r.kind, (this.#refusedTotal.get(r.kind) ?? 0) + 1);
         const message = error instanceof ValidationError ? error.message : String(error);
-        this.#log.error({ resource: resourceKey(r), error: message }, "resource refused; its previous version stays");
+        const scope = this.#failClosed(r, message);
+        if (scope === undefined) {
+          this.#log.error({ resource: resourceKey(r), error: message }, "resource refused; its previous version stays");
+        } else {
+          this.#log.error(
+            { resource: resourceKey(r), error: message, denies: scope },
+            "policy refused; it fails closed: its scope denies all until a version that decodes arrives",
+          );
+        }
       }
     }
     for (const r of m.removed) {
       this.#remove(r);
       this.#versions.delete(resourceKey(r));
+    }
+    if (m.type === "snapshot") {
+      // The server resends every resource whose version differs from what we hold, and a refused one was never
+      // held: a refused policy absent from the snapshot is gone, or back to the version we hold, which decoded.
+      const sent = new Set(m.resources.map(resourceKey));
+      const stores = [["Authorization", this.state.policies], ["L7Policy", this.state.l7Policies]] as const;
+      for (const [kind, store] of stores) {
+        for (const key of store.refusedKeys()) {
+          if (!sent.has(resourceKey({ kind, name: key }))) store.endRefusal(key);
+        }
+      }
     }
     return {
       type: m.type,
@@ -223,9 +282,15 @@ export class ClientConfig {
       case "Service":
         this.state.services.upsert(decodeService(r.body, path));
         return;
-      case "Authorization":
-        this.state.policies.upsert(decodeAuthorization(r.body, path));
+      case "Authorization": {
+        const policy = decodeAuthorization(r.body, path);
+        // Refusals and removals come by name: a body filed under another name could never end either.
+        if (policyKey(policy) !== r.name) {
+          throw new ValidationError(path, "namespace/name does not match the resource name");
+        }
+        this.state.policies.upsert(policy);
         return;
+      }
       case "HttpRoute": {
         const route = decodeHttpRoute(r.body, path);
         // Removals come by name: a body filed under another name could never be removed.
@@ -244,6 +309,27 @@ export class ClientConfig {
         return;
       }
     }
+  }
+
+  /** For a refused policy, holds its deny-all and returns what it covers, for the log; else undefined. */
+  #failClosed(r: StreamResource, error: string): string | undefined {
+    if (r.kind === "Authorization") {
+      const standIn = failClosedAuthorization(r.name, r.body, error);
+      this.state.policies.refuse(r.name, standIn);
+      return standIn.scope === "GLOBAL"
+        ? "every workload"
+        : standIn.scope === "NAMESPACE"
+        ? `the workloads of namespace ${standIn.namespace}`
+        : `the workloads the policy selects`;
+    }
+    if (r.kind === "L7Policy") {
+      const standIn = failClosedL7Policy(r.name, r.body);
+      this.state.l7Policies.refuse(r.name, standIn);
+      return standIn.everywhere
+        ? "every request this waypoint serves"
+        : `requests to ${standIn.policy.targets.map((t) => `${t.kind} ${t.namespace}/${t.name}`).join(", ")}`;
+    }
+    return undefined;
   }
 
   #remove(r: Removal): void {

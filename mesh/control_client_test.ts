@@ -77,7 +77,11 @@ Deno.test("ClientConfig applies and removes HTTP routes and L7 policies; a body 
   });
   assert.deepEqual(applied, { type: "snapshot", version: 1, updated: 2, removed: 0, refused: 2 });
   assert.deepEqual(config.state.routes.forService(web).map((r) => r.name), ["web"]);
-  assert.deepEqual(config.state.l7Policies.forTarget("Gateway", "shop", "waypoint").map((p) => p.name), ["get-only"]);
+  // The refused policy (no target) fails closed: a deny-all of every request, until a version that decodes arrives.
+  assert.deepEqual(config.state.l7Policies.forTarget("Gateway", "shop", "waypoint").map((p) => [p.name, p.action]), [
+    ["bad", "DENY"],
+    ["get-only", "ALLOW"],
+  ]);
   config.apply({
     type: "delta",
     version: 2,

@@ -555,7 +555,8 @@ function decodeL7Rule(value: unknown, path: string): L7Rule {
   return out;
 }
 
-function decodeL7Target(value: unknown, path: string): L7Target {
+/** Decodes one {@link L7Target}. */
+export function decodeL7Target(value: unknown, path: string): L7Target {
   const f = Fields.of(value, path);
   const out: L7Target = {
     kind: checkOneOf(f.raw("kind"), f.at("kind"), ["Gateway", "Service"] as const),

@@ -12,6 +12,7 @@
 import { type Authorization, policyKey } from "./authorization.ts";
 import { type HttpRoute, httpRouteKey, type L7Policy, l7PolicyKey, type L7Target } from "./l7.ts";
 import { addressKey } from "./net.ts";
+import type { FailClosedL7 } from "./refused_policy.ts";
 import { type Service, serviceKey, type Workload } from "./workload.ts";
 
 /** Adds `value` to the set under `key` in a multi-index. */
@@ -174,18 +175,22 @@ export class ServiceStore {
   }
 }
 
-/** Authorization policies by `namespace/name`, with the GLOBAL and per-namespace sets kept apart. */
+/**
+ * Authorization policies by `namespace/name`, with the GLOBAL and per-namespace sets kept apart, and the
+ * deny-alls standing in for policies that did not decode (mesh/refused_policy.ts), by the same key.
+ */
 export class PolicyStore {
   readonly #byKey = new Map<string, Authorization>();
   readonly #byNamespace = new Map<string, Set<string>>();
   readonly #global = new Set<string>();
+  readonly #refused = new Map<string, Authorization>();
 
   /** Number of policies. */
   get size(): number {
     return this.#byKey.size;
   }
 
-  /** Inserts or replaces a policy. */
+  /** Inserts or replaces a policy; a version that decoded ends the refusal of its key. */
   upsert(a: Authorization): void {
     const key = policyKey(a);
     this.remove(key);
@@ -194,10 +199,30 @@ export class PolicyStore {
     else if (a.scope === "NAMESPACE") addTo(this.#byNamespace, a.namespace, key);
   }
 
-  /** Removes a policy by key; returns whether it existed. */
+  /**
+   * Holds `standIn`, the deny-all of a policy that did not decode, under the stream's `key` until a version of
+   * that key decodes or the key is removed. A previous good version stays beside it: it may cover workloads the
+   * new scope does not, and dropping it could leave those allowing everything.
+   */
+  refuse(key: string, standIn: Authorization): void {
+    this.#refused.set(key, standIn);
+  }
+
+  /** The keys held refused. */
+  refusedKeys(): string[] {
+    return [...this.#refused.keys()];
+  }
+
+  /** Ends a refusal without a new version (the policy is gone); returns whether there was one. */
+  endRefusal(key: string): boolean {
+    return this.#refused.delete(key);
+  }
+
+  /** Removes a policy by key, and its refusal; returns whether either existed. */
   remove(key: string): boolean {
+    const refused = this.#refused.delete(key);
     const old = this.#byKey.get(key);
-    if (!old) return false;
+    if (!old) return refused;
     this.#byKey.delete(key);
     this.#global.delete(key);
     removeFrom(this.#byNamespace, old.namespace, key);
@@ -211,7 +236,8 @@ export class PolicyStore {
 
   /**
    * The candidate policies for a workload, as ztunnel's `assert_rbac` gathers them: GLOBAL policies, the
-   * NAMESPACE policies of its namespace, and the selector policies it names. Sorted by key, each once.
+   * NAMESPACE policies of its namespace, and the selector policies it names. Sorted by key, each once; the
+   * deny-alls of refused policies whose scope holds the workload come first, so a denial names them.
    */
   forWorkload(w: Pick<Workload, "namespace" | "authorizationPolicies">): Authorization[] {
     const keys = new Set<string>([
@@ -219,7 +245,11 @@ export class PolicyStore {
       ...(this.#byNamespace.get(w.namespace) ?? []),
       ...w.authorizationPolicies.filter((k) => this.#byKey.get(k)?.scope === "WORKLOAD_SELECTOR"),
     ]);
-    return [...keys].sort().map((k) => this.#byKey.get(k)!);
+    const refused = [...this.#refused].filter(([key, a]) =>
+      a.scope === "GLOBAL" || (a.scope === "NAMESPACE" && a.namespace === w.namespace) ||
+      (a.scope === "WORKLOAD_SELECTOR" && w.authorizationPolicies.includes(key))
+    ).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([, a]) => a);
+    return [...refused, ...[...keys].sort().map((k) => this.#byKey.get(k)!)];
   }
 
   /** All policies. */
@@ -271,10 +301,11 @@ export class RouteStore {
   }
 }
 
-/** L7 policies by `namespace/name`, indexed by each target. */
+/** L7 policies by `namespace/name`, indexed by each target, and the deny-alls of those that did not decode. */
 export class L7PolicyStore {
   readonly #byKey = new Map<string, L7Policy>();
   readonly #byTarget = new Map<string, Set<string>>();
+  readonly #refused = new Map<string, FailClosedL7>();
 
   /** Number of policies. */
   get size(): number {
@@ -289,10 +320,26 @@ export class L7PolicyStore {
     for (const t of p.targets) addTo(this.#byTarget, targetKey(t.kind, t.namespace, t.name), key);
   }
 
-  /** Removes a policy by key; returns whether it existed. */
+  /** Holds the deny-all of a policy that did not decode until a version of `key` decodes or is removed. */
+  refuse(key: string, standIn: FailClosedL7): void {
+    this.#refused.set(key, standIn);
+  }
+
+  /** The keys held refused. */
+  refusedKeys(): string[] {
+    return [...this.#refused.keys()];
+  }
+
+  /** Ends a refusal without a new version (the policy is gone); returns whether there was one. */
+  endRefusal(key: string): boolean {
+    return this.#refused.delete(key);
+  }
+
+  /** Removes a policy by key, and its refusal; returns whether either existed. */
   remove(key: string): boolean {
+    const refused = this.#refused.delete(key);
     const old = this.#byKey.get(key);
-    if (!old) return false;
+    if (!old) return refused;
     this.#byKey.delete(key);
     for (const t of old.targets) removeFrom(this.#byTarget, targetKey(t.kind, t.namespace, t.name), key);
     return true;
@@ -303,9 +350,16 @@ export class L7PolicyStore {
     return this.#byKey.get(key);
   }
 
-  /** The policies attached to the Gateway or Service `namespace/name`, sorted by key, each once. */
+  /**
+   * The policies attached to the Gateway or Service `namespace/name`, sorted by key, each once; first the
+   * deny-alls of refused policies that target it or whose targets could not be read.
+   */
   forTarget(kind: L7Target["kind"], namespace: string, name: string): L7Policy[] {
-    return [...this.#byTarget.get(targetKey(kind, namespace, name)) ?? []].sort().map((k) => this.#byKey.get(k)!);
+    const refused = [...this.#refused].filter(([, r]) =>
+      r.everywhere || r.policy.targets.some((t) => t.kind === kind && t.namespace === namespace && t.name === name)
+    ).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([, r]) => r.policy);
+    const keys = [...this.#byTarget.get(targetKey(kind, namespace, name)) ?? []].sort();
+    return [...refused, ...keys.map((k) => this.#byKey.get(k)!)];
   }
 
   /** All policies. */

@@ -10,7 +10,10 @@
  *   must hold); principal and namespace patterns `*`, `x*`, `*x` become presence, prefix and suffix matches;
  * - L7 attributes (hosts, methods, paths, request principals, remote IP blocks, request headers...) cannot be
  *   seen by ztunnel: an ALLOW rule that uses any is dropped, so it never matches; a DENY rule loses them and
- *   keeps the rest, so it denies all the traffic it could cover. Either way a warning names the field;
+ *   keeps the rest, so it denies all the traffic it could cover. Either way a warning names the field. A `from`
+ *   or `to` entry whose every field was L7 matches every connection in a DENY (its clause is left out); istiod
+ *   leaves an empty match there, which ztunnel never matches, so upstream silently drops such a DENY and with it
+ *   the rule's L4 part (ARCHITECTURE.md, "Where Skiff departs from upstream");
  * - CUSTOM and AUDIT are refused (the reader reports them), as no provider serves them.
  *
  * A policy with `targetRefs` is converted for waypoints instead ({@link convertL7Policy}, mesh/l7.ts), as written
@@ -36,6 +39,7 @@ import {
   type Authorization,
   type Clause,
   emptyMatch,
+  isEmptyMatch,
   type Match,
   type Rule,
   type StringMatch,
@@ -258,39 +262,46 @@ export function convertAuthorizationPolicy(
   spec.rules.forEach((rule, i) => {
     const l7: string[] = [];
     const clauses: Clause[] = [];
+    // An entry whose every field is L7 loses them all and would become an empty match, which never matches
+    // (rbac.ts): in a DENY it must match every connection instead, so its clause, an OR of entries, is left out.
+    // (An ALLOW rule with any L7 field is dropped whole below.)
     if (rule.from.length > 0) {
-      clauses.push({
-        matches: rule.from.map((src, j) => {
-          const m = emptyMatch();
-          m.principals = src.principals.map(stringMatch);
-          m.notPrincipals = src.notPrincipals.map(stringMatch);
-          m.namespaces = src.namespaces.map(stringMatch);
-          m.notNamespaces = src.notNamespaces.map(stringMatch);
-          m.sourceIps = src.ipBlocks.map((c) => decodeCidr(c, ""));
-          m.notSourceIps = src.notIpBlocks.map((c) => decodeCidr(c, ""));
-          m.serviceAccounts = src.serviceAccounts.map((v) => serviceAccount(v, ""));
-          m.notServiceAccounts = src.notServiceAccounts.map((v) => serviceAccount(v, ""));
-          for (const k of SOURCE_L7) if (src[k].length > 0) l7.push(`spec.rules[${i}].from[${j}].source.${k}`);
-          return m;
-        }),
+      let onlyL7 = false;
+      const matches = rule.from.map((src, j) => {
+        const m = emptyMatch();
+        m.principals = src.principals.map(stringMatch);
+        m.notPrincipals = src.notPrincipals.map(stringMatch);
+        m.namespaces = src.namespaces.map(stringMatch);
+        m.notNamespaces = src.notNamespaces.map(stringMatch);
+        m.sourceIps = src.ipBlocks.map((c) => decodeCidr(c, ""));
+        m.notSourceIps = src.notIpBlocks.map((c) => decodeCidr(c, ""));
+        m.serviceAccounts = src.serviceAccounts.map((v) => serviceAccount(v, ""));
+        m.notServiceAccounts = src.notServiceAccounts.map((v) => serviceAccount(v, ""));
+        const found = SOURCE_L7.filter((k) => src[k].length > 0);
+        for (const k of found) l7.push(`spec.rules[${i}].from[${j}].source.${k}`);
+        if (found.length > 0 && isEmptyMatch(m)) onlyL7 = true;
+        return m;
       });
+      if (!onlyL7) clauses.push({ matches });
     }
     if (rule.to.length > 0) {
-      clauses.push({
-        matches: rule.to.map((op, j) => {
-          const m = emptyMatch();
-          m.destinationPorts = op.ports.map((p) => Number(p));
-          m.notDestinationPorts = op.notPorts.map((p) => Number(p));
-          for (const k of OPERATION_L7) if (op[k].length > 0) l7.push(`spec.rules[${i}].to[${j}].operation.${k}`);
-          return m;
-        }),
+      let onlyL7 = false;
+      const matches = rule.to.map((op, j) => {
+        const m = emptyMatch();
+        m.destinationPorts = op.ports.map((p) => Number(p));
+        m.notDestinationPorts = op.notPorts.map((p) => Number(p));
+        const found = OPERATION_L7.filter((k) => op[k].length > 0);
+        for (const k of found) l7.push(`spec.rules[${i}].to[${j}].operation.${k}`);
+        if (found.length > 0 && isEmptyMatch(m)) onlyL7 = true;
+        return m;
       });
+      if (!onlyL7) clauses.push({ matches });
     }
     rule.when.forEach((c, j) => {
       const target = WHEN_L4[c.key];
       if (!target) {
         l7.push(`spec.rules[${i}].when[${j}] (${c.key})`);
-        return;
+        return; // no clause: in a DENY the condition holds for every connection
       }
       const [field, notField, kind] = target;
       const convert = (v: string) => kind === "cidr" ? decodeCidr(v, "") : kind === "port" ? Number(v) : stringMatch(v);

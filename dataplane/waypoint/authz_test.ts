@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import pino from "pino";
+import { ClientConfig } from "../../mesh/control_client.ts";
 import {
   authorizeRequest,
   ipInBlock,
@@ -455,5 +457,38 @@ Deno.test("ipInBlock() and the IP fields match IPv4 and IPv6 addresses and range
     assert.equal(at(rule({ when: [when("destination.ip", ["10.96.0.0/12"])] }), {}), true);
     assert.equal(at(rule({ when: [when("destination.ip", [], ["10.96.0.0/12"])] }), {}), false);
     assert.equal(at(rule({ when: [when("destination.ip", ["10.96.0.0/12"])] }), { destinationIp: undefined }), false);
+  });
+});
+
+Deno.test("authorizeRequest() denies every request an L7 policy the waypoint could not decode covers", async (t) => {
+  const config = new ClientConfig(pino({ level: "silent" }));
+  const web = { kind: "Service", namespace: "shop", name: "web" };
+  const allowGet = (extra: Record<string, unknown> = {}) => ({
+    kind: "L7Policy" as const,
+    name: "shop/get-only",
+    version: "v",
+    body: {
+      name: "get-only",
+      namespace: "shop",
+      targets: [web],
+      action: "ALLOW",
+      rules: [{ to: [{ methods: ["GET"] }] }],
+      ...extra,
+    },
+  });
+  const decide = (service: string, method = "GET") =>
+    authorizeRequest(config.state.l7Policies.forTarget("Service", "shop", service), { ...REQ, method }).allowed;
+  await t.step("a sole ALLOW it cannot decode denies its targets rather than allowing everything", () => {
+    config.apply({ type: "snapshot", version: 1, unchanged: 0, removed: [], resources: [allowGet({ future: 1 })] });
+    assert.deepEqual([decide("web"), decide("web", "POST"), decide("api")], [false, false, true]);
+  });
+  await t.step("a version that decodes applies as written", () => {
+    config.apply({ type: "delta", version: 2, removed: [], resources: [allowGet()] });
+    assert.deepEqual([decide("web"), decide("web", "POST"), decide("api")], [true, false, true]);
+  });
+  await t.step("one whose targets cannot be read denies every request the waypoint serves", () => {
+    const body = { ...allowGet().body, name: "deny", action: "DENY", targets: [{ kind: "Mesh", name: "x" }] };
+    config.apply({ type: "delta", version: 3, removed: [], resources: [{ ...allowGet(), name: "shop/deny", body }] });
+    assert.deepEqual([decide("web"), decide("api")], [false, false]);
   });
 });

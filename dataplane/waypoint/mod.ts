@@ -145,6 +145,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     log,
   });
   const metrics = new WaypointMetrics();
+  config.registerMetrics(metrics.registry);
   let configReady = false;
   let listening = false;
   const admin = serveAdmin({

@@ -129,6 +129,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   Deno.addSignalListener("SIGINT", stop);
 
   const metrics = new TcpMetrics();
+  if (source.kind === "control") source.config.registerMetrics(metrics.registry);
   const connections = new ConnectionManager();
   const access = logger("access");
   const certs = new RotationManager<WorkloadCert>({

@@ -95,7 +95,11 @@ export function authorize(policies: readonly Authorization[], c: ConnectionAttri
   const enforced = policies.filter((p) => !p.dryRun);
   const deny = enforced.find((p) => p.action === "DENY" && policyMatches(p, c));
   if (deny) {
-    return { allowed: false, policy: policyKey(deny), reason: `denied by policy ${policyKey(deny)}`, dryRunMatches };
+    const reason = deny.refused === undefined
+      ? `denied by policy ${policyKey(deny)}`
+      : `policy ${policyKey(deny)} could not be decoded (${deny.refused}); its scope denies all until a version ` +
+        "that decodes arrives";
+    return { allowed: false, policy: policyKey(deny), reason, dryRunMatches };
   }
   const allows = enforced.filter((p) => p.action === "ALLOW");
   if (allows.length === 0) return { allowed: true, dryRunMatches };

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { type Authorization, decodeAuthorization } from "../../mesh/authorization.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
+import { failClosedAuthorization } from "../../mesh/refused_policy.ts";
 import { authorize, type ConnectionAttributes, policyMatches, stringMatches } from "./rbac.ts";
 
 const BOB = SpiffeId.parse("spiffe://cluster.local/ns/shop/sa/bob");
@@ -176,4 +177,23 @@ Deno.test("dry-run policies are reported, never enforced", () => {
   const d = authorize([dry, dryAllow], MTLS);
   assert.equal(d.allowed, true, "a dry-run DENY does not deny, a dry-run ALLOW does not make ALLOW policies exist");
   assert.deepEqual(d.dryRunMatches, ["shop/dry-deny"]);
+});
+
+Deno.test("authorize() denies through a refused policy's stand-in, before any ALLOW, and says why", () => {
+  const standIn = failClosedAuthorization(
+    "shop/p",
+    { namespace: "shop", scope: "NAMESPACE" },
+    "extensions: is not a known field",
+  );
+  const allowBob = onMatch("ALLOW", { principals: [{ exact: BOB.principal }] }, "allow-bob");
+  for (const c of [MTLS, PLAIN]) {
+    const d = authorize([standIn, allowBob], c);
+    assert.equal(d.allowed, false);
+    assert.equal(d.policy, "shop/p");
+    assert.equal(
+      !d.allowed && d.reason,
+      "policy shop/p could not be decoded (extensions: is not a known field); its scope denies all until a version " +
+        "that decodes arrives",
+    );
+  }
 });
