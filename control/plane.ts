@@ -20,6 +20,7 @@ import type { MeshSettings } from "./build/common.ts";
 import type { Registration } from "./build/workloads.ts";
 import { NodeViews } from "./node_views.ts";
 import { Publisher } from "./push.ts";
+import { checkReport, emptyFacts, ReportError, type ReportFacts, reportFacts } from "./reports.ts";
 import {
   formatProblem,
   loadManifestDir,
@@ -65,6 +66,8 @@ export class ControlPlane {
   };
   readonly #cache = new BuildCache();
   readonly #nodeViews = new NodeViews();
+  /** What node agents' reports are checked against: the last build's pods, nodes and addresses. */
+  #reportFacts: ReportFacts;
   readonly #sources: ObjectSource[] = [];
   #timer?: ReturnType<typeof setTimeout>;
   #firstChange?: number;
@@ -84,6 +87,7 @@ export class ControlPlane {
     this.#serviceRange = opts.serviceRange;
     this.#log = opts.log;
     this.#manifestDir = opts.manifestDir;
+    this.#reportFacts = emptyFacts(opts.serviceRange);
     this.manifests.seed(this.#storedObjects());
   }
 
@@ -139,8 +143,14 @@ export class ControlPlane {
     if (changed.size > 0) this.changed(`manifests: ${changed.size} object(s)`);
   }
 
-  /** Replaces what node `node` registered, and schedules a build. */
+  /**
+   * Replaces what node `node` registered, and schedules a build, if the report stays on that node
+   * (control/reports.ts), as the last build knows the nodes, pods and addresses.
+   * @throws {ReportError} naming each problem; the node's earlier report stays in force.
+   */
   register(node: string, pods: Registration[]): void {
+    const problems = checkReport(node, pods, this.#reportFacts);
+    if (problems.length > 0) throw new ReportError(node, problems);
     this.#store.setRegistrations(node, pods);
     this.changed(`registrations from ${node}`);
   }
@@ -201,6 +211,7 @@ export class ControlPlane {
       }
     }
     this.#model = model;
+    this.#reportFacts = reportFacts(objects as DeclaredObject[], model, this.#serviceRange);
     const built = performance.now();
     const delta = this.publisher.publish(model);
     const nodes = this.#nodeViews.update(model);

@@ -7,15 +7,18 @@
  * | `POST /v1/stream`     | the config stream (mesh/protocol/config_stream.ts)                       |
  * | `POST /v1/node-pods`  | the token's node's pods, for its node agent (mesh/protocol/node_pods.ts) |
  * | `POST /v1/certificates` | the CA service (certs/service.ts)                                      |
- * | `PUT /v1/registrations` | a node agent's pods, replacing its earlier report                      |
+ * | `PUT /v1/registrations` | a node agent's pods, replacing its earlier report (control/reports.ts) |
  * | `POST /v1/tokenreview` | whether a node token is valid, and whose (for `skiff ca serve`)          |
  *
  * Both streams are NDJSON with a ping every `PING_INTERVAL_MS`, at which the token is checked again: a token
  * revoked or expired meanwhile ends the stream.
  *
  * A missing, wrong, expired or revoked token is a 401 with a JSON `error` saying which, and a log line naming
- * the node when the token names one. 15014 (istiod's monitoring port), plain HTTP: `/metrics`, `/ready`, and
- * `/status` with every manifest problem (`file:line: field: message`) and every note of the last build.
+ * the node when the token names one. A node agent's report that does not stay on its node (another node's pod,
+ * an address not its own; control/reports.ts) is a 403 with every reason, and a log line naming the node.
+ *
+ * 15014 (istiod's monitoring port), plain HTTP: `/metrics`, `/ready`, and `/status` with every manifest problem
+ * (`file:line: field: message`) and every note of the last build.
  *
  * @module
  */
@@ -35,6 +38,7 @@ import { checkString, Fields, ValidationError } from "../mesh/validate.ts";
 import type { CaService } from "../certs/service.ts";
 import type { ControlPlane } from "./plane.ts";
 import { formatProblem } from "./sources/manifests.ts";
+import { ReportError } from "./reports.ts";
 import { decodeRegistrationReport } from "./sources/registrations.ts";
 import type { TokenVerifier } from "./tokens.ts";
 
@@ -156,6 +160,11 @@ export function serveControl(
         log.info({ node: auth.node, pods: pods.length }, "registrations replaced");
         return json(200, { accepted: pods.length });
       } catch (error) {
+        if (error instanceof ReportError) {
+          // A node speaking for another node's pods or addresses: refused, and said so on both sides.
+          log.warn({ node: auth.node, error: error.message, problems: error.problems.length }, "registrations refused");
+          return json(403, { error: error.message });
+        }
         if (!(error instanceof ValidationError)) throw error;
         log.warn({ node: auth.node, error: error.message }, "registrations refused");
         return badRequest(error);

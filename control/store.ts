@@ -48,12 +48,14 @@ export class StoreError extends Error {
   }
 }
 
+const REGISTRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS registrations (node TEXT NOT NULL, namespace TEXT NOT NULL,
+  name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (node, namespace, name));`;
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, token_id TEXT NOT NULL, expires_at INTEGER NOT NULL,
   created_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS registrations (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-  body TEXT NOT NULL, PRIMARY KEY (namespace, name));
+${REGISTRATIONS_TABLE}
 CREATE TABLE IF NOT EXISTS addresses (owner TEXT PRIMARY KEY, ip TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, file TEXT NOT NULL, line INTEGER NOT NULL,
   document TEXT NOT NULL);
@@ -76,6 +78,7 @@ export class ControlStore {
       const db = new DatabaseSync(join(dir, DB_FILE));
       db.exec("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA synchronous=NORMAL;");
       db.exec(SCHEMA);
+      migrateRegistrations(db);
       return new ControlStore(dir, db);
     } catch (error) {
       throw new StoreError("STORE_OPEN", `cannot open the store in ${dir}: ${(error as Error).message}`, {
@@ -130,21 +133,27 @@ export class ControlStore {
     return (this.#db.prepare("SELECT * FROM nodes ORDER BY name").all() as Record<string, unknown>[]).map(nodeOf);
   }
 
-  /** Replaces everything `node` registered. */
+  /**
+   * Replaces everything `node` registered. Reports are kept by node, pod: one node's report never replaces
+   * another's, even of a pod of the same name (the build uses the report of the node the pod is declared on).
+   */
   setRegistrations(node: string, pods: Registration[]): void {
     this.#transaction(() => {
       this.#db.prepare("DELETE FROM registrations WHERE node = ?").run(node);
       const insert = this.#db.prepare(
         "INSERT OR REPLACE INTO registrations (node, namespace, name, body) VALUES (?, ?, ?, ?)",
       );
-      for (const p of pods) insert.run(node, p.namespace, p.name, JSON.stringify(p));
+      for (const p of pods) insert.run(node, p.namespace, p.name, JSON.stringify({ ...p, node }));
     });
   }
 
-  /** Every registration. */
+  /** Every registration, by namespace, name and node. */
   registrations(): Registration[] {
-    return (this.#db.prepare("SELECT body FROM registrations ORDER BY namespace, name").all() as { body: string }[])
-      .map((r) => JSON.parse(r.body));
+    const rows = this.#db.prepare("SELECT node, body FROM registrations ORDER BY namespace, name, node").all() as {
+      node: string;
+      body: string;
+    }[];
+    return rows.map((r) => ({ ...JSON.parse(r.body), node: r.node }));
   }
 
   /** Addresses allocated so far, by owner (`kind/ns/name`). */
@@ -209,6 +218,27 @@ export class ControlStore {
       this.#db.exec("ROLLBACK");
       throw error;
     }
+  }
+}
+
+/**
+ * Stores made before reports were kept by node keyed them by pod alone, so one node's report replaced
+ * another's; their table is rebuilt with the node in the key, keeping every row.
+ */
+function migrateRegistrations(db: DatabaseSync): void {
+  const key = (db.prepare("PRAGMA table_info(registrations)").all() as { name: string; pk: number }[])
+    .filter((c) => c.pk > 0).map((c) => c.name);
+  if (key.includes("node")) return;
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    db.exec(`ALTER TABLE registrations RENAME TO registrations_by_pod;
+      ${REGISTRATIONS_TABLE}
+      INSERT INTO registrations SELECT node, namespace, name, body FROM registrations_by_pod;
+      DROP TABLE registrations_by_pod;`);
+    db.exec("COMMIT");
+  } catch (error) {
+    db.exec("ROLLBACK");
+    throw error;
   }
 }
 

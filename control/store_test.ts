@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { decodeCidr } from "../mesh/net.ts";
-import { ControlStore } from "./store.ts";
+import { ControlStore, DB_FILE } from "./store.ts";
 
 Deno.test("ControlStore keeps registrations, addresses and objects across a reopen", async () => {
   const dir = await Deno.makeTempDir({ prefix: "skiff-store-" });
@@ -34,6 +36,50 @@ Deno.test("ControlStore keeps registrations, addresses and objects across a reop
     assert.deepEqual(store.allocateAddresses([], range, new Set(), new Set()).size, 0, "released when no longer kept");
     assert.deepEqual(store.objects(), [{ key: "Pod/shop/web", file: "/m/a.yaml", line: 3, json: '{"kind":"Pod"}' }]);
     store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ControlStore keeps each node's report of a pod apart: one node's never replaces another's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-store-" });
+  try {
+    const store = ControlStore.open(dir);
+    const web = { namespace: "shop", name: "web", ips: ["10.0.1.2"], redirected: true };
+    store.setRegistrations("node-a", [{ ...web, node: "node-a" }]);
+    // The body's node is the caller's claim; the store records the node whose report it is.
+    store.setRegistrations("node-b", [{ ...web, node: "node-a", redirected: false }]);
+    assert.deepEqual(store.registrations().map((r) => [r.node, r.name, r.redirected]), [
+      ["node-a", "web", true],
+      ["node-b", "web", false],
+    ]);
+    store.setRegistrations("node-b", []);
+    assert.deepEqual(store.registrations().map((r) => [r.node, r.redirected]), [["node-a", true]]);
+    store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ControlStore.open() rebuilds a store that keyed reports by pod alone, keeping its rows", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-store-" });
+  try {
+    const old = new DatabaseSync(join(dir, DB_FILE));
+    old.exec(`CREATE TABLE registrations (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+      body TEXT NOT NULL, PRIMARY KEY (namespace, name));`);
+    old.prepare("INSERT INTO registrations VALUES (?, ?, ?, ?)").run(
+      "node-a",
+      "shop",
+      "web",
+      JSON.stringify({ namespace: "shop", name: "web", node: "node-a", ips: ["10.0.1.2"], redirected: true }),
+    );
+    old.close();
+    const store = ControlStore.open(dir);
+    assert.deepEqual(store.registrations().map((r) => [r.node, r.name]), [["node-a", "web"]]);
+    store.setRegistrations("node-b", [{ namespace: "shop", name: "web", node: "node-b", ips: [], redirected: false }]);
+    assert.equal(store.registrations().length, 2, "the key now has the node");
+    store.close();
+    ControlStore.open(dir).close(); // a second open finds it migrated
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,7 +11,7 @@
 
 import type { Authorization } from "../../mesh/authorization.ts";
 import { policyKey } from "../../mesh/authorization.ts";
-import { addressKey } from "../../mesh/net.ts";
+import { addressKey, type Cidr } from "../../mesh/net.ts";
 import type { NodePod } from "../../mesh/protocol/node_pods.ts";
 import { type HttpRoute, httpRouteKey, type L7Policy, l7PolicyKey } from "../../mesh/l7.ts";
 import { ValidationError } from "../../mesh/validate.ts";
@@ -32,6 +32,7 @@ import {
   STATIC_STRICT,
   staticStrictPolicy,
 } from "./peer_authentication.ts";
+import { type NodeSpec, podRangeProblem, podRangesOf, readNode } from "./nodes.ts";
 import { buildService, readService, type ServiceSpec } from "./services.ts";
 import {
   type GatewaySpec,
@@ -58,6 +59,7 @@ import {
 export interface Specs {
   Namespace: Record<string, never>;
   ServiceAccount: Record<string, never>;
+  Node: NodeSpec;
   Pod: PodSpec;
   WorkloadEntry: WorkloadEntrySpec;
   Service: ServiceSpec;
@@ -70,6 +72,7 @@ export interface Specs {
 const READERS: { [K in keyof Specs]: (doc: Record<string, unknown>) => Specs[K] } = {
   Namespace: () => ({}),
   ServiceAccount: () => ({}),
+  Node: readNode,
   Pod: readPod,
   WorkloadEntry: readWorkloadEntry,
   Service: readService,
@@ -198,6 +201,8 @@ interface Shared {
   /** PeerAuthentications of the root namespace (the mesh-wide one). */
   rootPeerAuthentications: DeclaredPeerAuthentication[];
   vips: ReadonlyMap<string, string>;
+  /** Each node's pod ranges, from the Nodes that give one. */
+  podRanges: ReadonlyMap<string, readonly Cidr[]>;
 }
 
 /** Builds the mesh from everything in force. Pure: the same input gives the same output, cache or not. */
@@ -244,12 +249,14 @@ export function buildMesh(input: MeshInput, cache?: BuildCache): MeshModel {
     rootSelectorPolicies: sortBy(rootSelectorPolicies, (p) => p.key),
     rootPeerAuthentications,
     vips: input.vips,
+    podRanges: podRangesOf(input.objects),
   };
   const sharedPrint = JSON.stringify([
     s,
     [...waypoints.values()],
     shared.rootSelectorPolicies,
     rootPeerAuthentications,
+    [...shared.podRanges],
   ]);
   const vipsIn = new Map<string, [string, string][]>();
   for (const [owner, ip] of input.vips) {
@@ -262,7 +269,7 @@ export function buildMesh(input: MeshInput, cache?: BuildCache): MeshModel {
   for (const ns of [...objectsIn.keys()].sort(byText)) {
     seen.add(ns);
     const objects = sortBy(objectsIn.get(ns)!, key);
-    const registrations = sortBy(registrationsIn.get(ns) ?? [], (r) => r.name);
+    const registrations = sortBy(registrationsIn.get(ns) ?? [], (r) => `${r.name}/${r.node}`);
     // Compared item by item: digests of unchanged objects are the very same strings, so this is cheap.
     const fingerprint = cache
       ? [
@@ -351,27 +358,33 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
   };
 
   // Workloads. A node agent's report only completes what the manifests or the API declare, and only for a
-  // workload scheduled on that very node: a node can neither make up pods nor speak for another node's.
-  const registrations = new Map(regs.map((r) => [r.name, r]));
-  const reported = new Set<string>();
-  const reportFor = (kind: string, name: string, node: string) => {
-    const reg = registrations.get(name);
-    if (!reg || reported.has(name)) return undefined;
-    reported.add(name);
-    if (reg.node === node) return reg;
-    notes.push({
-      key: `${kind}/${ns}/${name}`,
-      severity: "warning",
-      message: `reported by node ${reg.node}, but ${
-        node ? `it runs on ${node}` : "it names no node"
-      }; the report is ignored`,
+  // workload scheduled on that very node: a node can neither make up pods nor speak for another node's. Reports
+  // are kept by node (control/store.ts), so another node's report of the same name is there, never in the way.
+  const registrations = new Map(regs.map((r) => [`${r.node}/${r.name}`, r]));
+  const used = new Set<Registration>();
+  const declaredOn = new Map<string, string>();
+  const reportFor = (name: string, node: string): Registration | undefined => {
+    if (!declaredOn.has(name)) declaredOn.set(name, node);
+    const reg = node ? registrations.get(`${node}/${name}`) : undefined;
+    if (!reg || used.has(reg)) return undefined;
+    used.add(reg);
+    return reg;
+  };
+  // control/reports.ts refuses a report of addresses outside the node's pod range; one stored before the range
+  // was known gives none of them.
+  const inRange = (pod: { name: string; spec: PodSpec }, reg: Registration | undefined) => {
+    if (!reg || pod.spec.ips.length > 0) return reg;
+    const ips = reg.ips.filter((ip) => {
+      const problem = podRangeProblem(reg.node, ip, shared.podRanges);
+      if (problem) notes.push({ key: `Pod/${ns}/${pod.name}`, severity: "error", message: `reported ${problem}` });
+      return problem === undefined;
     });
-    return undefined;
+    return ips.length === reg.ips.length ? reg : { ...reg, ips };
   };
   const candidates: Candidate[] = [];
   const nodePods: [string, NodePod][] = [];
   for (const pod of of("Pod")) {
-    const reg = reportFor("Pod", pod.name, pod.spec.nodeName);
+    const reg = inRange(pod, reportFor(pod.name, pod.spec.nodeName));
     if (pod.spec.phase !== "Failed") addIdentity(pod.spec.nodeName, pod.spec.serviceAccount);
     const c = podWorkload(pod as Declared<PodSpec>, labels, reg, s);
     if (c) candidates.push(c);
@@ -379,17 +392,22 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     if (seen) nodePods.push([pod.spec.nodeName, seen]);
   }
   for (const entry of of("WorkloadEntry")) {
-    const reg = reportFor("WorkloadEntry", entry.name, entry.annotations[LABELS.entryNode] ?? "");
+    const reg = reportFor(entry.name, entry.annotations[LABELS.entryNode] ?? "");
     const c = entryWorkload(entry as Declared<WorkloadEntrySpec>, labels, reg, s);
     addIdentity(c.workload.node, entry.spec.serviceAccount);
     candidates.push(c);
   }
   for (const reg of regs) {
-    if (reported.has(reg.name)) continue;
+    if (used.has(reg)) continue;
+    const node = declaredOn.get(reg.name);
     notes.push({
       key: `Pod/${ns}/${reg.name}`,
       severity: "warning",
-      message: `reported by node ${reg.node}, but no manifest or Kubernetes object declares it; it is left out`,
+      message: node === undefined
+        ? `reported by node ${reg.node}, but no manifest or Kubernetes object declares it; it is left out`
+        : `reported by node ${reg.node}, but ${
+          node ? `it runs on ${node}` : "it names no node"
+        }; the report is ignored`,
     });
   }
 
@@ -535,13 +553,15 @@ function labelIndex(candidates: Candidate[]): Map<string, Candidate[]> {
 }
 
 /**
- * Gives each address to one workload: the first by uid. A later claimant loses the address (and is left out
- * when it has none left), with an error on its object, so one bad manifest cannot steal another's traffic.
+ * Gives each address to one workload: a declared address (a manifest's or the API's) before one a node agent
+ * reported, then the first by uid. A later claimant loses the address (and is left out when it has none left),
+ * with an error on its object, so neither one bad manifest nor one node's report can steal another's traffic.
+ * The workloads come out by uid.
  */
 function claimAddresses(candidates: Candidate[], notes: ModelNote[]): Candidate[] {
   const owner = new Map<string, string>();
   const out: Candidate[] = [];
-  for (const c of sortBy(candidates, (c) => c.workload.uid)) {
+  for (const c of sortBy(candidates, (c) => `${c.addressesReported ? 1 : 0}${c.workload.uid}`)) {
     const w = c.workload;
     // The candidate may be a cached one: a lost address makes a new workload, never a changed old one.
     const kept = w.addresses.filter((ip) => {
@@ -557,7 +577,7 @@ function claimAddresses(candidates: Candidate[], notes: ModelNote[]): Candidate[
     if (kept.length === w.addresses.length) out.push(c);
     else if (kept.length > 0) out.push({ ...c, workload: { ...w, addresses: kept } });
   }
-  return out;
+  return sortBy(out, (c) => c.workload.uid);
 }
 
 /** Gives each VIP to one service, the first by key; a later claimant loses it, with an error. */

@@ -104,6 +104,47 @@ Deno.test("buildMesh() completes a pod from its own node's agent, and from no on
       "reported by node node-evil, but it runs on node-a; the report is ignored",
     ]);
   });
+  await t.step("with reports of the pod from two nodes, its own node's counts, whichever comes first", () => {
+    const ambient = yaml.replace("labels: {}", "labels: { istio.io/dataplane-mode: ambient }");
+    const own = { ...redirected("web-1", "shop"), ips: ["10.0.1.7"] };
+    const other = { ...redirected("web-1", "shop", "node-b"), ips: ["10.0.2.7"], redirected: false };
+    for (const regs of [[own, other], [other, own]]) {
+      const m = build(ambient, regs);
+      assert.deepEqual(m.workloads.map((w) => [w.addresses, w.tunnelProtocol]), [[["10.0.1.7"], "HBONE"]]);
+      assert.deepEqual(m.notes.map((n) => n.message), [
+        "reported by node node-b, but it runs on node-a; the report is ignored",
+      ]);
+    }
+  });
+  await t.step("a declared address wins over a reported one, whatever the uids' order", () => {
+    const m = build(POD("zz", "shop", "10.0.1.2") + yaml.replaceAll("web-1", "aa"), [
+      { ...redirected("aa", "shop"), ips: ["10.0.1.2"] },
+    ]);
+    assert.deepEqual(m.workloads.map((w) => [w.name, w.addresses]), [["zz", ["10.0.1.2"]]]);
+    assert.deepEqual(m.notes.map((n) => n.message), ["address 10.0.1.2 is already used by Pod/shop/zz"]);
+  });
+  await t.step("a reported address outside the node's pod range (a Node's spec.podCIDRs) is left out", () => {
+    const nodes = `apiVersion: v1
+kind: Node
+metadata: { name: node-a }
+spec: { podCIDR: 10.0.1.0/24 }
+---
+apiVersion: v1
+kind: Node
+metadata: { name: node-b }
+spec: { podCIDR: 10.0.2.0/24 }
+---
+`;
+    const m = build(nodes + yaml + POD("api-1", "shop", "", { node: "node-c" }).replace("status:\n  podIP: \n", ""), [
+      { ...redirected("web-1", "shop"), ips: ["10.0.1.7", "10.0.2.7"] },
+      { ...redirected("api-1", "shop", "node-c"), ips: ["10.0.2.8"] },
+    ]);
+    assert.deepEqual(m.workloads.map((w) => [w.name, w.addresses]), [["web-1", ["10.0.1.7"]]]);
+    assert.deepEqual(m.notes.map((n) => [n.key, n.message]), [
+      ["Pod/shop/api-1", "reported 10.0.2.8 lies in the pod range 10.0.2.0/24 of node node-b"],
+      ["Pod/shop/web-1", "reported 10.0.2.7 is not in the pod range of node node-a (10.0.1.0/24)"],
+    ]);
+  });
   await t.step("a pod nothing declares is left out: no workload, no identity for the reporting node", () => {
     const m = build("", [{ ...redirected("job-1", "batch", "node-c"), ips: ["10.0.3.3"] }]);
     assert.deepEqual([m.workloads, m.identities.get("node-c")], [[], undefined]);

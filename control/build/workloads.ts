@@ -125,6 +125,8 @@ export interface Candidate {
   key: string;
   /** A waypoint's own workload: never bound to a waypoint. */
   isWaypoint: boolean;
+  /** Its addresses come from a node agent's report, not from what the sources declare. */
+  addressesReported?: boolean;
 }
 
 /** Whether a workload is enrolled in ambient, from its own and its namespace's `istio.io/dataplane-mode`. */
@@ -237,6 +239,7 @@ export function podWorkload(
     useWaypointNamespace: labels[LABELS.useWaypointNamespace],
     key: `Pod/${pod.namespace}/${pod.name}`,
     isWaypoint: labels[LABELS.gatewayName] !== undefined,
+    addressesReported: spec.ips.length === 0,
   };
 }
 

@@ -43,6 +43,7 @@ const custom = (group: string, version: string, kind: string, plural: string): R
 /** The kinds read, as MANIFEST_KINDS names them, at the versions a current cluster serves. */
 export const KUBE_RESOURCES: Resource[] = [
   core("Namespace", "namespaces"),
+  core("Node", "nodes"),
   core("Pod", "pods"),
   core("Service", "services"),
   core("ServiceAccount", "serviceaccounts"),
@@ -79,6 +80,7 @@ export class KubeSource {
     const customApi = kc.makeApiClient(k8s.CustomObjectsApi);
     const lists: Record<string, () => Promise<k8s.KubernetesListObject<k8s.KubernetesObject>>> = {
       Namespace: () => coreApi.listNamespace(),
+      Node: () => coreApi.listNode(),
       Pod: () => coreApi.listPodForAllNamespaces(),
       Service: () => coreApi.listServiceForAllNamespaces(),
       ServiceAccount: () => coreApi.listServiceAccountForAllNamespaces(),

@@ -3,6 +3,7 @@ import { logger } from "../../mesh/log.ts";
 import { KubeApiDouble } from "../../tests/harness/kube_api.ts";
 import { DEFAULT_SETTINGS } from "../build/common.ts";
 import { buildMesh } from "../build/mod.ts";
+import type { NodeSpec } from "../build/nodes.ts";
 import type { PodSpec } from "../build/workloads.ts";
 import { KubeSource } from "./kube.ts";
 
@@ -29,6 +30,11 @@ Deno.test({
       spec: { nodeName: "node-a", serviceAccountName: "web", containers: [{ name: "app", image: "x" }] },
       status: { podIP: "10.0.1.2", phase: "Running" },
     });
+    api.put("/api/v1/nodes", "Node", {
+      metadata: { name: "node-a", labels: { "kubernetes.io/hostname": "node-a" } },
+      spec: { podCIDR: "10.0.1.0/24", podCIDRs: ["10.0.1.0/24"], providerID: "kind://docker/kind/node-a" },
+      status: { addresses: [{ type: "InternalIP", address: "172.18.0.2" }] },
+    });
     api.put(POLICY, "AuthorizationPolicy", {
       metadata: { name: "allow-web", namespace: "shop" },
       spec: { rules: [{ from: [{ source: { principals: ["cluster.local/ns/shop/sa/web"] } }] }] },
@@ -41,8 +47,11 @@ Deno.test({
         assert.deepEqual([...source.objects().keys()].sort(), [
           "AuthorizationPolicy/shop/allow-web",
           "Namespace//shop",
+          "Node//node-a",
           "Pod/shop/web-1",
         ]);
+        const node = source.objects().get("Node//node-a")!;
+        assert.deepEqual((node.spec as NodeSpec).podCidrs, [{ address: "10.0.1.0", length: 24 }], "its pod range");
         const pod = source.objects().get("Pod/shop/web-1")!;
         assert.deepEqual((pod.spec as PodSpec).ips, ["10.0.1.2"]);
         const model = buildMesh({

@@ -24,6 +24,7 @@ export const MAX_MANIFEST_BYTES = 8 * 1024 * 1024;
 /** The kinds Skiff reads, by `apiVersion/kind`, and whether they live in a namespace. */
 export const MANIFEST_KINDS: Readonly<Record<string, { namespaced: boolean }>> = {
   "v1/Namespace": { namespaced: false },
+  "v1/Node": { namespaced: false },
   "v1/Pod": { namespaced: true },
   "v1/Service": { namespaced: true },
   "v1/ServiceAccount": { namespaced: true },
