@@ -9,6 +9,13 @@
  *
  * The server's certificate must carry one of the expected identities (no hostname check); anything else fails the
  * tunnel before a byte of it is sent. Success is a 200 and nothing else.
+ *
+ * A pooled connection is only as good as the certificates it was made with (`validity.ts`). No new tunnel rides
+ * one whose local or server certificate has expired: it is retired (GOAWAY, its open tunnels finish). Before a
+ * checkout the source's current certificate is asked for: when there is none (expired and the CA unreachable, or
+ * the identity dropped) the key's connections are retired and the tunnel fails, never falls back to plaintext;
+ * when its trust bundle differs from the one a connection was verified against, the server chain is verified
+ * again and a connection that no longer chains to it is closed. Every retirement is logged with its reason.
  */
 
 import type net from "node:net";
@@ -16,10 +23,23 @@ import tls from "node:tls";
 import { H2Connection, type H2Options } from "../h2/connection.ts";
 import type { HeaderField } from "../h2/fields.ts";
 import type { H2Stream } from "../h2/stream.ts";
-import { clientTlsOptions, peerIdentity, TLS_HANDSHAKE_TIMEOUT_MS, type WorkloadCredentials } from "./tls.ts";
+import type { Logger } from "../../mesh/log.ts";
+import {
+  clientTlsOptions,
+  connectionCerts,
+  peerIdentity,
+  TLS_HANDSHAKE_TIMEOUT_MS,
+  type WorkloadCredentials,
+} from "./tls.ts";
+import { chainValidity, type ConnectionCerts, localCertProblem, retireReason, untrustedReason } from "./validity.ts";
 
 export const POOL_MAX_STREAMS_PER_CONNECTION = 100;
 export const POOL_UNUSED_RELEASE_TIMEOUT_MS = 5 * 60_000;
+/**
+ * A CONNECT without an answer is given up after this (ztunnel's connect timeout, 10 s): a peer that finished TLS
+ * and SETTINGS but never answers must not hold the tunnel, and whoever waits on it, forever.
+ */
+export const POOL_CONNECT_TIMEOUT_MS = 10_000;
 
 /** Why a tunnel failed; `code` maps to Istio's response flags in one place (the proxy). */
 export class HboneError extends Error {
@@ -56,11 +76,17 @@ export interface HboneDialer {
   /** The current certificate of the source workload. */
   credentials(srcIdentity: string): Promise<WorkloadCredentials>;
   trustDomain: string;
+  /** Where the pool says which connection it retired and why (a certificate expired, the bundle changed). */
+  log?: Logger;
 }
 
 interface Pooled {
   conn: H2Connection;
   idleTimer?: ReturnType<typeof setTimeout>;
+  /** The next hop, for logs. */
+  where: string;
+  certs: ConnectionCerts;
+  retired?: boolean;
 }
 
 export interface PoolStats {
@@ -72,6 +98,7 @@ export class HbonePool {
   #dialer: HboneDialer;
   #maxStreams: number;
   #idleMs: number;
+  #connectTimeoutMs: number;
   #h2: Partial<H2Options>;
   #byKey = new Map<string, Pooled[]>();
   #dialing = new Map<string, Promise<Pooled>>();
@@ -81,11 +108,18 @@ export class HbonePool {
 
   constructor(
     dialer: HboneDialer,
-    opts: { maxStreamsPerConnection?: number; idleTimeoutMs?: number; h2?: Partial<H2Options> } = {},
+    opts: {
+      maxStreamsPerConnection?: number;
+      idleTimeoutMs?: number;
+      /** How long a CONNECT's answer is awaited; default {@link POOL_CONNECT_TIMEOUT_MS}. */
+      connectTimeoutMs?: number;
+      h2?: Partial<H2Options>;
+    } = {},
   ) {
     this.#dialer = dialer;
     this.#maxStreams = opts.maxStreamsPerConnection ?? POOL_MAX_STREAMS_PER_CONNECTION;
     this.#idleMs = opts.idleTimeoutMs ?? POOL_UNUSED_RELEASE_TIMEOUT_MS;
+    this.#connectTimeoutMs = opts.connectTimeoutMs ?? POOL_CONNECT_TIMEOUT_MS;
     this.#h2 = opts.h2 ?? {};
   }
 
@@ -113,10 +147,22 @@ export class HbonePool {
     stream.once("close", () => this.#release(pooled));
     const abort = () => stream.reset(0x8);
     signal?.addEventListener("abort", abort, { once: true });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stream.reset(0x8); // CANCEL; the response promise rejects
+    }, this.#connectTimeoutMs);
     let response: HeaderField[];
     try {
       response = await stream.response;
     } catch (error) {
+      if (timedOut) {
+        throw new HboneError(
+          "TIMEOUT",
+          `no answer to CONNECT ${authority} from ${key.dst.ip} within ${this.#connectTimeoutMs} ms`,
+          { cause: error },
+        );
+      }
       throw new HboneError(
         "STREAM",
         `the tunnel to ${authority} via ${key.dst.ip} failed: ${(error as Error).message}`,
@@ -125,6 +171,7 @@ export class HbonePool {
         },
       );
     } finally {
+      clearTimeout(timer);
       signal?.removeEventListener("abort", abort);
     }
     const status = response.find(([n]) => n === ":status")?.[1];
@@ -155,7 +202,10 @@ export class HbonePool {
    */
   async #checkout(key: PoolKey, request: HeaderField[]): Promise<{ pooled: Pooled; stream: H2Stream }> {
     const id = poolKeyText(key);
+    this.#retireExpired(id);
+    await this.#recheck(id, key);
     for (;;) {
+      this.#retireExpired(id);
       if (this.#closed) throw new HboneError("CONNECT", "the pool is closed");
       const ready = this.#byKey.get(id)?.find((p) =>
         p.conn.usable && p.conn.activeStreams < Math.min(this.#maxStreams, p.conn.peerMaxConcurrentStreams)
@@ -199,20 +249,24 @@ export class HbonePool {
     let creds: WorkloadCredentials;
     try {
       creds = await this.#dialer.credentials(key.srcIdentity);
+      const problem = localCertProblem(key.srcIdentity, chainValidity(creds.chainPem), Date.now());
+      if (problem) throw new Error(problem);
     } catch (error) {
       raw.destroy();
-      throw new HboneError("TLS", `no certificate for ${key.srcIdentity}: ${(error as Error).message}`, {
+      throw new HboneError("TLS", `no valid certificate for ${key.srcIdentity}: ${(error as Error).message}`, {
         cause: error,
       });
     }
     raw.setNoDelay(true);
     const socket = tls.connect(clientTlsOptions(creds, raw));
+    let certs: ConnectionCerts;
     try {
       await handshake(socket, where);
-      const peer = peerIdentity(socket, this.#dialer.trustDomain, "server").toString();
-      if (!key.dstIdentities.includes(peer)) {
+      const peer = peerIdentity(socket, this.#dialer.trustDomain, "server");
+      if (!key.dstIdentities.includes(peer.toString())) {
         throw new HboneError("IDENTITY", `${where} presented ${peer}, expected ${key.dstIdentities.join(" or ")}`);
       }
+      certs = connectionCerts(socket, creds, peer);
     } catch (error) {
       socket.destroy();
       raw.destroy();
@@ -220,7 +274,7 @@ export class HbonePool {
       throw new HboneError("TLS", `TLS with ${where} failed: ${(error as Error).message}`, { cause: error });
     }
     const conn = new H2Connection(socket, { role: "client", ...this.#h2 });
-    const pooled: Pooled = { conn };
+    const pooled: Pooled = { conn, where, certs };
     this.connectionsOpened++;
     const list = this.#byKey.get(id) ?? [];
     list.push(pooled);
@@ -233,6 +287,71 @@ export class HbonePool {
       if (now?.length === 0) this.#byKey.delete(id);
     });
     return pooled;
+  }
+
+  /**
+   * Verifies every connection against a new trust bundle (the source's certificate was renewed with it) and
+   * closes those whose server no longer chains to it; resolves with how many were closed. Checkouts do the same
+   * for their key, so this only makes it happen at once, idle connections included.
+   */
+  async applyTrustBundle(rootsPem: string): Promise<number> {
+    const stale = [...this.#byKey.values()].flat().filter((p) => !p.retired && p.certs.rootsPem !== rootsPem);
+    const closed = await Promise.all(stale.map((p) => this.#recheckTrust(p, rootsPem)));
+    return closed.filter(Boolean).length;
+  }
+
+  /** Retires the key's connections on which a certificate has expired: no new stream may ride them. */
+  #retireExpired(id: string) {
+    const now = Date.now();
+    for (const p of [...this.#byKey.get(id) ?? []]) {
+      const why = retireReason(p.certs, now);
+      if (why) this.#retire(p, why, false);
+    }
+  }
+
+  /**
+   * Asks for the source's current certificate before a checkout. None (expired with the CA unreachable, or the
+   * identity dropped): the key's connections are retired and the tunnel fails. A new trust bundle: the key's
+   * connections are verified against it.
+   */
+  async #recheck(id: string, key: PoolKey): Promise<void> {
+    const list = this.#byKey.get(id)?.filter((p) => !p.retired);
+    if (!list?.length) return;
+    let creds: WorkloadCredentials;
+    try {
+      creds = await this.#dialer.credentials(key.srcIdentity);
+    } catch (error) {
+      const why = `no valid certificate for ${key.srcIdentity}: ${(error as Error).message}`;
+      for (const p of list) this.#retire(p, why, false);
+      throw new HboneError("TLS", why, { cause: error });
+    }
+    await Promise.all(
+      list.filter((p) => p.certs.rootsPem !== creds.rootsPem).map((p) => this.#recheckTrust(p, creds.rootsPem)),
+    );
+  }
+
+  /** Verifies the server chain against `rootsPem`; closes the connection when it fails. True when it was closed. */
+  async #recheckTrust(p: Pooled, rootsPem: string): Promise<boolean> {
+    const why = await untrustedReason(p.certs, rootsPem, this.#dialer.trustDomain, "server", Date.now());
+    if (!why) {
+      p.certs = { ...p.certs, rootsPem };
+      return false;
+    }
+    this.#retire(p, why, true);
+    return true;
+  }
+
+  /**
+   * No new stream on `p` from now. An expired certificate closes it gracefully (GOAWAY; open tunnels finish, as a
+   * rotation would let them); a server the trust bundle no longer vouches for is cut at once.
+   */
+  #retire(p: Pooled, why: string, abrupt: boolean) {
+    if (p.retired) return;
+    p.retired = true;
+    clearTimeout(p.idleTimer);
+    this.#dialer.log?.warn({ dst: p.where, reason: why }, "pooled HBONE connection retired");
+    if (abrupt) p.conn.destroy(new Error(why));
+    else void p.conn.close();
   }
 
   #release(p: Pooled) {

@@ -204,6 +204,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     identity: identity.toString(),
     credentials: () => certs.get(identity.toString()),
     trustDomain: values.trustDomain,
+    log,
   });
   const ctx: WaypointContext = {
     self: { name, namespace, hostname, identity, network: values.network },
@@ -257,8 +258,10 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     rotation = setInterval(() => {
       const current = certs.current(identity.toString());
       if (current && current !== cert) {
+        // A renewal brings the trust bundle too: connections whose peer no longer chains to it are closed.
+        if (current.rootsPem !== cert?.rootsPem) void tunnels.pool.applyTrustBundle(current.rootsPem);
         cert = current;
-        server!.setCredentials(current);
+        void server!.setCredentials(current);
         log.info({ notAfter: new Date(current.notAfter).toISOString() }, "certificate rotated");
       }
     }, ROTATION_CHECK_MS);

@@ -15,6 +15,7 @@ import { type HboneDialer, HbonePool } from "../hbone/pool.ts";
 import type { WorkloadCredentials } from "../hbone/tls.ts";
 import { baggage } from "../ztunnel/outbound.ts";
 import { targetPort, workloadIdentity } from "../ztunnel/route.ts";
+import type { Logger } from "../../mesh/log.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import { HBONE_PORT, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
 
@@ -140,6 +141,8 @@ export interface TunnelSource {
   trustDomain: string;
   /** Makes TCP connections; {@link dialTcp} (this namespace) unless the waypoint serves another one. */
   dial?: (ip: string, port: number) => Promise<net.Socket>;
+  /** Where the pool logs the connections it retires (a certificate expired, the trust bundle changed). */
+  log?: Logger;
 }
 
 /** Opens byte streams to endpoints: HBONE through a shared connection pool, or TCP. */
@@ -155,6 +158,7 @@ export class Tunnels {
       dial: (dst) => this.#dial(dst.ip, dst.port),
       credentials: () => source.credentials(),
       trustDomain: source.trustDomain,
+      log: source.log,
     };
     this.pool = new HbonePool(dialer);
   }

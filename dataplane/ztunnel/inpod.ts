@@ -106,6 +106,7 @@ export class PodManager implements PodHandler {
       trustDomain: this.#trustDomain,
       credentials: (id) => this.#certs.get(id),
       dial: (dst, srcIp) => this.#network.dial(netns, srcIp, dst),
+      log,
     });
     const ctx: PodContext = {
       uid,
@@ -179,8 +180,10 @@ export class PodManager implements PodHandler {
     for (const pod of this.#pods.values()) {
       const current = this.#certs.current(pod.ctx.identity.toString());
       if (current && current !== pod.cert) {
+        // A renewal brings the trust bundle too: connections whose peer no longer chains to it are closed.
+        if (current.rootsPem !== pod.cert.rootsPem) void pod.ctx.pool.applyTrustBundle(current.rootsPem);
         pod.cert = current;
-        pod.hbone.setCredentials(current);
+        void pod.hbone.setCredentials(current);
       }
     }
   }
