@@ -549,3 +549,61 @@ interopTest(
   // A length mismatch is request smuggling once a request is forwarded to an HTTP/1.1 upstream.
   { ignore: false },
 );
+
+/**
+ * A python-h2 server for one connection that answers a POST at once, before reading its body: the response with
+ * END_STREAM, then RST_STREAM(NO_ERROR) to stop the upload (RFC 9113 §8.1).
+ */
+const PY_EARLY_ANSWER = PY_COMMON + `
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+listener.settimeout(20)
+sock, _ = listener.accept()
+sock.settimeout(20)
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+conn.initiate_connection()
+sock.sendall(conn.data_to_send())
+body = b"early answer: upload no further\\n"
+while True:
+    data = sock.recv(1 << 16)
+    if not data:
+        break
+    for ev in conn.receive_data(data):
+        if isinstance(ev, h2.events.RequestReceived):
+            conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+            conn.send_data(ev.stream_id, body, end_stream=True)
+            conn.reset_stream(ev.stream_id, 0)  # NO_ERROR
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            break
+    sock.sendall(conn.data_to_send())
+sock.close()
+`;
+
+interopTest(
+  "our HTTP/2 client keeps a complete response that python-h2 follows with RST_STREAM(NO_ERROR)",
+  ["python3-h2"],
+  async () => {
+    await using child = new Child(PYTHON, ["-c", PY_EARLY_ANSWER]);
+    const port = Number(await child.firstLine());
+    const socket = net.connect(port, "127.0.0.1");
+    const client = new H2Connection(socket, { role: "client" });
+    try {
+      const stream = client.request([[":method", "POST"], [":scheme", "http"], [":path", "/upload"], [
+        ":authority",
+        "x",
+      ]]);
+      stream.write(pattern(1024, 3)); // the upload goes on: the request is not ended
+      // As a proxy does: the head first, then the body is read (piped on) once the head has been dealt with.
+      const response = await within(10_000, "the early answer", stream.response);
+      assert.equal(field(response, ":status"), "200");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const body = await within(5_000, "the body", readAll(stream));
+      // RFC 9113 §8.1: "Clients MUST NOT discard responses as a result of receiving such a RST_STREAM".
+      assert.equal(new TextDecoder().decode(body), "early answer: upload no further\n");
+    } finally {
+      client.destroy();
+      socket.destroy();
+      await client.closed;
+    }
+  },
+);

@@ -200,6 +200,15 @@ ${DENY_ADMIN}`,
     assert.equal(h2c.headers.upgrade, undefined);
   });
 
+  await t.step("a forged x-forwarded-client-cert is replaced by the identities the waypoint verified", async () => {
+    const forged = "By=spiffe://cluster.local/ns/shop/sa/echo-v1;URI=spiffe://cluster.local/ns/shop/sa/admin";
+    const seen = JSON.parse(await curl("-H", `x-forwarded-client-cert: ${forged}`, `http://${ECHO}/headers`));
+    assert.equal(
+      seen.headers["x-forwarded-client-cert"],
+      `By=${WAYPOINT_ID};URI=spiffe://cluster.local/ns/shop/sa/client`,
+    );
+  });
+
   await t.step("an L7 DENY on method and path holds against //admin, /admin%2F and /admin#x", async () => {
     const r = await runApp(client, "raw_http.ts", [
       ECHO,

@@ -519,7 +519,10 @@ export class H2Connection implements StreamHost {
     const premature = this.role === "server" && !stream.localEnded &&
       performance.now() - stream.createdAt < FLOOD_LIMITS.prematureResetLifetimeMs;
     this.#forget(stream, premature);
-    if (code === ErrorCode.NO_ERROR && stream.remoteEnded) stream.destroy();
+    // RFC 9113 §8.1: a server may answer in full, then reset with NO_ERROR to stop the request body; the client
+    // "MUST NOT discard" that response, so the stream stays readable to its end.
+    if (code === ErrorCode.NO_ERROR && stream.remoteEnded && this.role === "client") stream.stopSending();
+    else if (code === ErrorCode.NO_ERROR && stream.remoteEnded) stream.destroy();
     else stream.destroy(new H2Error(code, `stream ${streamId} reset by the peer: ${errorName(code)}`, streamId));
   }
 

@@ -54,6 +54,8 @@ export class H2Stream extends Duplex {
   expectedLength: number | undefined;
   receivedLength = 0;
 
+  /** The peer asked us to stop sending (RST_STREAM NO_ERROR after its response): writes are dropped. */
+  #sendStopped = false;
   #resolveResponse!: (headers: HeaderField[]) => void;
   #rejectResponse!: (error: Error) => void;
 
@@ -96,6 +98,23 @@ export class H2Stream extends Duplex {
     this.destroy();
   }
 
+  /**
+   * Connection: the peer reset the stream with NO_ERROR after its complete response (RFC 9113 §8.1), asking us to
+   * stop sending. What is still written is dropped; the response stays readable to its end, then the stream closes.
+   */
+  stopSending() {
+    this.#sendStopped = true;
+    const pending = this.pendingCallback;
+    this.pendingChunk = null;
+    this.pendingCallback = null;
+    pending?.();
+    const final = this.finalCallback;
+    this.finalCallback = null;
+    final?.();
+    if (this.readableEnded) this.destroy();
+    else this.once("end", () => this.destroy());
+  }
+
   /** Connection: the final response headers arrived. */
   gotResponse(fields: HeaderField[]) {
     this.responseHeaders = fields;
@@ -123,6 +142,7 @@ export class H2Stream extends Duplex {
   }
 
   override _write(chunk: Uint8Array, _encoding: string, callback: (error?: Error | null) => void) {
+    if (this.#sendStopped) return callback();
     if (this.wireClosed) return callback(new Error(`stream ${this.id} is closed`));
     this.pendingChunk = chunk;
     this.pendingCallback = callback;
@@ -130,7 +150,7 @@ export class H2Stream extends Duplex {
   }
 
   override _final(callback: (error?: Error | null) => void) {
-    if (this.localEnded) return callback();
+    if (this.localEnded || this.#sendStopped) return callback();
     if (this.wireClosed) return callback(new Error(`stream ${this.id} is closed`));
     this.finalCallback = callback;
     this.host.flush(this);

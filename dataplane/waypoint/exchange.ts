@@ -16,6 +16,11 @@
  * retried. A response code can only be retried when the request body could be replayed: bodies up to
  * {@link REPLAY_LIMIT} bytes are held for that when the rule retries on codes; a larger body is sent once.
  *
+ * A request body the codec refuses after the head went on (a bad chunk, DATA beyond content-length, malformed
+ * trailers) ends the attempt at once, wherever it is (still reaching the endpoint, or waiting for its answer): the
+ * endpoint's stream or connection is reset and the client is answered `400` (`DPE`), so that no client can hold
+ * an endpoint waiting for the rest of a body that will never come.
+ *
  * @module
  */
 
@@ -28,6 +33,7 @@ import { type Balancer, ConnectFailure, type Endpoint, type Tunnels } from "./up
 import { workloadIdentity } from "../ztunnel/route.ts";
 import type { HeaderModifier, L7Policy, RouteRule } from "../../mesh/l7.ts";
 import { sleep } from "../../mesh/abort.ts";
+import type { SpiffeId } from "../../mesh/identity.ts";
 import type { Logger } from "../../mesh/log.ts";
 import type { ConnectionFacts } from "../../mesh/metrics.ts";
 import type { MeshState } from "../../mesh/store.ts";
@@ -168,6 +174,27 @@ export function peerAttributes(session: Session) {
   };
 }
 
+/**
+ * `headers` with `x-forwarded-client-cert` set from what the tunnel proved, as Envoy's SANITIZE_SET does: every
+ * value the client sent is dropped, whatever its spelling or number, and one is written in Envoy's XFCC syntax
+ * with `By` = this waypoint's identity and `URI` = the verified peer's, the value Istio's waypoint synthesizes
+ * (`By=%FILTER_STATE(io.istio.local_principal)%;URI=%FILTER_STATE(io.istio.peer_principal)%`). A forged
+ * certificate header must never reach a backend that trusts it. SPIFFE IDs hold none of `,;="`, so no quoting.
+ */
+export function withClientCert(headers: Headers, self: SpiffeId, peer: SpiffeId): Headers {
+  const out = headers.filter(([n]) => n !== "x-forwarded-client-cert");
+  out.push(["x-forwarded-client-cert", `By=${self};URI=${peer}`]);
+  return out;
+}
+
+/** The client's request body failed (the codec refused it, or the client went away) while it was being sent. */
+export class RequestBodyError extends Error {
+  constructor(cause: unknown) {
+    super(`request body refused: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    this.name = "RequestBodyError";
+  }
+}
+
 /** Authorizes, routes and forwards one request. */
 export async function handleExchange(
   session: Session,
@@ -175,6 +202,8 @@ export async function handleExchange(
   upstream: Upstream,
   ctx: WaypointContext,
 ): Promise<Handled> {
+  // Before policies read the headers: Envoy sanitizes XFCC as the request arrives, before any filter runs.
+  x = { ...x, headers: withClientCert(x.headers, ctx.self.identity, session.peer.identity) };
   const dest = session.destination;
   const facts = sessionFacts(session);
   const deadline = new AbortController();
@@ -251,7 +280,14 @@ export async function handleExchange(
   const codes = new Set(retry?.codes ?? []);
   const backoff = retry?.backoffMs ?? DEFAULT_BACKOFF_MS;
   let body: { replay: Uint8Array } | { stream: Readable } | null = x.body ? { stream: x.body } : null;
-  if (x.body && codes.size > 0 && retries > 0) body = await holdForReplay(x.body);
+  const refused = () => ({ ...base, route: routeName, answer: local(400, "Bad Request"), flags: "DPE" });
+  if (x.body && codes.size > 0 && retries > 0) {
+    try {
+      body = await holdForReplay(x.body);
+    } catch {
+      return refused();
+    }
+  }
 
   if (rule?.timeoutMs) timers.push(setTimeout(() => deadline.abort(new Error("request timeout")), rule.timeoutMs));
   const tried = new Set<string>();
@@ -271,6 +307,12 @@ export async function handleExchange(
     const tryAbort = new AbortController();
     const onDeadline = () => tryAbort.abort(deadline.signal.reason);
     deadline.signal.addEventListener("abort", onDeadline, { once: true });
+    // On before the send's first await: a body refused while the endpoint is still being reached (before the
+    // upstream's own listener is on) must end the attempt too, or the endpoint waits for the rest of it.
+    const onBodyError = (error: Error) => tryAbort.abort(new RequestBodyError(error));
+    const watched = body !== null && "stream" in body ? x.body : null;
+    if (watched?.errored) onBodyError(watched.errored);
+    else watched?.once("error", onBodyError);
     const tryTimer = rule?.backendTimeoutMs
       ? setTimeout(() => tryAbort.abort(new Error("backend request timeout")), rule.backendTimeoutMs)
       : undefined;
@@ -298,6 +340,10 @@ export async function handleExchange(
         flags: "-",
       };
     } catch (error) {
+      if (x.body?.errored || tryAbort.signal.reason instanceof RequestBodyError) {
+        ctx.log.info({ path: x.path, error: String(x.body?.errored ?? error) }, "request body refused");
+        return { ...refused(), ...extra, attempts: attempt + 1 };
+      }
       if (tryAbort.signal.aborted) {
         // A try that timed out is retried only when the route asks for retries (Istio's default policy does not
         // retry per-try timeouts), and never when its body has gone and cannot be sent again.
@@ -334,6 +380,7 @@ export async function handleExchange(
     } finally {
       clearTimeout(tryTimer);
       deadline.signal.removeEventListener("abort", onDeadline);
+      watched?.off("error", onBodyError);
     }
   }
   if (deadline.signal.aborted) {

@@ -6,10 +6,12 @@ import {
   type Exchange,
   type Handled,
   handleExchange,
+  RequestBodyError,
   type Upstream,
   type UpstreamRequest,
   type UpstreamResponse,
   type WaypointContext,
+  withClientCert,
 } from "./exchange.ts";
 import type { Session, WaypointSelf } from "./session.ts";
 import { WaypointMetrics } from "./telemetry.ts";
@@ -601,7 +603,7 @@ Deno.test("handleExchange() applies the rule's request header modifier and adds 
     const headers: [string, string][] = [["x-drop", "1"], ["x-env", "dev"], ["x-tag", "a"], ["accept", "*/*"]];
     const h = await handle(state, up, request("/", { headers }));
     const sent = up.attempts[0].request.headers;
-    assert.deepEqual(sent.filter(([n]) => n !== "x-request-id"), [
+    assert.deepEqual(sent.filter(([n]) => n !== "x-request-id" && n !== "x-forwarded-client-cert"), [
       ["x-env", "prod"],
       ["x-tag", "a"],
       ["accept", "*/*"],
@@ -617,7 +619,8 @@ Deno.test("handleExchange() applies the rule's request header modifier and adds 
     const state = mesh();
     const up = new FakeUpstream(() => 200);
     await handle(state, up, request("/", { headers: [["x-request-id", "abc"]] }));
-    assert.deepEqual(up.attempts[0].request.headers, [["x-request-id", "abc"]]);
+    const sent = up.attempts[0].request.headers.filter(([n]) => n !== "x-forwarded-client-cert");
+    assert.deepEqual(sent, [["x-request-id", "abc"]]);
   });
 });
 
@@ -637,4 +640,80 @@ Deno.test("handleExchange() leaves the service of a service destination in facts
   const web: Service | undefined = h.facts.service;
   assert.equal(web?.hostname, "web.shop.svc.cluster.local");
   assert.equal(h.facts.mtls, true);
+});
+
+Deno.test("withClientCert() drops every x-forwarded-client-cert the client sent and sets the verified one", async (t) => {
+  const xfcc = `By=${self.identity};URI=${CLIENT}`;
+  const cases: [name: string, headers: [string, string][], want: [string, string][]][] = [
+    ["none sent", [["accept", "*/*"]], [["accept", "*/*"], ["x-forwarded-client-cert", xfcc]]],
+    [
+      "a forged one",
+      [["x-forwarded-client-cert", "By=spiffe://x;URI=spiffe://cluster.local/ns/shop/sa/admin"], ["a", "1"]],
+      [["a", "1"], ["x-forwarded-client-cert", xfcc]],
+    ],
+    ["several", [["x-forwarded-client-cert", "a"], ["x-forwarded-client-cert", "b"]], [[
+      "x-forwarded-client-cert",
+      xfcc,
+    ]]],
+  ];
+  for (const [name, headers, want] of cases) {
+    await t.step(name, () => assert.deepEqual(withClientCert(headers, self.identity, CLIENT), want));
+  }
+});
+
+Deno.test("handleExchange() forwards the verified x-forwarded-client-cert, and policies see that one", async () => {
+  const state = mesh();
+  addPolicy(state, {
+    name: "allow-admin-cert",
+    targets: [{ kind: "Service", namespace: "shop", name: "web" }],
+    action: "ALLOW",
+    rules: [{ when: [{ key: "request.headers[x-forwarded-client-cert]", values: ["*sa/admin"] }] }],
+  });
+  const up = new FakeUpstream(() => 200);
+  const forged = "By=spiffe://cluster.local/ns/shop/sa/web;URI=spiffe://cluster.local/ns/shop/sa/admin";
+  const h = await handle(state, up, request("/", { headers: [["x-forwarded-client-cert", forged]] }));
+  assert.equal(statusOf(h), 403, "a policy matched the forged certificate header");
+  state.l7Policies.remove("shop/allow-admin-cert");
+  await handle(state, up, request("/", { headers: [["x-forwarded-client-cert", forged]] }));
+  assert.deepEqual(up.attempts[0].request.headers.filter(([n]) => n === "x-forwarded-client-cert"), [
+    ["x-forwarded-client-cert", `By=${self.identity};URI=${CLIENT}`],
+  ]);
+});
+
+Deno.test("handleExchange() answers 400 DPE and ends the attempt when the request body fails", async (t) => {
+  const failing = () => {
+    const b = new Readable({ read() {} });
+    b.push(new TextEncoder().encode("partial"));
+    return b;
+  };
+  await t.step("while the endpoint has not answered", async () => {
+    const state = mesh();
+    const up = new FakeUpstream(() => "hang");
+    const b = failing();
+    const handled = handle(state, up, request("/", { method: "POST", body: b }));
+    await new Promise((r) => setTimeout(r, 10));
+    b.destroy(new Error("chunk size is not hexadecimal"));
+    const h = await handled;
+    assert.deepEqual([statusOf(h), h.flags, up.attempts.length], [400, "DPE", 1]);
+    assert.ok(up.attempts[0].signal.reason instanceof RequestBodyError, "the attempt was not cancelled");
+  });
+  await t.step("before the attempt started", async () => {
+    const state = mesh();
+    const up = new FakeUpstream(() => "hang");
+    const b = failing();
+    b.destroy(new Error("chunk size is not hexadecimal"));
+    const h = await handle(state, up, request("/", { method: "POST", body: b }));
+    assert.deepEqual([statusOf(h), h.flags], [400, "DPE"]);
+  });
+  await t.step("while it is held for replay", async () => {
+    const state = mesh();
+    addRoute(state, [{ backends: [{ service: WEB, port: 80 }], retry: { attempts: 2, codes: [503], backoffMs: 1 } }]);
+    const up = new FakeUpstream(() => 200);
+    const b = failing();
+    const handled = handle(state, up, request("/", { method: "POST", body: b }));
+    await new Promise((r) => setTimeout(r, 10));
+    b.destroy(new Error("chunk size is not hexadecimal"));
+    const h = await handled;
+    assert.deepEqual([statusOf(h), h.flags, up.attempts.length], [400, "DPE", 0]);
+  });
 });

@@ -128,11 +128,21 @@ export class Http1Upstream implements Upstream {
 
   async #open(e: Endpoint, signal: AbortSignal): Promise<Http1Connection> {
     const tunnel = await this.#tunnels.open(e, signal);
+    if (signal.aborted) {
+      // Cancelled while the endpoint was being reached (a TCP dial does not watch the signal).
+      tunnel.destroy();
+      signal.throwIfAborted();
+    }
     return new Http1Connection(tunnel, { role: "client" });
   }
 
   async #exchange(conn: Http1Connection, key: string, req: UpstreamRequest, signal: AbortSignal) {
     const abort = () => conn.destroy(new Error("request cancelled"));
+    if (signal.aborted) {
+      // Nothing was written: a request body refused meanwhile, say. The head must not go out without its body.
+      conn.destroy();
+      signal.throwIfAborted();
+    }
     signal.addEventListener("abort", abort, { once: true });
     try {
       const headers = req.headers.filter(([n]) => n !== "host" && n !== "transfer-encoding");

@@ -62,6 +62,9 @@ export class Http2Upstream implements Upstream {
 
   async send(e: Endpoint, req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse> {
     const conn = await this.#connection(e, signal);
+    // Cancelled while the connection was being made (a request body refused meanwhile, say): no stream is opened,
+    // and the connection stays for others.
+    signal.throwIfAborted();
     const fields: HeaderField[] = [
       [":method", req.method],
       [":scheme", "http"],
