@@ -7,8 +7,9 @@
  * concurrent streams and a 64 KiB header list on the server, PING every 10 s with a 20 s timeout.
  *
  * Limits that hold under attack: the flood thresholds of `flood.ts` (rapid reset, empty frames, PING, SETTINGS,
- * WINDOW_UPDATE, PRIORITY, unread control frames), answered with GOAWAY ENHANCE_YOUR_CALM, and a header block
- * (HEADERS + CONTINUATION) beyond the header-list limit before END_HEADERS (CVE-2024-27919), likewise.
+ * WINDOW_UPDATE, PRIORITY, SETTINGS entries, frames queued to a peer that does not read), answered with GOAWAY
+ * ENHANCE_YOUR_CALM, and a header block (HEADERS + CONTINUATION) beyond the header-list limit before END_HEADERS
+ * (CVE-2024-27919), likewise.
  * Streams beyond the concurrency limit get REFUSED_STREAM; a decoded header list beyond the limit gets 431.
  */
 
@@ -111,6 +112,9 @@ export class H2Connection implements StreamHost {
   #pingSentAt: number | undefined;
   #pingPayload: Uint8Array | undefined;
   #flood = new FloodGuard(performance.now());
+  /** Write callbacks: the socket has taken a frame (see `flood.ts` on the outbound queue). */
+  #frameSent = () => this.#flood.frameSent(false);
+  #controlSent = () => this.#flood.frameSent(true);
 
   constructor(socket: Duplex, options: H2Options) {
     this.role = options.role;
@@ -157,6 +161,11 @@ export class H2Connection implements StreamHost {
     if (this.#opts.pingIntervalMs > 0) {
       this.#pingTimer = setInterval(() => this.#keepalive(), this.#opts.pingIntervalMs);
     }
+  }
+
+  /** Frames written and not yet taken by the socket. */
+  get queuedFrames(): number {
+    return this.#flood.queued;
   }
 
   /** Streams open now. */
@@ -243,11 +252,11 @@ export class H2Connection implements StreamHost {
         const callback = stream.pendingCallback;
         stream.pendingChunk = null;
         stream.pendingCallback = null;
-        this.#write(frame);
+        this.#write(frame, "payload");
         callback?.();
       } else {
         stream.pendingChunk = chunk.subarray(n);
-        this.#write(frame);
+        this.#write(frame, "payload");
       }
     }
     this.#waiting.delete(stream);
@@ -646,7 +655,11 @@ export class H2Connection implements StreamHost {
 
   // ---- sending ---------------------------------------------------------------------------------------------------
 
-  #write(bytes: Uint8Array) {
+  /**
+   * Queues frames for the peer. Each is counted until the socket takes it (a DATA payload goes with its header);
+   * too many waiting is a peer that provokes frames without reading them, and closes the connection.
+   */
+  #write(bytes: Uint8Array, kind: "frame" | "control" | "payload" | "goaway" = "frame") {
     if (this.#socket.destroyed || this.#socket.writableEnded) return;
     if (!this.#corked) {
       // Frames written in one turn of the event loop leave together: one TLS record run, one syscall.
@@ -654,18 +667,23 @@ export class H2Connection implements StreamHost {
       this.#socket.cork();
       queueMicrotask(this.#uncork);
     }
-    if (!this.#socket.write(bytes)) this.#blocked = true;
+    if (kind === "payload") {
+      if (!this.#socket.write(bytes)) this.#blocked = true;
+      return;
+    }
+    const over = this.#flood.frameQueued(kind === "control");
+    if (!this.#socket.write(bytes, kind === "control" ? this.#controlSent : this.#frameSent)) this.#blocked = true;
+    // The GOAWAY that closes the connection for it is the one frame allowed past the limit.
+    if (kind !== "goaway") this.#flooded(over);
   }
 
-  /** Frames the peer made us send; too many queued while it does not read is a flood. */
+  /** Frames the peer made us send (RST_STREAM, SETTINGS and PING acks): a tighter limit applies to them. */
   #writeControl(bytes: Uint8Array) {
-    if (this.#flooded(this.#flood.controlQueued(this.#blocked))) return;
-    this.#write(bytes);
+    this.#write(bytes, "control");
   }
 
   #onDrain() {
     this.#blocked = false;
-    this.#flood.drained();
     this.#flushWaiting();
   }
 
@@ -689,7 +707,7 @@ export class H2Connection implements StreamHost {
   #sendGoaway(code: number, debug: string) {
     if (this.#goawaySent || this.#isClosed) return;
     this.#goawaySent = true;
-    this.#write(encodeGoaway(this.#lastPeerStreamId, code, debug));
+    this.#write(encodeGoaway(this.#lastPeerStreamId, code, debug), "goaway");
   }
 
   // ---- limits, keepalive and teardown ----------------------------------------------------------------------------

@@ -9,7 +9,14 @@
  * - WINDOW_UPDATE: more than 5 + 2 × (streams + 10 × DATA frames we sent).
  * - PRIORITY: more than 100 × (1 + streams).
  * - Frames that demand a reply (PING, SETTINGS): more than 1,000 in 10 s.
- * - Control frames queued while the peer does not read: more than 1,000 (Envoy's max_outbound_control_frames).
+ * - SETTINGS entries: more than 32 in one frame. There are six settings (RFC 9113 §6.5.2) and a few extensions,
+ *   but a 1 MiB frame holds 174,762 entries, each applied in turn. nghttp2 refuses more than 32 the same way
+ *   (`nghttp2_option_set_max_settings`, default 32, ENHANCE_YOUR_CALM). `frame.ts` checks this before parsing.
+ * - Frames queued to a peer that does not read them, counted from our write until the socket has taken the bytes
+ *   (its write callback; the kernel's buffers are the peer's to drain, ours is what grows): more than 10,000 of
+ *   any kind (Envoy's max_outbound_frames), or more than 1,000 control frames, i.e. RST_STREAM and the SETTINGS
+ *   and PING acks a peer provokes (Envoy's max_outbound_control_frames). Each queued write costs a few hundred
+ *   bytes however small the frame, so a peer provoking 431s or resets without reading grew us by hundreds of MB.
  */
 
 export const FLOOD_LIMITS = {
@@ -20,6 +27,8 @@ export const FLOOD_LIMITS = {
   windowUpdatesPerDataFrame: 10,
   replyFramesPerWindow: 1_000,
   replyWindowMs: 10_000,
+  settingsPerFrame: 32,
+  queuedFrames: 10_000,
   queuedControlFrames: 1_000,
 } as const;
 
@@ -33,6 +42,7 @@ export class FloodGuard {
   #dataFramesSent = 0;
   #replyFrames = 0;
   #replyWindowStart: number;
+  #queued = 0;
   #queuedControl = 0;
 
   constructor(now: number) {
@@ -85,15 +95,24 @@ export class FloodGuard {
     return ++this.#replyFrames > FLOOD_LIMITS.replyFramesPerWindow ? `${what} frames` : null;
   }
 
-  /** A control frame written; `blocked` when the socket is not draining. */
-  controlQueued(blocked: boolean): string | null {
-    if (!blocked) return null;
-    return ++this.#queuedControl > FLOOD_LIMITS.queuedControlFrames
-      ? "control frames queued while the peer does not read"
+  /** Frames written and not yet taken by the socket. */
+  get queued(): number {
+    return this.#queued;
+  }
+
+  /** A frame written to the socket; `control` for RST_STREAM and the acks a peer provokes. */
+  frameQueued(control: boolean): string | null {
+    this.#queued++;
+    if (control) this.#queuedControl++;
+    if (this.#queued > FLOOD_LIMITS.queuedFrames) return `${this.#queued} frames queued to a peer that does not read`;
+    return this.#queuedControl > FLOOD_LIMITS.queuedControlFrames
+      ? `${this.#queuedControl} control frames queued to a peer that does not read`
       : null;
   }
 
-  drained() {
-    this.#queuedControl = 0;
+  /** The socket took a frame counted by {@link frameQueued}. */
+  frameSent(control: boolean) {
+    this.#queued--;
+    if (control) this.#queuedControl--;
   }
 }

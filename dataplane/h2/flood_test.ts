@@ -48,11 +48,33 @@ Deno.test("FloodGuard ties WINDOW_UPDATE and PRIORITY budgets to the work done",
   assert.equal(p.priority(), "PRIORITY frames");
 });
 
-Deno.test("FloodGuard counts control frames only while the socket is blocked", () => {
-  const g = new FloodGuard(0);
-  for (let i = 0; i < 5000; i++) assert.equal(g.controlQueued(false), null);
-  for (let i = 0; i < 1000; i++) assert.equal(g.controlQueued(true), null);
-  g.drained();
-  for (let i = 0; i < 1000; i++) assert.equal(g.controlQueued(true), null);
-  assert.match(g.controlQueued(true) ?? "", /queued/);
+Deno.test("FloodGuard bounds frames queued to the socket: 10,000 of any kind, 1,000 control", async (t) => {
+  const cases: [string, (g: FloodGuard) => string | null, RegExp][] = [
+    ["frames", (g) => {
+      for (let i = 0; i < FLOOD_LIMITS.queuedFrames; i++) assert.equal(g.frameQueued(false), null, `frame ${i}`);
+      return g.frameQueued(false);
+    }, /^10001 frames queued/],
+    ["control frames", (g) => {
+      for (let i = 0; i < FLOOD_LIMITS.queuedControlFrames; i++) assert.equal(g.frameQueued(true), null);
+      return g.frameQueued(true);
+    }, /^1001 control frames queued/],
+    ["frames the socket took no longer count", (g) => {
+      for (let i = 0; i < 50_000; i++) {
+        assert.equal(g.frameQueued(i % 2 === 0), null, `frame ${i}`);
+        g.frameSent(i % 2 === 0);
+      }
+      assert.equal(g.queued, 0);
+      for (let i = 0; i < 999; i++) g.frameQueued(false);
+      for (let i = 0; i < 1000; i++) assert.equal(g.frameQueued(true), null);
+      return g.frameQueued(true);
+    }, /^1001 control frames queued/],
+    ["control frames count towards the total", (g) => {
+      for (let i = 0; i < 9_500; i++) g.frameQueued(false);
+      for (let i = 0; i < 500; i++) assert.equal(g.frameQueued(true), null);
+      return g.frameQueued(true);
+    }, /^10001 frames queued/],
+  ];
+  for (const [name, run, want] of cases) {
+    await t.step(name, () => assert.match(run(new FloodGuard(0)) ?? "null", want));
+  }
 });

@@ -9,8 +9,11 @@
  *
  * PUSH_PROMISE is refused as a connection error: we always send SETTINGS_ENABLE_PUSH=0 (RFC 9113 §8.4), and a
  * server never receives it. Frames of unknown types are skipped (RFC 9113 §5.5) but still reported, so the
- * connection can count them against its flood limits.
+ * connection can count them against its flood limits. A SETTINGS frame of more entries than `flood.ts` allows is
+ * refused before it is parsed.
  */
+
+import { FLOOD_LIMITS } from "./flood.ts";
 
 export const FrameType = {
   DATA: 0x0,
@@ -317,6 +320,14 @@ export function parseFrame(type: number, flags: number, streamId: number, payloa
       if (ack && payload.byteLength !== 0) throw new H2Error(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ack with a payload");
       if (payload.byteLength % 6 !== 0) {
         throw new H2Error(ErrorCode.FRAME_SIZE_ERROR, `SETTINGS of ${payload.byteLength} bytes, not a multiple of 6`);
+      }
+      // Counted before parsing: applying 174,762 entries of a 1 MiB frame took 56-193 ms (flood.ts).
+      const entries = payload.byteLength / 6;
+      if (entries > FLOOD_LIMITS.settingsPerFrame) {
+        throw new H2Error(
+          ErrorCode.ENHANCE_YOUR_CALM,
+          `flood: a SETTINGS frame of ${entries} entries, more than ${FLOOD_LIMITS.settingsPerFrame}`,
+        );
       }
       const settings: [number, number][] = [];
       for (let at = 0; at < payload.byteLength; at += 6) {

@@ -115,6 +115,8 @@ Deno.test("parseFrame() applies the per-type rules of RFC 9113 §6", async (t) =
     ["window 2^31", FrameType.SETTINGS, 0, 0, new Uint8Array([0, 4, ...u32(2 ** 31)]), 3, 0],
     ["frame size 16383", FrameType.SETTINGS, 0, 0, new Uint8Array([0, 5, ...u32(16383)]), 1, 0],
     ["frame size 2^24", FrameType.SETTINGS, 0, 0, new Uint8Array([0, 5, ...u32(2 ** 24)]), 1, 0],
+    ["SETTINGS of 33 entries (flood)", FrameType.SETTINGS, 0, 0, new Uint8Array(33 * 6), 0xb, 0],
+    ["SETTINGS of 174,762 entries", FrameType.SETTINGS, 0, 0, new Uint8Array(174_762 * 6), 0xb, 0],
     ["PUSH_PROMISE", FrameType.PUSH_PROMISE, Flag.END_HEADERS, 1, u32(2), ErrorCode.PROTOCOL_ERROR, 0],
     ["PING on a stream", FrameType.PING, 0, 1, new Uint8Array(8), ErrorCode.PROTOCOL_ERROR, 0],
     ["PING length 7", FrameType.PING, 0, 0, new Uint8Array(7), ErrorCode.FRAME_SIZE_ERROR, 0],
@@ -161,6 +163,9 @@ Deno.test("parseFrame() strips padding and priority, keeps the flow-control leng
   // Unknown SETTINGS identifiers are ignored, not refused (RFC 9113 §6.5.2).
   const settings = parseFrame(FrameType.SETTINGS, 0, 0, new Uint8Array([0x12, 0x34, 0, 0, 0, 1]));
   assert.equal(settings.type, FrameType.SETTINGS);
+  // 32 entries are allowed (nghttp2's limit too): the six settings, extensions and GREASE fit many times over.
+  const many = parseFrame(FrameType.SETTINGS, 0, 0, new Uint8Array(32 * 6).map((_, i) => i % 6 === 1 ? 0x4a : 0));
+  assert.equal(many.type === FrameType.SETTINGS && many.settings.length, 32);
 });
 
 Deno.test("encodeHeaders() splits a block into HEADERS and CONTINUATION frames that read back whole", () => {

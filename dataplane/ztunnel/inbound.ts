@@ -5,7 +5,9 @@
  * checked (`inbound_check.ts`: CONNECT only, the authority is this pod, the port is not ztunnel's own, the policy
  * allows the peer), then the app is dialled from the client's own address within 10 s, and only then does the 200
  * go out and the bytes start to flow; bytes the client sent early wait in the stream's window and never reach the
- * app of a refused request. A stream reset while the dial is pending cancels the dial.
+ * app of a refused request. A stream reset while the dial is pending cancels the dial. Before dialling, the peer
+ * identity's dial budget is asked (`dial_guard.ts`): streams reset early over many connections of one identity
+ * would otherwise make one dial each; beyond it, 503 (flag UO, Envoy's for an overflowing circuit breaker).
  *
  * Plaintext on 15006 is authorized with no peer identity, so a policy that requires a principal refuses it; a
  * connection addressed to one of ztunnel's ports is dropped.
@@ -81,15 +83,20 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
   };
   if (!decision.ok) return fail(decision.status, decision.flag, decision.reason);
 
+  const peer = req.peer.toString();
+  const overflow = ctx.dials.admit(peer, performance.now());
+  if (overflow) return fail(503, "UO", `too many dials for ${peer}: ${overflow}`);
   const cancel = abortOnClose(stream);
   let app: net.Socket;
   try {
     app = await pod.dial(req.remote.ip, decision.upstream, cancel.signal);
   } catch (error) {
+    ctx.dials.settled(peer, cancel.signal.aborted || stream.destroyed, performance.now());
     return fail(503, responseFlag(error), `cannot reach ${formatAddr(decision.upstream)}: ${(error as Error).message}`);
   } finally {
     cancel.release();
   }
+  ctx.dials.settled(peer, stream.destroyed, performance.now());
   if (stream.destroyed) {
     app.destroy();
     return fail(503, "CONNECT", "the client went away during the dial");

@@ -43,6 +43,7 @@ import { loadSocketSupport } from "../sockets_linux.ts";
 import { accessLogFields, type ConnectionRecord } from "./access_log.ts";
 import { ADMIN_PORT, METRICS_PORT, READINESS_PORT, serveAdmin } from "./admin.ts";
 import { ConnectionManager } from "./connection_manager.ts";
+import { DialGuard } from "./dial_guard.ts";
 import { runHandoffClient } from "./handoff_client.ts";
 import { linuxPodNetwork, PodManager, type WorkloadCert } from "./inpod.ts";
 import { readLocalConfig, stateOf } from "./local_config.ts";
@@ -141,6 +142,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
       state: () => state,
       metrics,
       connections,
+      dials: new DialGuard(),
       log,
       access: (r) => logAccess(access, r),
       random: Math.random,

@@ -13,6 +13,7 @@ import type { MeshState } from "../../mesh/store.ts";
 import type { Workload } from "../../mesh/workload.ts";
 import type { HbonePool } from "../hbone/pool.ts";
 import type { ConnectionManager } from "./connection_manager.ts";
+import type { DialGuard } from "./dial_guard.ts";
 import type { ConnectionRecord } from "./access_log.ts";
 import type { SocketAddr } from "./route.ts";
 import type { RelayResult } from "./relay.ts";
@@ -23,6 +24,8 @@ export interface ProxyContext {
   state(): MeshState;
   metrics: TcpMetrics;
   connections: ConnectionManager;
+  /** What each peer identity may make us dial, across its connections (`dial_guard.ts`). */
+  dials: DialGuard;
   log: Logger;
   /** The access log: one "connection complete" line per connection. */
   access(record: ConnectionRecord): void;
