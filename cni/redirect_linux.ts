@@ -94,7 +94,10 @@ export const CHAINS: Readonly<Record<string, readonly string[]>> = {
   ],
 };
 
-/** The jumps from the built-in chains into ours. */
+/**
+ * The jumps from the built-in chains into ours, each the first rule of its chain, once (install puts it there,
+ * check insists on it): a rule ahead of it that ACCEPTs would end the table for the packet, skipping our set.
+ */
 export const JUMPS: readonly (readonly [string, string])[] = [["PREROUTING", "SKIFF_PRERT"], [
   "OUTPUT",
   "SKIFF_OUTPUT",
@@ -203,12 +206,27 @@ async function hasJump(netnsPath: string, f: Family, from: string, to: string): 
   return (await inNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-C", from, "-j", to])).code === 0;
 }
 
+/**
+ * The rules of the built-in chain `from` ahead of its first jump to `to` (all of them when there is none). Our
+ * jump must come first: an ACCEPT ahead of it ends the table for the packet, skipping the whole set.
+ */
+function ahead(saved: string[], from: string, to: string): number {
+  const rules = saved.filter((l) => l.startsWith(`-A ${from} `));
+  const at = rules.indexOf(`-A ${from} -j ${to}`);
+  return at < 0 ? rules.length : at;
+}
+
 async function installChains(netnsPath: string, f: Family): Promise<void> {
   await mustInNs(netnsPath, [f.restore, "-w", "--noflush"], restoreInput(f.chains));
+  const saved = (await mustInNs(netnsPath, [f.save, "-t", "mangle"])).split("\n");
   for (const [from, to] of JUMPS) {
-    if (!await hasJump(netnsPath, f, from, to)) {
-      await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-A", from, "-j", to]);
+    const count = saved.filter((l) => l === `-A ${from} -j ${to}`).length;
+    if (count === 1 && ahead(saved, from, to) === 0) continue;
+    // Missing, duplicated or behind another rule: written again, once, first.
+    while (await hasJump(netnsPath, f, from, to)) {
+      await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-D", from, "-j", to]);
     }
+    await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-I", from, "1", "-j", to]);
   }
 }
 
@@ -227,6 +245,10 @@ async function checkChains(netnsPath: string, f: Family, problems: string[]): Pr
   for (const [from, to] of JUMPS) {
     const count = saved.filter((l) => l === `-A ${from} -j ${to}`).length;
     if (count !== 1) problems.push(`${f.label}${from} jumps to ${to} ${count} times, expected once`);
+    const before = count === 0 ? 0 : ahead(saved, from, to);
+    if (before > 0) {
+      problems.push(`${f.label}${from} has ${before} rule${before === 1 ? "" : "s"} before its jump to ${to}`);
+    }
   }
 }
 

@@ -82,6 +82,17 @@ netnsTest("checkRedirect() names each missing piece", async (t) => {
       assert.match((await checkRedirect(pod.netnsPath)).problems.join("; "), want);
     });
   }
+  for (const [tool, label, chain] of [["iptables", "", "OUTPUT"], ["ip6tables", "IPv6: ", "PREROUTING"]] as const) {
+    await t.step(`${label || "IPv4: "}a rule ahead of a jump (an ACCEPT there would skip the whole set)`, async () => {
+      await installRedirect(pod.netnsPath);
+      await must(["ip", "netns", "exec", pod.netns, tool, "-t", "mangle", "-I", chain, "1", "-j", "ACCEPT"]);
+      const problems = (await checkRedirect(pod.netnsPath)).problems.join("; ");
+      assert.ok(problems.includes(`${label}${chain} has 1 rule before its jump to SKIFF_`), problems);
+      await installRedirect(pod.netnsPath);
+      assert.deepEqual((await checkRedirect(pod.netnsPath)).problems, [], "install puts its jump first again");
+      await must(["ip", "netns", "exec", pod.netns, tool, "-t", "mangle", "-D", chain, "-j", "ACCEPT"]);
+    });
+  }
   await t.step("a duplicated jump", async () => {
     await installRedirect(pod.netnsPath);
     await must(["ip", "netns", "exec", pod.netns, "iptables", "-t", "mangle", "-A", "PREROUTING", "-j", "SKIFF_PRERT"]);

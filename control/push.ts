@@ -9,7 +9,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { policyKey } from "../mesh/authorization.ts";
+import { encodeAuthorization, policyKey } from "../mesh/authorization.ts";
 import { httpRouteKey, l7PolicyKey } from "../mesh/l7.ts";
 import {
   type Removal,
@@ -60,19 +60,20 @@ export class Publisher {
   /** Publishes a new build; returns the delta sent (undefined when nothing changed). */
   publish(model: Pick<MeshModel, "workloads" | "services" | "policies" | "routes" | "l7Policies">): Delta | undefined {
     const next = new Map<string, Entry>();
-    const add = (kind: ResourceKind, name: string, body: unknown) => {
+    // `encode` gives the wire form of a model that differs from it; `body` stays the model, compared by identity.
+    const add = <T>(kind: ResourceKind, name: string, body: T, encode: (b: T) => unknown = (b) => b) => {
       const key = resourceKey({ kind, name });
       const old = this.#entries.get(key);
       if (old && old.body === body) {
         next.set(key, old);
         return;
       }
-      const json = JSON.stringify(body);
+      const json = JSON.stringify(encode(body));
       next.set(key, old && old.json === json ? { ...old, body } : { kind, name, body, json, version: digest(json) });
     };
     for (const w of model.workloads) add("Workload", w.uid, w);
     for (const s of model.services) add("Service", serviceKey(s), s);
-    for (const p of model.policies) add("Authorization", policyKey(p), p);
+    for (const p of model.policies) add("Authorization", policyKey(p), p, encodeAuthorization);
     for (const r of model.routes) add("HttpRoute", httpRouteKey(r), r);
     for (const p of model.l7Policies) add("L7Policy", l7PolicyKey(p), p);
     const changed: Entry[] = [];

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { type Cidr, decodeCidr } from "./net.ts";
+import { type Cidr, decodeCidr, formatCidr } from "./net.ts";
 import { checkInt, checkString, dnsLabel, Fields, show, ValidationError } from "./validate.ts";
 
 /** A string condition; AuthorizationPolicy's `*` is presence, `*x` a suffix, `x*` a prefix, else exact. */
@@ -179,6 +179,19 @@ export function decodeAuthorization(value: unknown, path = "authorization"): Aut
     throw new ValidationError(f.at("namespace"), `is required for scope ${a.scope}`);
   }
   return a;
+}
+
+/**
+ * The wire form of an {@link Authorization}, the one {@link decodeAuthorization} reads: the model holds IP ranges
+ * as {@link Cidr} objects, the stream as `address/length` strings (a proxy refuses the objects).
+ */
+export function encodeAuthorization(a: Authorization): unknown {
+  const match = (m: Match) => {
+    const out: Record<string, unknown> = { ...m };
+    for (const k of CIDR_FIELDS) out[k] = m[k].map(formatCidr);
+    return out;
+  };
+  return { ...a, rules: a.rules.map((r) => ({ clauses: r.clauses.map((c) => ({ matches: c.matches.map(match) })) })) };
 }
 
 /** The store key of a policy: `namespace/name`. */

@@ -10,11 +10,12 @@
  * client keeps its previous version and logs the field), never the whole update. A refused policy
  * (`Authorization`, `L7Policy`) fails closed: until a version that decodes arrives, or the policy is removed, a
  * deny-all stands for it over the scope it still plainly states, else over everything (mesh/refused_policy.ts);
- * skipping it would drop a DENY, or turn a sole ALLOW into allow-all. Refusals are logged at error and counted
- * (`skiff_config_refused_total`, `skiff_policies_failing_closed`, {@link ClientConfig.registerMetrics}). The
- * node token is read from
- * its file on every connection, so a rotated token is picked up without a restart. A stream silent for three
- * ping intervals is taken as dead.
+ * skipping it would drop a DENY, or turn a sole ALLOW into allow-all. A refused `Workload` or `Service` keeps its
+ * version held, and connections to it are refused meanwhile (a workload also denies all inbound): the update may
+ * name a selector DENY or a waypoint that version lacks.
+ * Refusals are logged at error and counted (`skiff_config_refused_total`, `skiff_policies_failing_closed`,
+ * {@link ClientConfig.registerMetrics}). The node token is read from its file on every connection, so a rotated
+ * token is picked up without a restart. A stream silent for three ping intervals is taken as dead.
  *
  * The node-pods stream (mesh/protocol/node_pods.ts), for the node agent, follows the same loop (backoff, the
  * silence watchdog) and hands each view of the node's pods to its caller, who keeps the last one.
@@ -40,10 +41,10 @@ import {
   type StreamResource,
 } from "./protocol/config_stream.ts";
 import { decodeNodePodsMessage, NODE_PODS_PATH, type NodePodsView } from "./protocol/node_pods.ts";
-import { failClosedAuthorization, failClosedL7Policy } from "./refused_policy.ts";
+import { failClosedAuthorization, failClosedL7Policy, failClosedWorkload } from "./refused_policy.ts";
 import { MeshState } from "./store.ts";
 import { ValidationError } from "./validate.ts";
-import { decodeService, decodeWorkload, type Workload } from "./workload.ts";
+import { decodeService, decodeWorkload, serviceKey, type Workload } from "./workload.ts";
 
 /** First reconnect delay. */
 export const BACKOFF_MIN_MS = 10;
@@ -209,12 +210,15 @@ export class ClientConfig {
     const state = this.state;
     new client.Gauge({
       name: "skiff_policies_failing_closed",
-      help: "Policies that did not decode, each denying all traffic in its scope until a version that decodes arrives.",
+      help: "Policies (and workloads) that did not decode, each denying all traffic in its scope until a version " +
+        "that decodes arrives.",
       labelNames: ["kind"],
       registers: [registry],
       collect() {
         this.set({ kind: "Authorization" }, state.policies.refusedKeys().length);
         this.set({ kind: "L7Policy" }, state.l7Policies.refusedKeys().length);
+        this.set({ kind: "Workload" }, state.policies.refusedWorkloads().length);
+        this.set({ kind: "Service" }, state.services.refusedKeys().length);
       },
     });
   }
@@ -238,6 +242,12 @@ export class ClientConfig {
         const scope = this.#failClosed(r, message);
         if (scope === undefined) {
           this.#log.error({ resource: resourceKey(r), error: message }, "resource refused; its previous version stays");
+        } else if (r.kind === "Workload" || r.kind === "Service") {
+          this.#log.error(
+            { resource: resourceKey(r), error: message, denies: scope },
+            `${r.kind.toLowerCase()} refused; its previous version stays, and connections to it are refused until ` +
+              "a version that decodes arrives",
+          );
         } else {
           this.#log.error(
             { resource: resourceKey(r), error: message, denies: scope },
@@ -260,6 +270,12 @@ export class ClientConfig {
           if (!sent.has(resourceKey({ kind, name: key }))) store.endRefusal(key);
         }
       }
+      for (const uid of this.state.policies.refusedWorkloads()) {
+        if (!sent.has(resourceKey({ kind: "Workload", name: uid }))) this.state.policies.endWorkloadRefusal(uid);
+      }
+      for (const key of this.state.services.refusedKeys()) {
+        if (!sent.has(resourceKey({ kind: "Service", name: key }))) this.state.services.endRefusal(key);
+      }
     }
     return {
       type: m.type,
@@ -277,11 +293,18 @@ export class ClientConfig {
         const w: Workload = decodeWorkload(r.body, path);
         if (w.uid !== r.name) throw new ValidationError(`${path}.uid`, "does not match the resource name");
         this.state.workloads.upsert(w);
+        this.state.policies.endWorkloadRefusal(w.uid);
         return;
       }
-      case "Service":
-        this.state.services.upsert(decodeService(r.body, path));
+      case "Service": {
+        const service = decodeService(r.body, path);
+        // Refusals and removals come by name: a body filed under another name could never end either.
+        if (serviceKey(service) !== r.name) {
+          throw new ValidationError(path, "namespace/hostname does not match the resource name");
+        }
+        this.state.services.upsert(service);
         return;
+      }
       case "Authorization": {
         const policy = decodeAuthorization(r.body, path);
         // Refusals and removals come by name: a body filed under another name could never end either.
@@ -313,6 +336,16 @@ export class ClientConfig {
 
   /** For a refused policy, holds its deny-all and returns what it covers, for the log; else undefined. */
   #failClosed(r: StreamResource, error: string): string | undefined {
+    if (r.kind === "Workload") {
+      // The version held may lack a selector DENY or a waypoint the update names (mesh/refused_policy.ts): inbound
+      // the workload denies all, outbound connections to it are refused (route.ts).
+      this.state.policies.refuseWorkload(r.name, failClosedWorkload(r.name, error));
+      return `workload ${r.name}`;
+    }
+    if (r.kind === "Service") {
+      this.state.services.refuse(r.name); // the version held may lack a waypoint the update adds (route.ts)
+      return `service ${r.name}`;
+    }
     if (r.kind === "Authorization") {
       const standIn = failClosedAuthorization(r.name, r.body, error);
       this.state.policies.refuse(r.name, standIn);
@@ -336,6 +369,7 @@ export class ClientConfig {
     switch (r.kind) {
       case "Workload":
         this.state.workloads.remove(r.name);
+        this.state.policies.endWorkloadRefusal(r.name);
         return;
       case "Service":
         this.state.services.remove(r.name);

@@ -13,6 +13,9 @@
  * - an `L7Policy`: its `targets` are believed only when every one decodes and lies in the key's namespace;
  *   otherwise it targets everything the waypoint serves.
  *
+ * - a `Workload`: the proxy keeps the version it holds, but that version's list of selector policies may lack one
+ *   the update adds (a DENY meant for it), so every connection to that workload is denied instead.
+ *
  * Pure: the stores hold the result (mesh/store.ts), the config client logs and counts it (control_client.ts).
  *
  * @module
@@ -74,5 +77,21 @@ export function failClosedL7Policy(key: string, body: unknown): FailClosedL7 {
   return {
     policy: { name, namespace, targets: targets ?? [], action: "DENY", rules, dryRun: false },
     everywhere: targets === undefined,
+  };
+}
+
+/**
+ * The DENY of everything that stands, for the workload `uid`, beside the version held when an update of it did
+ * not decode: the update may name a selector policy (a DENY) the held version lacks. Keyed `Workload/uid`.
+ */
+export function failClosedWorkload(uid: string, error: string): Authorization {
+  return {
+    name: uid,
+    namespace: "Workload",
+    scope: "WORKLOAD_SELECTOR",
+    action: "DENY",
+    rules: [{ clauses: [] }],
+    dryRun: false,
+    refused: `workload ${uid} did not decode: ${error}`,
   };
 }

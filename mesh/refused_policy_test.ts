@@ -259,3 +259,69 @@ Deno.test("ClientConfig.registerMetrics() reports refusals and the policies fail
   assert.match(text, /^skiff_policies_failing_closed\{kind="Authorization"\} 1$/m);
   assert.match(text, /^skiff_policies_failing_closed\{kind="L7Policy"\} 0$/m);
 });
+
+Deno.test("ClientConfig denies all to a workload whose update did not decode, until one does", async (t) => {
+  // The attack: db's new version names a selector DENY (shop/deny-db) and carries a field this proxy does not
+  // know. Refused, db kept its old list, without the DENY, so everything it was meant to deny went through.
+  const denyDb = {
+    kind: "Authorization" as const,
+    name: "shop/deny-db",
+    version: "v",
+    body: { name: "deny-db", namespace: "shop", scope: "WORKLOAD_SELECTOR", action: "DENY", rules: [{}] },
+  };
+  const db = WORKLOADS[1];
+  const dbUpdate = (extra: Record<string, unknown>) => ({
+    kind: "Workload" as const,
+    name: db.uid,
+    version: "w2",
+    body: { ...db, authorizationPolicies: ["shop/deny-db"], ...extra },
+  });
+  await t.step("refused: db denies all, the others do not", () => {
+    const { config, lines } = capture();
+    config.apply(snapshot([denyDb]));
+    assert.equal(config.apply(delta([dbUpdate({ future: true })])).refused, 1);
+    assert.deepEqual(denyingAll(config), ["db"]);
+    const standIn = config.state.policies.forWorkload(config.state.workloads.byUid(db.uid)!)[0];
+    assert.deepEqual([standIn.action, standIn.rules], ["DENY", [{ clauses: [] }]]);
+    assert.match(
+      standIn.refused!,
+      /workload Kubernetes\/\/Pod\/shop\/db did not decode: .*future: is not a known field/,
+    );
+    const line = lines.find((l) => l.resource === `Workload/${db.uid}`)!;
+    assert.equal(line.denies, `workload ${db.uid}`);
+  });
+  await t.step("a version that decodes ends it, and the DENY it names applies", () => {
+    const { config } = capture();
+    config.apply(snapshot([denyDb]));
+    config.apply(delta([dbUpdate({ future: true })]));
+    config.apply(delta([dbUpdate({})]));
+    assert.deepEqual(denyingAll(config), []);
+    const names = config.state.policies.forWorkload(config.state.workloads.byUid(db.uid)!).map((a) => a.name);
+    assert.deepEqual(names, ["deny-db"]);
+  });
+  await t.step("a removal ends it", () => {
+    const { config } = capture();
+    config.apply(snapshot([denyDb]));
+    config.apply(delta([dbUpdate({ future: true })]));
+    config.apply(delta([], [{ kind: "Workload", name: db.uid }]));
+    assert.deepEqual(config.state.policies.refusedWorkloads(), []);
+  });
+  await t.step("a snapshot that does not resend it ends it; one that resends it undecodable keeps it", () => {
+    const { config } = capture();
+    config.apply(snapshot([denyDb]));
+    config.apply(delta([dbUpdate({ future: true })]));
+    const resent = snapshot([denyDb]);
+    resent.resources = resent.resources.map((r) => r.name === db.uid ? dbUpdate({ future: true }) : r);
+    config.apply(resent);
+    assert.deepEqual(denyingAll(config), ["db"]);
+    config.apply(snapshot([denyDb]));
+    assert.deepEqual(denyingAll(config), []);
+  });
+  await t.step("a removal of another resource leaves it", () => {
+    const { config } = capture();
+    config.apply(snapshot([denyDb]));
+    config.apply(delta([dbUpdate({ future: true })]));
+    config.apply(delta([], [{ kind: "Authorization", name: db.uid }, { kind: "Workload", name: WORKLOADS[0].uid }]));
+    assert.deepEqual(config.state.policies.refusedWorkloads(), [db.uid]);
+  });
+});

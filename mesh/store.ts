@@ -120,13 +120,39 @@ export class ServiceStore {
   readonly #byKey = new Map<string, Service>();
   readonly #byVip = new Map<string, string>();
   readonly #byHostname = new Map<string, Set<string>>();
+  /** Keys whose last update did not decode: the version held may lack a waypoint the update adds. */
+  readonly #refused = new Set<string>();
 
   /** Number of services. */
   get size(): number {
     return this.#byKey.size;
   }
 
-  /** Inserts or replaces a service (by `namespace/hostname`). */
+  /**
+   * Marks the service `key` as refused: its last update did not decode. The version held (if any) stays, but
+   * ztunnel refuses connections to it (route.ts) until a version decodes or it is removed, as the update may
+   * put a waypoint in front of it.
+   */
+  refuse(key: string): void {
+    this.#refused.add(key);
+  }
+
+  /** Whether the last update of the service `key` did not decode. */
+  isRefused(key: string): boolean {
+    return this.#refused.has(key);
+  }
+
+  /** The keys held refused. */
+  refusedKeys(): string[] {
+    return [...this.#refused];
+  }
+
+  /** Ends a refusal without a new version (the service is gone); returns whether there was one. */
+  endRefusal(key: string): boolean {
+    return this.#refused.delete(key);
+  }
+
+  /** Inserts or replaces a service (by `namespace/hostname`); a version that decoded ends the key's refusal. */
   upsert(s: Service): void {
     const key = serviceKey(s);
     this.remove(key);
@@ -135,8 +161,9 @@ export class ServiceStore {
     addTo(this.#byHostname, s.hostname, key);
   }
 
-  /** Removes a service by key; returns whether it existed. */
+  /** Removes a service by key, and its refusal; returns whether it existed. */
   remove(key: string): boolean {
+    this.#refused.delete(key);
     const old = this.#byKey.get(key);
     if (!old) return false;
     this.#byKey.delete(key);
@@ -184,6 +211,8 @@ export class PolicyStore {
   readonly #byNamespace = new Map<string, Set<string>>();
   readonly #global = new Set<string>();
   readonly #refused = new Map<string, Authorization>();
+  /** By workload uid: deny-alls standing beside a workload whose update did not decode. */
+  readonly #refusedWorkloads = new Map<string, Authorization>();
 
   /** Number of policies. */
   get size(): number {
@@ -218,6 +247,29 @@ export class PolicyStore {
     return this.#refused.delete(key);
   }
 
+  /**
+   * Holds `standIn` for the workload `uid`, whose update did not decode, until a version of it decodes or it is
+   * removed ({@link endWorkloadRefusal}): the update may name a selector DENY the version held lacks.
+   */
+  refuseWorkload(uid: string, standIn: Authorization): void {
+    this.#refusedWorkloads.set(uid, standIn);
+  }
+
+  /** The uids of the workloads held refused. */
+  refusedWorkloads(): string[] {
+    return [...this.#refusedWorkloads.keys()];
+  }
+
+  /** The deny-all standing for the workload `uid` while its last update did not decode, if it did not. */
+  workloadRefusal(uid: string): Authorization | undefined {
+    return this.#refusedWorkloads.get(uid);
+  }
+
+  /** Ends the refusal of the workload `uid`; returns whether there was one. */
+  endWorkloadRefusal(uid: string): boolean {
+    return this.#refusedWorkloads.delete(uid);
+  }
+
   /** Removes a policy by key, and its refusal; returns whether either existed. */
   remove(key: string): boolean {
     const refused = this.#refused.delete(key);
@@ -237,9 +289,10 @@ export class PolicyStore {
   /**
    * The candidate policies for a workload, as ztunnel's `assert_rbac` gathers them: GLOBAL policies, the
    * NAMESPACE policies of its namespace, and the selector policies it names. Sorted by key, each once; the
-   * deny-alls of refused policies whose scope holds the workload come first, so a denial names them.
+   * deny-alls of refused policies whose scope holds the workload come first, so a denial names them, and
+   * before them the deny-all of the workload itself when its update did not decode.
    */
-  forWorkload(w: Pick<Workload, "namespace" | "authorizationPolicies">): Authorization[] {
+  forWorkload(w: Pick<Workload, "namespace" | "authorizationPolicies"> & { uid?: string }): Authorization[] {
     const keys = new Set<string>([
       ...this.#global,
       ...(this.#byNamespace.get(w.namespace) ?? []),
@@ -249,7 +302,8 @@ export class PolicyStore {
       a.scope === "GLOBAL" || (a.scope === "NAMESPACE" && a.namespace === w.namespace) ||
       (a.scope === "WORKLOAD_SELECTOR" && w.authorizationPolicies.includes(key))
     ).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([, a]) => a);
-    return [...refused, ...[...keys].sort().map((k) => this.#byKey.get(k)!)];
+    const own = w.uid === undefined ? undefined : this.workloadRefusal(w.uid);
+    return [...own ? [own] : [], ...refused, ...[...keys].sort().map((k) => this.#byKey.get(k)!)];
   }
 
   /** All policies. */

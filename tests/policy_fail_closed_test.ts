@@ -8,6 +8,7 @@
  *   arrives. The server's ztunnel takes its config through {@link StreamRelay}, which stands in for a control
  *   plane newer than the proxy: it forwards every request to the real one and, in the config stream, gives the
  *   Authorization bodies it is told to a field this proxy does not know (upstream's `extensions`).
+ * - A policy with IP ranges is not such a policy: it decodes, and is enforced as written.
  */
 
 import assert from "node:assert/strict";
@@ -261,5 +262,23 @@ spec: { clusterIP: ${VIP}, selector: { app: server }, ports: [{ port: 80, target
     await zB.waitForLog((l) => l.resource === "Authorization/shop/allow-other");
     await control.writeManifest("p.yaml", "# no policy\n");
     await until(() => call("gone"), passes);
+  });
+
+  await t.step("a policy with IP ranges decodes and is enforced as written, not refused", async () => {
+    // The stream once carried ranges as objects, which every proxy refused: now that a refusal fails closed,
+    // an ALLOW of every address would have denied all.
+    const from = zB.lines.length;
+    await control.writeManifest(
+      "p.yaml",
+      policy("by-ip", "  rules: [{ from: [{ source: { ipBlocks: [192.0.2.0/24] } }] }]"),
+    );
+    await until(() => call("elsewhere"), refused);
+    await control.writeManifest(
+      "p.yaml",
+      policy("by-ip", "  rules: [{ from: [{ source: { ipBlocks: [0.0.0.0/0] } }] }]"),
+    );
+    await until(() => call("anywhere"), passes);
+    assert.deepEqual(zB.lines.slice(from).filter((l) => l.resource === "Authorization/shop/by-ip"), []);
+    await control.writeManifest("p.yaml", "# no policy\n");
   });
 });

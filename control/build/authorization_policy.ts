@@ -14,7 +14,11 @@
  *   or `to` entry whose every field was L7 matches every connection in a DENY (its clause is left out); istiod
  *   leaves an empty match there, which ztunnel never matches, so upstream silently drops such a DENY and with it
  *   the rule's L4 part (ARCHITECTURE.md, "Where Skiff departs from upstream");
- * - CUSTOM and AUDIT are refused (the reader reports them), as no provider serves them.
+ * - CUSTOM and AUDIT are refused (the reader reports them), as no provider serves them;
+ * - as Istio's validation does, the reader refuses empty parts (a `from`/`to` list present but empty, an entry
+ *   without its source or operation or with an empty one, a condition with neither values nor notValues) and
+ *   `serviceAccounts` beside principals or namespaces: read, an empty part never matches, so a DENY holding one
+ *   would deny nothing; a service account holding `*` is a name ztunnel cannot match, read like an L7 field.
  *
  * A policy with `targetRefs` is converted for waypoints instead ({@link convertL7Policy}, mesh/l7.ts), as written
  * but for what Skiff's waypoint cannot check, which goes the safe way with a note each:
@@ -112,6 +116,30 @@ function readFields<K extends string>(value: unknown, path: string, keys: readon
   return out;
 }
 
+/*
+ * Istio's validation (`ValidateAuthorizationPolicy`) refuses a `from` or `to` list that is present but empty, an
+ * entry without its source or operation or with an empty one, and a condition with neither values nor notValues.
+ * Read, each would be an empty match, which never matches (rbac.ts): a DENY holding one would deny nothing and
+ * no one would be told; `from: []` would read as "any source".
+ */
+function nonEmpty<T>(r: Fields, key: string, item: (value: unknown, path: string) => T): T[] {
+  const out = r.array(key, item);
+  if (out.length === 0 && r.raw(key) !== undefined) {
+    throw new ValidationError(r.at(key), "must not be empty (leave it out to match any; Istio refuses it too)");
+  }
+  return out;
+}
+
+function readEntry<K extends string>(e: Fields, key: string, keys: readonly K[]): Record<K, string[]> {
+  const raw = e.raw(key);
+  if (raw === undefined) throw new ValidationError(e.at(key), "is required (Istio refuses an entry without it)");
+  const out = readFields(raw, e.at(key), keys);
+  if (keys.every((k) => out[k].length === 0)) {
+    throw new ValidationError(e.at(key), "must not be empty: it would match nothing (Istio refuses it too)");
+  }
+  return out;
+}
+
 function readTargetRef(value: unknown, path: string): PolicyTargetRef {
   const f = Fields.of(value, path);
   const out: PolicyTargetRef = {
@@ -156,15 +184,15 @@ export function readAuthorizationPolicy(doc: Record<string, unknown>): Authoriza
   const rules = f.array("rules", (value, path): RuleSpec => {
     const r = Fields.of(value ?? {}, path);
     const out: RuleSpec = {
-      from: r.array("from", (v, p) => {
+      from: nonEmpty(r, "from", (v, p) => {
         const e = Fields.of(v, p);
-        const source = readFields(e.raw("source"), e.at("source"), [...SOURCE_L4, ...SOURCE_SA, ...SOURCE_L7]);
+        const source = readEntry(e, "source", [...SOURCE_L4, ...SOURCE_SA, ...SOURCE_L7]);
         e.done();
         return source;
       }),
-      to: r.array("to", (v, p) => {
+      to: nonEmpty(r, "to", (v, p) => {
         const e = Fields.of(v, p);
-        const operation = readFields(e.raw("operation"), e.at("operation"), [...OPERATION_L4, ...OPERATION_L7]);
+        const operation = readEntry(e, "operation", [...OPERATION_L4, ...OPERATION_L7]);
         e.done();
         return operation;
       }),
@@ -176,6 +204,9 @@ export function readAuthorizationPolicy(doc: Record<string, unknown>): Authoriza
           notValues: strings(c, "notValues"),
         };
         c.done();
+        if (out.values.length === 0 && out.notValues.length === 0) {
+          throw new ValidationError(p, `condition ${show(out.key)} needs values or notValues (Istio refuses it too)`);
+        }
         return out;
       }),
     };
@@ -191,6 +222,15 @@ export function readAuthorizationPolicy(doc: Record<string, unknown>): Authoriza
       }
       for (const k of SOURCE_SA) {
         src[k].forEach((sa, n) => serviceAccount(sa, `spec.rules[${i}].from[${j}].source.${k}[${n}]`));
+      }
+      // As Istio's validation: principals name service accounts too, and the two cannot be combined.
+      const identities = [src.principals, src.notPrincipals, src.namespaces, src.notNamespaces];
+      if (src.serviceAccounts.length + src.notServiceAccounts.length > 0 && identities.some((l) => l.length > 0)) {
+        const which = src.serviceAccounts.length > 0 ? "serviceAccounts" : "notServiceAccounts";
+        throw new ValidationError(
+          `spec.rules[${i}].from[${j}].source.${which}`,
+          "cannot be set with principals or namespaces (Istio refuses it too)",
+        );
       }
     });
     rule.to.forEach((op, j) => {
@@ -275,9 +315,14 @@ export function convertAuthorizationPolicy(
         m.notNamespaces = src.notNamespaces.map(stringMatch);
         m.sourceIps = src.ipBlocks.map((c) => decodeCidr(c, ""));
         m.notSourceIps = src.notIpBlocks.map((c) => decodeCidr(c, ""));
-        m.serviceAccounts = src.serviceAccounts.map((v) => serviceAccount(v, ""));
-        m.notServiceAccounts = src.notServiceAccounts.map((v) => serviceAccount(v, ""));
-        const found = SOURCE_L7.filter((k) => src[k].length > 0);
+        // A service account is a name, never a pattern (rbac.ts compares it literally), so one holding `*` can
+        // never match: as a positive condition it is one ztunnel cannot check (as the waypoint reads it), as a
+        // negative one it always holds and is left out.
+        const patterns = src.serviceAccounts.some((v) => v.includes("*"));
+        m.serviceAccounts = patterns ? [] : src.serviceAccounts.map((v) => serviceAccount(v, ""));
+        m.notServiceAccounts = src.notServiceAccounts.filter((v) => !v.includes("*")).map((v) => serviceAccount(v, ""));
+        const found: string[] = SOURCE_L7.filter((k) => src[k].length > 0);
+        if (patterns) found.push("serviceAccounts (with '*')");
         for (const k of found) l7.push(`spec.rules[${i}].from[${j}].source.${k}`);
         if (found.length > 0 && isEmptyMatch(m)) onlyL7 = true;
         return m;

@@ -211,3 +211,132 @@ Deno.test("an ALLOW enforced by ztunnel keeps today's reading: a rule with L7 fi
     assert.deepEqual(out.denied, ["shop/client→8080", "other/stranger→8080"]);
   });
 });
+
+Deno.test("a policy with IP ranges reaches ztunnel in a form it decodes, and is enforced as written", async (t) => {
+  // The client connects from 10.0.2.9 to the server at 10.0.1.2 (denied()). The model holds ranges as Cidr
+  // objects; the stream must carry them as `address/length`, the form decodeAuthorization reads, or every proxy
+  // refuses the policy (and now fails closed on it).
+  const cases: { name: string; spec: string; denied: Conn[] }[] = [
+    {
+      name: "ALLOW ipBlocks holding the client",
+      spec: `  rules: [{ from: [{ source: { ipBlocks: [10.0.2.0/24] } }] }]`,
+      denied: [],
+    },
+    {
+      name: "ALLOW ipBlocks elsewhere",
+      spec: `  rules: [{ from: [{ source: { ipBlocks: [192.0.2.0/24] } }] }]`,
+      denied: ALL,
+    },
+    {
+      name: "DENY notIpBlocks holding the client",
+      spec: `  action: DENY\n  rules: [{ from: [{ source: { notIpBlocks: [10.0.2.0/24] } }] }]`,
+      denied: [],
+    },
+    {
+      name: "DENY when source.ip is the client",
+      spec: `  action: DENY\n  rules: [{ when: [{ key: source.ip, values: [10.0.2.9] }] }]`,
+      denied: ALL,
+    },
+    {
+      name: "DENY when destination.ip is the server, on 8080",
+      spec:
+        `  action: DENY\n  rules: [{ to: [{ operation: { ports: ["8080"] } }], when: [{ key: destination.ip, values: [10.0.1.2/32] }] }]`,
+      denied: ["shop/client→8080", "other/stranger→8080"],
+    },
+    {
+      name: "DENY when destination.ip is not the server",
+      spec: `  action: DENY\n  rules: [{ when: [{ key: destination.ip, notValues: [10.0.1.0/24] }] }]`,
+      denied: [],
+    },
+  ];
+  for (const c of cases) await t.step(c.name, () => assert.deepEqual(denied(c.spec).denied, c.denied));
+});
+
+Deno.test("readAuthorizationPolicy() refuses the empty parts Istio's validation refuses, which a DENY would skip", async (t) => {
+  // Before, each was read: an empty source, operation or condition became an empty match, which never matches,
+  // so a DENY holding one denied nothing and no one was told; `from: []` read as "any source".
+  const cases: { name: string; rule: string; field: string; message: RegExp }[] = [
+    {
+      name: "a source with no field",
+      rule: "from: [{ source: {} }]",
+      field: "spec.rules[0].from[0].source",
+      message: /must not be empty/,
+    },
+    {
+      name: "a from entry with no source",
+      rule: "from: [{}]",
+      field: "spec.rules[0].from[0].source",
+      message: /is required/,
+    },
+    {
+      name: "an operation with no field",
+      rule: "to: [{ operation: {} }]",
+      field: "spec.rules[0].to[0].operation",
+      message: /must not be empty/,
+    },
+    {
+      name: "a to entry with no operation",
+      rule: "to: [{}]",
+      field: "spec.rules[0].to[0].operation",
+      message: /is required/,
+    },
+    { name: "an empty from list", rule: "from: []", field: "spec.rules[0].from", message: /must not be empty/ },
+    { name: "an empty to list", rule: "to: []", field: "spec.rules[0].to", message: /must not be empty/ },
+    {
+      name: "a condition with neither values nor notValues",
+      rule: "when: [{ key: source.namespace }]",
+      field: "spec.rules[0].when[0]",
+      message: /values or notValues/,
+    },
+    {
+      name: "a condition with empty values",
+      rule: "when: [{ key: destination.port, values: [] }]",
+      field: "spec.rules[0].when[0]",
+      message: /values or notValues/,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, () => {
+      const yaml = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: p, namespace: shop }
+spec:
+  action: DENY
+  rules: [{ ${c.rule} }]
+`;
+      const problems = parseManifestFile(yaml, "test.yaml").problems;
+      assert.equal(problems.length, 1, `expected one problem, got ${JSON.stringify(problems)}`);
+      assert.equal(problems[0].field, c.field);
+      assert.match(problems[0].message, c.message);
+    });
+  }
+});
+
+Deno.test("a serviceAccounts pattern ztunnel cannot match is read the safe way, and one Istio refuses is refused", async (t) => {
+  await t.step("DENY serviceAccounts [shop/*]: a name, never a pattern; the rule denies all it could cover", () => {
+    // Before: compared literally, `*` never matched a real service account, so the DENY denied nothing.
+    const out = denied(`  action: DENY\n  rules: [{ from: [{ source: { serviceAccounts: ["shop/*"] } }] }]`);
+    assert.deepEqual(out.denied, ALL);
+    assert.match(out.notes.join("\n"), /serviceAccounts \(with '\*'\), which ztunnel cannot check/);
+  });
+  await t.step("ALLOW serviceAccounts [shop/*]: the rule is dropped and allows nothing", () => {
+    const out = denied(`  rules: [{ from: [{ source: { serviceAccounts: ["shop/*"] } }] }]`);
+    assert.deepEqual(out.denied, ALL);
+    assert.equal(out.notes.length, 1);
+  });
+  await t.step("serviceAccounts with principals or namespaces is refused, as Istio's validation does", () => {
+    for (const other of ["principals: [cluster.local/ns/shop/sa/client]", "notNamespaces: [dev]"]) {
+      const yaml = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: p, namespace: shop }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { serviceAccounts: [shop/client], ${other} } }] }]
+`;
+      const problems = parseManifestFile(yaml, "test.yaml").problems;
+      assert.equal(problems.length, 1, `${other}: expected one problem, got ${JSON.stringify(problems)}`);
+      assert.equal(problems[0].field, "spec.rules[0].from[0].source.serviceAccounts");
+      assert.match(problems[0].message, /cannot be set with principals or namespaces/);
+    }
+  });
+});

@@ -89,8 +89,13 @@ export function buildRequest(source: Workload, dst: SocketAddr, state: MeshState
   const found = state.lookupAddress(source.network, dst.ip);
   if (!found) return { kind: "passthrough", target: dst };
 
+  // A destination whose last update did not decode may have a waypoint this ztunnel cannot see: going around it
+  // would skip its L7 policy, so it is refused until a version that decodes arrives (mesh/control_client.ts).
+  const unread = (what: string) =>
+    refused("UnknownWaypoint", `${what} did not decode in its last update, so its waypoint, if any, is unknown`);
   if ("service" in found) {
     const service = found.service;
+    if (state.services.isRefused(serviceKey(service))) return unread(`service ${serviceKey(service)}`);
     if (service.waypoint) {
       const via = throughWaypoint(source, service.waypoint, dst, state, opts, service);
       if (via) return via;
@@ -107,6 +112,7 @@ export function buildRequest(source: Workload, dst: SocketAddr, state: MeshState
   }
 
   const workload = found.workload;
+  if (state.policies.workloadRefusal(workload.uid)) return unread(`workload ${workload.uid}`);
   if (workload.waypoint) {
     const via = throughWaypoint(source, workload.waypoint, dst, state, opts);
     if (via) return via;

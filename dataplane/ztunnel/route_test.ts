@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import pino from "pino";
+import { ClientConfig } from "../../mesh/control_client.ts";
+import type { StreamMessage } from "../../mesh/protocol/config_stream.ts";
 import { MeshState } from "../../mesh/store.ts";
 import { decodeService, decodeWorkload, type Service, type Workload } from "../../mesh/workload.ts";
 import { buildRequest, localityRank, type OutboundRequest, weightedPick } from "./route.ts";
@@ -266,4 +269,64 @@ Deno.test("weightedPick() never picks capacity 0 and returns nothing when all ar
   const zero = endpoint("z", "10.0.2.2", { capacity: 0 });
   assert.equal(weightedPick([zero], () => 0.5), undefined);
   assert.equal(weightedPick([zero, endpoint("one", "10.0.2.3")], () => 0)?.name, "one");
+});
+
+Deno.test("buildRequest() refuses rather than go around a waypoint an update it could not decode may have added", async (t) => {
+  // The attack: the control plane puts a waypoint in front of a service (or a pod) in an update that also holds a
+  // field this ztunnel does not know. Refused, the version held stays, without the waypoint, and traffic went
+  // straight to the endpoints, around the waypoint's L7 policy.
+  type Message = Exclude<StreamMessage, { type: "ping" }>;
+  const wp = workload("waypoint", "10.0.5.5");
+  const server = endpoint("a", "10.0.2.2");
+  const svc = service();
+  const resource = (kind: "Workload" | "Service", name: string, body: unknown) => ({ kind, name, version: "1", body });
+  const held = (): ClientConfig => {
+    const config = new ClientConfig(pino({ level: "silent" }));
+    config.apply({
+      type: "snapshot",
+      version: 1,
+      unchanged: 0,
+      removed: [],
+      resources: [
+        ...[client, wp, server].map((w) => resource("Workload", w.uid, w)),
+        resource("Service", SVC_KEY, svc),
+      ],
+    } as Message);
+    return config;
+  };
+  const waypoint = { waypoint: { address: { address: "10.0.5.5" } }, future: true };
+  const update = (r: ReturnType<typeof resource>): Message => ({
+    type: "delta",
+    version: 2,
+    resources: [r],
+    removed: [],
+  });
+  await t.step("a service whose update did not decode", () => {
+    const config = held();
+    assert.equal(config.apply(update(resource("Service", SVC_KEY, { ...svc, ...waypoint }))).refused, 1);
+    const r = buildRequest(client, { ip: "10.96.0.10", port: 80 }, config.state, fixed(0));
+    assert.deepEqual([r.kind, r.kind === "refused" && r.reason], ["refused", "UnknownWaypoint"], JSON.stringify(r));
+    assert.match((r as { detail: string }).detail, /did not decode/);
+    config.apply(update(resource("Service", SVC_KEY, { ...svc, waypoint: waypoint.waypoint })));
+    assert.equal(hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, config.state, fixed(0))).viaWaypoint, true);
+  });
+  await t.step("a pod whose update did not decode", () => {
+    const config = held();
+    assert.equal(config.apply(update(resource("Workload", server.uid, { ...server, ...waypoint }))).refused, 1);
+    const r = buildRequest(client, { ip: "10.0.2.2", port: 8080 }, config.state, fixed(0));
+    assert.deepEqual([r.kind, r.kind === "refused" && r.reason], ["refused", "UnknownWaypoint"], JSON.stringify(r));
+    config.apply({ type: "delta", version: 3, resources: [], removed: [{ kind: "Workload", name: server.uid }] });
+    assert.equal(buildRequest(client, { ip: "10.0.2.2", port: 8080 }, config.state, fixed(0)).kind, "passthrough");
+  });
+  await t.step("a service or pod that decodes is not refused", () => {
+    const config = held();
+    assert.equal(
+      hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, config.state, fixed(0))).viaWaypoint,
+      false,
+    );
+    assert.equal(
+      hbone(buildRequest(client, { ip: "10.0.2.2", port: 8080 }, config.state, fixed(0))).viaWaypoint,
+      false,
+    );
+  });
 });
