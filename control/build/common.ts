@@ -28,6 +28,12 @@ export const LABELS = {
   entryNode: "skiff.io/node",
 } as const;
 
+/**
+ * Where an object was read from. Kubernetes fills in what its controllers observe (a pod's `status`); a manifest
+ * written by hand often leaves that out, and the pod readers give such a manifest the reading its author meant.
+ */
+export type Origin = "manifests" | "kubernetes";
+
 /** The settings one build of the model runs under. */
 export interface MeshSettings {
   trustDomain: string;

@@ -22,7 +22,7 @@ import {
   convertL7Policy,
   readAuthorizationPolicy,
 } from "./authorization_policy.ts";
-import { LABELS, type MeshSettings, selects } from "./common.ts";
+import { LABELS, type MeshSettings, type Origin, selects } from "./common.ts";
 import { type HttpRouteSpec, readHttpRoute, resolveHttpRoute } from "./http_route.ts";
 import {
   type DeclaredPeerAuthentication,
@@ -69,7 +69,7 @@ export interface Specs {
   HTTPRoute: HttpRouteSpec;
 }
 
-const READERS: { [K in keyof Specs]: (doc: Record<string, unknown>) => Specs[K] } = {
+const READERS: { [K in keyof Specs]: (doc: Record<string, unknown>, origin: Origin) => Specs[K] } = {
   Namespace: () => ({}),
   ServiceAccount: () => ({}),
   Node: readNode,
@@ -83,13 +83,14 @@ const READERS: { [K in keyof Specs]: (doc: Record<string, unknown>) => Specs[K] 
 };
 
 /**
- * Reads the spec of an object of `kind`.
+ * Reads the spec of an object of `kind` that came from `origin` (a Pod without a Ready condition reads
+ * differently from each; workloads.ts `podReady`).
  * @throws {ValidationError} naming the field (a path from the document's root).
  */
-export function readSpec(kind: string, document: Record<string, unknown>): unknown {
+export function readSpec(kind: string, document: Record<string, unknown>, origin: Origin = "manifests"): unknown {
   const reader = READERS[kind as keyof Specs];
   if (!reader) throw new ValidationError("kind", `BUG: no reader for kind ${kind}`);
-  return reader(document);
+  return reader(document, origin);
 }
 
 /** An object in force: its envelope and decoded spec. */

@@ -4,6 +4,9 @@
  * port, a named target port resolved per endpoint, and the endpoints: the workloads of the namespace whose
  * labels the selector matches, each given its port mapping in `Workload.services`.
  *
+ * `publishNotReadyAddresses: true` makes the service's health policy ALLOW_ALL, as upstream does: its endpoints
+ * take traffic whether Ready or not (a StatefulSet's peers finding each other before they are Ready).
+ *
  * A Service without a cluster IP gets one from the control plane's allocator (Kubernetes' API server does the
  * same); the builder receives the allocation, so it stays a pure function. UDP and SCTP ports are left out
  * (the mesh carries TCP); ExternalName services are refused with a reason.
@@ -35,6 +38,8 @@ export interface ServiceSpec {
   ports: ServicePortSpec[];
   /** Undefined: no selector (endpoints managed elsewhere, which Skiff does not read). */
   selector?: Record<string, string>;
+  /** Endpoints take traffic whether Ready or not. */
+  publishNotReadyAddresses: boolean;
 }
 
 /** Decodes the parts of a Service Skiff uses. */
@@ -79,7 +84,11 @@ export function readService(doc: Record<string, unknown>): ServiceSpec {
     if (p.appProtocol !== undefined) out.appProtocol = checkString(p.appProtocol, at("appProtocol"), { max: 64 });
     return out;
   });
-  const out: ServiceSpec = { clusterIPs, headless, ports };
+  const publish = spec.publishNotReadyAddresses;
+  if (publish !== undefined && publish !== null && typeof publish !== "boolean") {
+    throw new ValidationError("spec.publishNotReadyAddresses", `expected true or false, got ${show(publish)}`);
+  }
+  const out: ServiceSpec = { clusterIPs, headless, ports, publishNotReadyAddresses: publish === true };
   if (spec.selector !== undefined && spec.selector !== null) out.selector = stringMap(spec.selector, "spec.selector");
   return out;
 }
@@ -120,6 +129,10 @@ export function buildService(
     }),
     subjectAltNames: [],
   };
+  if (spec.publishNotReadyAddresses) {
+    // Upstream (services.go): `PublishNotReadyAddresses` → `health_policy: ALLOW_ALL`.
+    service.loadBalancing = { routingPreference: [], mode: "UNSPECIFIED_MODE", healthPolicy: "ALLOW_ALL" };
+  }
   if (spec.selector === undefined || Object.keys(spec.selector).length === 0) return service;
   const key = `${namespace}/${hostname}`;
   for (const c of candidates) {

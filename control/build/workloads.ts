@@ -9,7 +9,9 @@
  *
  * Pods with `hostNetwork` share the node's address and are left out, as are pods that finished (Succeeded,
  * Failed). A pod's address comes from its manifest's `status.podIP(s)` or from the report of the node agent of
- * the node it is scheduled on.
+ * the node it is scheduled on. A pod that is not Ready ({@link podReady}) keeps its workload, so a call to its
+ * own address still finds its identity and policies, but with status UNHEALTHY: no proxy picks it as an endpoint
+ * of a service.
  *
  * @module
  */
@@ -19,7 +21,7 @@ import { checkInt, checkString, dnsSubdomain, fieldPath, Fields, ValidationError
 import { decodeIp } from "../../mesh/net.ts";
 import type { NodePod } from "../../mesh/protocol/node_pods.ts";
 import type { Locality, Workload } from "../../mesh/workload.ts";
-import { LABELS, listAt, type MeshSettings, objectAt, stringMap } from "./common.ts";
+import { LABELS, listAt, type MeshSettings, objectAt, type Origin, stringMap } from "./common.ts";
 
 /** What Skiff reads of a Pod. */
 export interface PodSpec {
@@ -29,14 +31,66 @@ export interface PodSpec {
   /** From `status.podIPs` / `status.podIP`; empty until known. */
   ips: string[];
   phase: string;
+  /** Whether it may take a service's traffic ({@link podReady}). */
+  ready: boolean;
   /** Named container ports, for services' named target ports. */
   namedPorts: Record<string, number>;
 }
 
-/** Decodes the parts of a Pod Skiff uses; other fields are Kubernetes' and are left alone. */
-export function readPod(doc: Record<string, unknown>): PodSpec {
+/** What readiness is decided from: the phase, the `Ready` condition's status if any, a deletion under way. */
+export interface ReadinessFacts {
+  phase: string;
+  /** `status.conditions[type=Ready].status`: "True", "False" or "Unknown"; undefined when there is none. */
+  readyCondition?: string;
+  /** `metadata.deletionTimestamp` is set: the pod is terminating. */
+  terminating: boolean;
+}
+
+/**
+ * Whether a pod is a load-balancing endpoint, as istiod sets a pod workload's status (`workloads.go`: UNHEALTHY
+ * when `!IsPodReady(p) || p.DeletionTimestamp != nil`, the EndpointSlice controller's reading of Ready and
+ * Terminating): not while terminating, not while Pending (not started; its workload is still built, as upstream
+ * builds one for a Pending pod with an IP, istio/istio#48854), else what the Ready condition says.
+ *
+ * A pod without a Ready condition: from the Kubernetes API, not ready (the kubelet has not reported, and upstream
+ * reads it so); from a hand-written manifest that says nothing of readiness (no phase, or Running), ready, since
+ * its author declared a running pod and means it to take traffic. Phase Unknown (the node lost) is not ready.
+ */
+export function podReady(facts: ReadinessFacts, origin: Origin): boolean {
+  if (facts.terminating || facts.phase === "Pending") return false;
+  if (facts.readyCondition !== undefined) return facts.readyCondition === "True";
+  return origin === "manifests" && (facts.phase === "" || facts.phase === "Running");
+}
+
+const CONDITION_STATUSES = ["True", "False", "Unknown"];
+
+/** The status of the first `Ready` condition (as Kubernetes' `GetPodConditionFromList`), or undefined. */
+function readyCondition(status: Record<string, unknown>): string | undefined {
+  const conditions = listAt(status.conditions, "status.conditions");
+  for (let i = 0; i < conditions.length; i++) {
+    const c = objectAt(conditions[i], `status.conditions[${i}]`);
+    if (c.type !== "Ready") continue;
+    if (typeof c.status !== "string" || !CONDITION_STATUSES.includes(c.status)) {
+      throw new ValidationError(
+        `status.conditions[${i}].status`,
+        `expected "True", "False" or "Unknown" (quoted: YAML reads a bare True as a boolean), got ${
+          JSON.stringify(c.status)
+        }`,
+      );
+    }
+    return c.status;
+  }
+  return undefined;
+}
+
+/**
+ * Decodes the parts of a Pod Skiff uses; other fields are Kubernetes' and are left alone. `origin` decides how a
+ * pod without a Ready condition reads ({@link podReady}).
+ */
+export function readPod(doc: Record<string, unknown>, origin: Origin = "manifests"): PodSpec {
   const spec = objectAt(doc.spec, "spec");
   const status = objectAt(doc.status, "status");
+  const metadata = objectAt(doc.metadata, "metadata");
   const str = (v: unknown, path: string, check = dnsSubdomain) =>
     v === undefined || v === null || v === "" ? "" : checkString(v, path, { check });
   const namedPorts: Record<string, number> = {};
@@ -55,12 +109,16 @@ export function readPod(doc: Record<string, unknown>): PodSpec {
   if (spec.hostNetwork !== undefined && typeof spec.hostNetwork !== "boolean") {
     throw new ValidationError("spec.hostNetwork", "expected true or false");
   }
+  const phase = typeof status.phase === "string" ? status.phase : "";
+  const terminating = metadata.deletionTimestamp !== undefined && metadata.deletionTimestamp !== null &&
+    metadata.deletionTimestamp !== "";
   return {
     nodeName: str(spec.nodeName, "spec.nodeName"),
     serviceAccount: str(spec.serviceAccountName ?? spec.serviceAccount, "spec.serviceAccountName") || "default",
     hostNetwork: spec.hostNetwork === true,
     ips,
-    phase: typeof status.phase === "string" ? status.phase : "",
+    phase,
+    ready: podReady({ phase, readyCondition: readyCondition(status), terminating }, origin),
     namedPorts,
   };
 }
@@ -227,7 +285,7 @@ export function podWorkload(
     workloadName: pod.name,
     services: {},
     authorizationPolicies: [],
-    status: spec.phase === "" || spec.phase === "Running" || spec.phase === "Pending" ? "HEALTHY" : "UNHEALTHY",
+    status: spec.ready ? "HEALTHY" : "UNHEALTHY",
     clusterId: s.clusterId,
     capacity: 1,
   };

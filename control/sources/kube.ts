@@ -140,7 +140,8 @@ export class KubeSource {
     // List items come without apiVersion and kind; the collection says what they are.
     const value = { ...o, apiVersion: o.apiVersion ?? r.apiVersion, kind: o.kind ?? r.kind };
     const where = `kubernetes:${r.kind}/${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? "?"}`;
-    const read = readObject(value, where, 0);
+    // A pod read from the API without a Ready condition is not ready (control/build/workloads.ts podReady).
+    const read = readObject(value, where, 0, undefined, "kubernetes");
     if ("problem" in read) {
       const key = read.problem.key ?? where;
       const known = this.#problems.get(key);

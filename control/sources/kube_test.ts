@@ -78,6 +78,28 @@ Deno.test({
         await until(() => source.objects().get("Pod/shop/web-1")!.labels.version === "v2", "the update arrived");
         assert.ok(changes.includes("kubernetes: Pod/shop/web-1"));
       });
+      await t.step("a pod's Ready condition from the API decides its status; none yet is not ready", async () => {
+        const status = () => {
+          const objects = source.objects().values();
+          const model = buildMesh({ objects, registrations: [], vips: new Map(), settings: DEFAULT_SETTINGS });
+          return model.workloads[0]?.status;
+        };
+        assert.equal(status(), "UNHEALTHY", "Running without a Ready condition: the kubelet has not said");
+        const put = (ready: string, metadata: Record<string, unknown> = {}) =>
+          api.put("/api/v1/pods", "Pod", {
+            metadata: { name: "web-1", namespace: "shop", labels: { app: "web", version: "v2" }, ...metadata },
+            spec: { nodeName: "node-a", serviceAccountName: "web" },
+            status: { podIP: "10.0.1.2", phase: "Running", conditions: [{ type: "Ready", status: ready }] },
+          });
+        put("True");
+        await until(() => status() === "HEALTHY", "Ready True makes it HEALTHY");
+        put("True", { deletionTimestamp: "2026-12-03T17:00:00Z" });
+        await until(() => status() === "UNHEALTHY", "a pod being deleted is UNHEALTHY, even Ready");
+        put("True");
+        await until(() => status() === "HEALTHY", "Ready again");
+        put("False");
+        await until(() => status() === "UNHEALTHY", "Ready False makes it UNHEALTHY");
+      });
       await t.step("a bad object is reported by kind and field; its last good version stays", async () => {
         api.put(POLICY, "AuthorizationPolicy", {
           metadata: { name: "allow-web", namespace: "shop" },

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { LineCounter, parseAllDocuments } from "yaml";
 import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../../mesh/validate.ts";
 import { lineOfField } from "../../mesh/yaml.ts";
+import type { Origin } from "../build/common.ts";
 import { readSpec } from "../build/mod.ts";
 
 /** Largest manifest file read; a larger one is reported and its objects are kept as they were. */
@@ -131,13 +132,15 @@ export function parseManifestFile(text: string, file: string): ParsedFile {
 
 /**
  * Reads one object (its envelope, then its kind's spec) from a document's value. `lineOf` maps a field path to
- * its line, where the source has lines. Never throws on bad input.
+ * its line, where the source has lines; `origin` is the source (the Kubernetes source passes its own). Never
+ * throws on bad input.
  */
 export function readObject(
   value: unknown,
   file: string,
   line: number,
   lineOf: (field: string) => number | undefined = () => undefined,
+  origin: Origin = "manifests",
 ): { object: ManifestObject } | { problem: ManifestProblem } {
   const envelope = readEnvelope(value);
   if ("problem" in envelope) {
@@ -146,7 +149,7 @@ export function readObject(
   }
   const document = value as Record<string, unknown>;
   try {
-    const spec = readSpec(envelope.kind, document);
+    const spec = readSpec(envelope.kind, document, origin);
     return { object: { ...envelope, spec, file, line, digest: JSON.stringify(document) } };
   } catch (error) {
     if (!(error instanceof ValidationError)) throw error;
