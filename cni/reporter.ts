@@ -5,10 +5,14 @@
  * are merged into the next; a failed report is retried with backoff (100 ms doubling to 15 s) until one lands,
  * and the list is sent again whenever the control-plane connection comes back.
  *
+ * The control plane may refuse some pods of a list and take the others (a 403 naming each refused pod and why,
+ * control/reports.ts): each refused pod is logged by name, and the list is retried with the same backoff, since
+ * a pod refused because the control plane had not yet seen it scheduled here is taken once it has.
+ *
  * @module
  */
 
-import type { ControlConnection } from "../mesh/control_client.ts";
+import { type ControlConnection, ControlError } from "../mesh/control_client.ts";
 import type { Logger } from "../mesh/log.ts";
 import { REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
 import type { PodReport } from "./agent.ts";
@@ -62,7 +66,18 @@ export class Reporter {
         delay = RETRY_MIN_MS;
       } catch (error) {
         if (this.#signal.aborted) return;
-        this.#log.warn({ error: (error as Error).message, retryInMs: delay }, "could not report the pods");
+        const refusal = refusalOf(error);
+        if (refusal) {
+          for (const r of refusal.refused) {
+            this.#log.warn({ pod: r.pod, problems: r.problems, retryInMs: delay }, "pod refused by the control plane");
+          }
+          this.#log.info(
+            { pods: pods.length, accepted: refusal.accepted, refused: refusal.refused.length },
+            "pods reported, some refused",
+          );
+        } else {
+          this.#log.warn({ error: (error as Error).message, retryInMs: delay }, "could not report the pods");
+        }
         await new Promise<void>((resolve) => {
           const done = () => {
             clearTimeout(timer);
@@ -76,4 +91,20 @@ export class Reporter {
       }
     }
   }
+}
+
+/** What a refusal of some pods of a report says (control/server.ts), or undefined when the error is not one. */
+function refusalOf(
+  error: unknown,
+): { accepted: number; refused: { pod: string; problems: string[] }[] } | undefined {
+  if (!(error instanceof ControlError) || error.status !== 403) return undefined;
+  const body = error.body as { accepted?: unknown; refused?: unknown } | undefined;
+  if (!Array.isArray(body?.refused)) return undefined;
+  return {
+    accepted: Number(body.accepted ?? 0),
+    refused: body.refused.map((r) => ({
+      pod: `${r?.namespace}/${r?.name}`,
+      problems: Array.isArray(r?.problems) ? r.problems.map(String) : [],
+    })),
+  };
 }

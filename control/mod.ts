@@ -4,7 +4,8 @@
  * on 15012 (snapshot, then deltas; push.ts, server.ts), serves the CA on the same port, and keeps its state in
  * an embedded store in the data directory (store.ts), so a restart loses nothing.
  *
- * `skiff control node add NAME` issues a node's token; `node remove NAME` revokes it; `node list` shows them.
+ * `skiff control node add NAME` issues a node's token; `node remove NAME` revokes it and drops its reports (the
+ * running control plane builds without them); `node list` shows them.
  *
  * @module
  */
@@ -38,6 +39,8 @@ import { DEFAULT_TOKEN_TTL_MS, issueNodeToken, TokenVerifier } from "./tokens.ts
 export const MONITORING_PORT = 15014;
 /** Where the CA lives in the data directory. */
 export const CA_SUBDIR = "ca";
+/** How often the running control plane looks for changes `skiff control node` made to the store. */
+const STORE_POLL_MS = 1_000;
 
 const dataDir = option({
   flag: "data-dir",
@@ -210,7 +213,13 @@ export async function runControl(argv: string[]): Promise<number> {
       monitoringPort: values.monitoringPort,
     }, controller.signal);
     const watching = watchManifests(values.manifests, plane, controller.signal, log);
+    // `skiff control node remove` runs in its own process and deletes the node's reports with its token: the next
+    // build must leave that node's pods out, whether or not anything else changes.
+    const polling = setInterval(() => {
+      if (store.changedElsewhere()) plane.changed("the store, by another process (skiff control node)");
+    }, STORE_POLL_MS);
     await new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
+    clearInterval(polling);
     log.info("shutting down");
     await kube?.stop();
     plane.close();

@@ -20,7 +20,7 @@ import type { MeshSettings } from "./build/common.ts";
 import type { Registration } from "./build/workloads.ts";
 import { NodeViews } from "./node_views.ts";
 import { Publisher } from "./push.ts";
-import { checkReport, emptyFacts, ReportError, type ReportFacts, reportFacts } from "./reports.ts";
+import { checkReport, emptyFacts, recordReport, ReportError, type ReportFacts, reportFacts } from "./reports.ts";
 import {
   formatProblem,
   loadManifestDir,
@@ -144,15 +144,26 @@ export class ControlPlane {
   }
 
   /**
-   * Replaces what node `node` registered, and schedules a build, if the report stays on that node
-   * (control/reports.ts), as the last build knows the nodes, pods and addresses.
-   * @throws {ReportError} naming each problem; the node's earlier report stays in force.
+   * Replaces what node `node` registered with the pods of its report that stay on that node (control/reports.ts),
+   * as the last build knows the nodes, pods and addresses, and schedules a build. A refused pod changes nothing:
+   * what the node reported of it before stays, less any address one of the pods taken now has.
+   * @throws {ReportError} naming each refused pod, once the others are stored.
    */
   register(node: string, pods: Registration[]): void {
-    const problems = checkReport(node, pods, this.#reportFacts);
-    if (problems.length > 0) throw new ReportError(node, problems);
-    this.#store.setRegistrations(node, pods);
+    const { accepted, refused } = checkReport(node, pods, this.#reportFacts);
+    let stored = accepted;
+    if (refused.length > 0) {
+      const names = new Set(refused.map((r) => `${r.pod.namespace}/${r.pod.name}`));
+      const taken = new Set(accepted.flatMap((p) => p.ips));
+      const earlier = this.#store.registrations()
+        .filter((r) => r.node === node && names.has(`${r.namespace}/${r.name}`))
+        .map((r) => ({ ...r, ips: r.ips.filter((ip) => !taken.has(ip)) }));
+      stored = [...accepted, ...earlier];
+    }
+    this.#store.setRegistrations(node, stored);
+    this.#reportFacts = recordReport(this.#reportFacts, node, accepted);
     this.changed(`registrations from ${node}`);
+    if (refused.length > 0) throw new ReportError(node, refused, accepted.length);
   }
 
   /** Schedules a debounced build. */

@@ -133,3 +133,30 @@ metadata: { name: shop, labels: { istio.io/dataplane-mode: ambient } }
     plane.close();
   });
 });
+
+Deno.test("ControlPlane: between two builds, a node cannot take an address another node's report has just taken", async () => {
+  await withPlane(async (manifests, open) => {
+    // No Node gives a pod range, so only the addresses held tell the nodes apart.
+    const pod = (name: string, node: string) =>
+      `apiVersion: v1\nkind: Pod\nmetadata: { name: ${name}, namespace: shop }\nspec: { nodeName: ${node} }\n---\n`;
+    await Deno.writeTextFile(join(manifests, "shop.yaml"), pod("web-1", "node-a") + pod("api-1", "node-b"));
+    const plane = open();
+    await plane.start();
+    const reg = (name: string, node: string) => ({
+      namespace: "shop",
+      name,
+      node,
+      ips: ["10.0.5.5"],
+      redirected: true,
+    });
+    // api-1 sorts before web-1: a build that saw both reports would give node-b the address.
+    plane.register("node-a", [reg("web-1", "node-a")]);
+    assert.throws(
+      () => plane.register("node-b", [reg("api-1", "node-b")]),
+      /pod shop\/api-1: address 10\.0\.5\.5 is held by pod shop\/web-1, as node node-a reported it/,
+    );
+    await plane.settled();
+    assert.deepEqual(plane.model.workloads.map((w) => [w.name, w.addresses]), [["web-1", ["10.0.5.5"]]]);
+    plane.close();
+  });
+});

@@ -14,8 +14,9 @@
  * revoked or expired meanwhile ends the stream.
  *
  * A missing, wrong, expired or revoked token is a 401 with a JSON `error` saying which, and a log line naming
- * the node when the token names one. A node agent's report that does not stay on its node (another node's pod,
- * an address not its own; control/reports.ts) is a 403 with every reason, and a log line naming the node.
+ * the node when the token names one. A pod of a node agent's report that does not stay on its node (another
+ * node's pod, an address not its own; control/reports.ts) is refused and the report's other pods are taken: a 403
+ * naming each refused pod and why, and a log line naming the node.
  *
  * 15014 (istiod's monitoring port), plain HTTP: `/metrics`, `/ready`, and `/status` with every manifest problem
  * (`file:line: field: message`) and every note of the last build.
@@ -161,9 +162,20 @@ export function serveControl(
         return json(200, { accepted: pods.length });
       } catch (error) {
         if (error instanceof ReportError) {
-          // A node speaking for another node's pods or addresses: refused, and said so on both sides.
-          log.warn({ node: auth.node, error: error.message, problems: error.problems.length }, "registrations refused");
-          return json(403, { error: error.message });
+          // A node speaking for another node's pods or addresses: those pods refused, and said so on both sides.
+          log.warn(
+            { node: auth.node, error: error.message, refused: error.refused.length, accepted: error.accepted },
+            "registrations refused",
+          );
+          return json(403, {
+            error: error.message,
+            accepted: error.accepted,
+            refused: error.refused.map((r) => ({
+              namespace: r.pod.namespace,
+              name: r.pod.name,
+              problems: r.problems,
+            })),
+          });
         }
         if (!(error instanceof ValidationError)) throw error;
         log.warn({ node: auth.node, error: error.message }, "registrations refused");

@@ -65,10 +65,12 @@ CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, file TEXT NOT NULL, li
 export class ControlStore {
   readonly dir: string;
   readonly #db: DatabaseSync;
+  #dataVersion: number;
 
   private constructor(dir: string, db: DatabaseSync) {
     this.dir = dir;
     this.#db = db;
+    this.#dataVersion = this.#readDataVersion();
   }
 
   /** Opens (creating if needed) the store in `dir`, which is made private to its owner. */
@@ -90,6 +92,21 @@ export class ControlStore {
   /** Closes the database. */
   close(): void {
     this.#db.close();
+  }
+
+  /**
+   * Whether another process (`skiff control node add|remove`) committed a change to the store since the last
+   * call: SQLite's `PRAGMA data_version` changes with every other connection's commit, never with this one's.
+   */
+  changedElsewhere(): boolean {
+    const version = this.#readDataVersion();
+    const changed = version !== this.#dataVersion;
+    this.#dataVersion = version;
+    return changed;
+  }
+
+  #readDataVersion(): number {
+    return Number((this.#db.prepare("PRAGMA data_version").get() as { data_version: number }).data_version);
   }
 
   /** A value of the meta table. */

@@ -84,3 +84,22 @@ Deno.test("ControlStore.open() rebuilds a store that keyed reports by pod alone,
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("ControlStore.changedElsewhere() tells another process's commits (skiff control node) from its own", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-store-" });
+  try {
+    const plane = ControlStore.open(dir);
+    const cli = ControlStore.open(dir);
+    assert.equal(plane.changedElsewhere(), false, "nothing yet");
+    plane.setRegistrations("node-b", [{ namespace: "shop", name: "api", node: "node-b", ips: [], redirected: true }]);
+    assert.equal(plane.changedElsewhere(), false, "its own commit");
+    cli.removeNode("node-b");
+    assert.equal(plane.changedElsewhere(), true, "node remove in another process");
+    assert.equal(plane.changedElsewhere(), false, "told once");
+    assert.deepEqual(plane.registrations(), [], "and the node's reports are gone");
+    cli.close();
+    plane.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

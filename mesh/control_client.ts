@@ -102,10 +102,13 @@ export async function tokenSubject(tokenFile: string): Promise<string | undefine
 export class ControlError extends Error {
   readonly code = "CONTROL";
   readonly status?: number;
-  constructor(message: string, status?: number, options?: ErrorOptions) {
+  /** The answer's JSON body, when it had one (a refused report names its refused pods there). */
+  readonly body?: unknown;
+  constructor(message: string, status?: number, options?: ErrorOptions, body?: unknown) {
     super(message, options);
     this.name = "ControlError";
     this.status = status;
+    this.body = body;
   }
 }
 
@@ -152,11 +155,13 @@ export class ControlConnection {
     if (!response.ok) {
       const text = await response.text().catch(() => "");
       let message = text;
+      let body: unknown;
       try {
-        message = JSON.parse(text).error ?? text;
+        body = JSON.parse(text);
+        message = (body as { error?: string }).error ?? text;
       } catch { /* not JSON: the text is the message */ }
       const what = response.status === 401 ? "refused our node token" : `answered ${response.status}`;
-      throw new ControlError(`the control plane ${what}: ${message}`, response.status);
+      throw new ControlError(`the control plane ${what}: ${message}`, response.status, undefined, body);
     }
     return response;
   }

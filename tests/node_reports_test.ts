@@ -4,10 +4,13 @@
  * proxies are told. Node B tries to overwrite node A's report of A's pod, to report a pod declared on A, and to
  * report addresses that are not its to report (inside A's pod range, or held by another workload or a service);
  * each is refused with a 403 that says why and a log line naming node B, and A's workloads stay as A reported
- * them. Legitimate reports, and a pod moving from A to B, keep working.
+ * them. Only the offending pods are refused: the report's other pods are taken, and the node agent's reporter
+ * logs each refused pod by name. Legitimate reports, and a pod moving from A to B, keep working.
  */
 
 import assert from "node:assert/strict";
+import pino from "pino";
+import { Reporter } from "../cni/reporter.ts";
 import { ClientConfig, ControlConnection, ControlError, runConfigClient } from "../mesh/control_client.ts";
 import { logger } from "../mesh/log.ts";
 import { REGISTRATIONS_PATH } from "../mesh/protocol/config_stream.ts";
@@ -72,7 +75,10 @@ Deno.test({
     });
 
     /** PUTs a report as the agent of the token's node; the status and the answer's body or error. */
-    const report = async (token: string, pods: ReportedPod[]): Promise<{ status: number; text: string }> => {
+    const report = async (
+      token: string,
+      pods: ReportedPod[],
+    ): Promise<{ status: number; text: string; body?: unknown }> => {
       const agent = new ControlConnection({ url: control.url, tokenFile: token, caFile: caOf(token) });
       try {
         const r = await agent.request("PUT", REGISTRATIONS_PATH, {
@@ -81,7 +87,7 @@ Deno.test({
         return { status: r.status, text: await r.text() };
       } catch (error) {
         if (!(error instanceof ControlError) || error.status === undefined) throw error;
-        return { status: error.status, text: error.message };
+        return { status: error.status, text: error.message, body: error.body };
       } finally {
         agent.close();
       }
@@ -207,6 +213,94 @@ spec: { clusterIP: ${vip}, ports: [{ port: 80 }] }
         }
       });
 
+      await t.step("(d) node-b cannot spell an address another way, nor report one no pod has", async (t) => {
+        // A dual-stack socket reads ::ffff:10.31.1.77 as 10.31.1.77, yet no IPv4 range or index matches it.
+        const cases: [string, RegExp][] = [
+          ["::ffff:10.31.1.77", /::ffff:a1f:14d is an IPv4-mapped IPv6 address/],
+          ["0:0:0:0:0:ffff:10.31.1.5", /::ffff:a1f:105 is an IPv4-mapped IPv6 address/],
+          ["::10.31.1.77", /::a1f:14d is an IPv4-compatible IPv6 address/],
+          ["127.0.0.1", /127\.0\.0\.1 is a loopback address/],
+          ["::1", /::1 is an IPv4-compatible IPv6 address, the unspecified or the loopback address/],
+          ["0.0.0.0", /0\.0\.0\.0 is in 0\.0\.0\.0\/8/],
+          ["169.254.169.254", /169\.254\.169\.254 is a link-local address/],
+          ["224.0.0.5", /224\.0\.0\.5 is a multicast address/],
+          ["255.255.255.255", /255\.255\.255\.255 is a reserved or the broadcast address/],
+        ];
+        for (const [ip, why] of cases) await t.step(ip, () => refusedForB([apiB([ip])], why));
+        // Spellings that are no address at all never reach the check: the report does not decode.
+        for (const ip of ["010.31.1.77", " 10.31.1.77", "10.31.1.77\n", "0x0a.31.1.77", "10.31.1.077"]) {
+          const answer = await report(tokenB, [apiB([ip])]);
+          assert.equal(answer.status, 400, `${JSON.stringify(ip)}: ${answer.text}`);
+          assert.match(answer.text, /pods\[0\]\.ips\[0\]: expected an IPv4 or IPv6 address/);
+        }
+      });
+
+      await t.step("one refused pod holds back none of the node's other pods, and changes nothing", async () => {
+        await legit();
+        // node-b moves api-b to a new address and, in the same report, speaks for node-a's web-a and new-a.
+        const answer = await report(tokenB, [
+          { name: "web-a", ips: ["10.31.1.5"], redirected: false },
+          apiB(["10.31.2.6"]),
+          { name: "new-a", ips: [], redirected: true },
+        ]);
+        assert.equal(answer.status, 403, answer.text);
+        assert.deepEqual(answer.body, {
+          error: String((answer.body as { error: string }).error),
+          accepted: 1,
+          refused: [
+            {
+              namespace: "shop",
+              name: "web-a",
+              problems: [
+                "pod shop/web-a is declared on node node-a, not node-b",
+                "pod shop/web-a: address 10.31.1.5 lies in the pod range 10.31.1.0/24 of node node-a",
+              ],
+            },
+            { namespace: "shop", name: "new-a", problems: ["pod shop/new-a is declared on node node-a, not node-b"] },
+          ],
+        });
+        await until("api-b at its new address", () => shown("api-b") === "node-b HBONE 10.31.2.6");
+        await settle();
+        assert.deepEqual(now(), [
+          "node-a HBONE 10.31.1.5",
+          "node-a HBONE 10.40.0.9",
+          "node-b HBONE 10.31.2.6",
+          "vm-1 10.40.0.20",
+        ]);
+        assert.equal(shown("new-a"), "absent");
+        // A pod refused for its address stays where node-b last reported it, however the rest of the report goes.
+        const moved = await report(tokenB, [apiB(["10.31.1.99"])]);
+        assert.equal(moved.status, 403, moved.text);
+        await settle();
+        assert.equal(shown("api-b"), "node-b HBONE 10.31.2.6");
+      });
+
+      await t.step("node-b's agent logs each refused pod by name, and retries", async () => {
+        await legit();
+        const lines: Record<string, unknown>[] = [];
+        const log = pino({ level: "debug" }, { write: (s: string) => lines.push(JSON.parse(s)) });
+        const agent = new ControlConnection({ url: control.url, tokenFile: tokenB, caFile: caOf(tokenB) });
+        const stop = new AbortController();
+        const reporter = new Reporter(agent, log, stop.signal);
+        try {
+          reporter.report([
+            { namespace: "shop", ...apiB(["10.31.2.7"]), netns: "/run/netns/b1" },
+            { namespace: "shop", name: "web-a", ips: [], redirected: false, netns: "/run/netns/b2" },
+          ]);
+          await until("api-b updated by the agent", () => shown("api-b") === "node-b HBONE 10.31.2.7");
+          const refused = () => lines.filter((l) => l.msg === "pod refused by the control plane");
+          await until("the refusal logged twice (a retry)", () => refused().length >= 2);
+          assert.deepEqual(refused()[0].pod, "shop/web-a");
+          assert.deepEqual(refused()[0].problems, ["pod shop/web-a is declared on node node-a, not node-b"]);
+          assert.ok(lines.some((l) => l.msg === "pods reported, some refused" && l.accepted === 1 && l.refused === 1));
+          assert.equal(shown("web-a"), "node-a HBONE 10.31.1.5");
+        } finally {
+          stop.abort();
+          await reporter.idle();
+          agent.close();
+        }
+      });
+
       await t.step("node-a's own addresses must lie in its pod range", async () => {
         const answer = await report(tokenA, [{ name: "web-a", ips: ["10.31.2.99"], redirected: true }]);
         assert.equal(answer.status, 403);
@@ -236,13 +330,31 @@ spec: { clusterIP: ${vip}, ports: [{ port: 80 }] }
           200,
         );
         await until("new-a at web-a's old address", () => shown("new-a") === "node-a HBONE 10.31.1.5");
-        const stale = await report(tokenA, [{ name: "web-a", ips: ["10.31.1.5"], redirected: true }]);
+        // The agent's list still has the pod (its DEL not seen yet): that pod is refused, the others stay taken.
+        const stale = await report(tokenA, [
+          { name: "legacy-a", ips: ["10.40.0.9"], redirected: true },
+          { name: "new-a", ips: ["10.31.1.5"], redirected: true },
+          { name: "web-a", ips: ["10.31.1.6"], redirected: true },
+        ]);
         assert.equal(stale.status, 403);
         assert.match(stale.text, /pod shop\/web-a is declared on node node-b, not node-a/);
         await settle();
         assert.equal(shown("web-a"), "node-b HBONE 10.31.2.9");
         assert.equal(shown("new-a"), "node-a HBONE 10.31.1.5");
       });
+
+      await t.step(
+        "a node removed (skiff control node remove) reports no more, and its pods leave the mesh",
+        async () => {
+          assert.equal(shown("api-b"), "node-b HBONE 10.31.2.5");
+          await control.removeNode("node-b");
+          const answer = await report(tokenB, [apiB()]);
+          assert.equal(answer.status, 401, answer.text);
+          // Nothing else changes meanwhile: the control plane itself must notice the node's reports are gone.
+          await until("api-b gone with its node", () => shown("api-b") === "absent");
+          assert.equal(shown("new-a"), "node-a HBONE 10.31.1.5");
+        },
+      );
     } finally {
       controller.abort();
       await run;

@@ -145,6 +145,14 @@ spec: { podCIDR: 10.0.2.0/24 }
       ["Pod/shop/web-1", "reported 10.0.2.7 is not in the pod range of node node-a (10.0.1.0/24)"],
     ]);
   });
+  await t.step("a reported address no pod has (stored before reports were checked) is left out", () => {
+    const m = build(yaml, [{ ...redirected("web-1", "shop"), ips: ["::ffff:a00:107", "10.0.1.7", "127.0.0.1"] }]);
+    assert.deepEqual(m.workloads.map((w) => [w.name, w.addresses]), [["web-1", ["10.0.1.7"]]]);
+    assert.deepEqual(m.notes.map((n) => n.message), [
+      "reported ::ffff:a00:107 is an IPv4-mapped IPv6 address (report the IPv4 address itself), not a pod's",
+      "reported 127.0.0.1 is a loopback address, not a pod's",
+    ]);
+  });
   await t.step("a pod nothing declares is left out: no workload, no identity for the reporting node", () => {
     const m = build("", [{ ...redirected("job-1", "batch", "node-c"), ips: ["10.0.3.3"] }]);
     assert.deepEqual([m.workloads, m.identities.get("node-c")], [[], undefined]);

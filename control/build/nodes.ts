@@ -54,14 +54,34 @@ export function podRangesOf(objects: Iterable<{ kind: string; name: string; spec
 }
 
 /**
- * Why `ip` is not an address `node`'s agent may report, as far as pod ranges tell, or undefined: it must lie in
- * the node's own range when that is known, and, when it is not, outside every other node's.
+ * Addresses no pod has, whatever its node's range (RFC 6890's special-purpose registries): a report naming one
+ * is a bug or an attack. The IPv4-mapped and IPv4-compatible IPv6 forms matter most: `::ffff:10.0.1.5` is
+ * another spelling of `10.0.1.5` to a dual-stack socket, yet no IPv4 range, address index or VIP matches it.
+ */
+const NOT_POD_ADDRESSES: [Cidr, string][] = [
+  ["::ffff:0:0/96", "an IPv4-mapped IPv6 address (report the IPv4 address itself)"],
+  ["::/96", "an IPv4-compatible IPv6 address, the unspecified or the loopback address"],
+  ["0.0.0.0/8", "in 0.0.0.0/8 (this network)"],
+  ["127.0.0.0/8", "a loopback address"],
+  ["169.254.0.0/16", "a link-local address"],
+  ["fe80::/10", "a link-local address"],
+  ["224.0.0.0/4", "a multicast address"],
+  ["ff00::/8", "a multicast address"],
+  ["240.0.0.0/4", "a reserved or the broadcast address"],
+].map(([range, what]) => [decodeCidr(range, "range"), what]);
+
+/**
+ * Why `ip` is not an address `node`'s agent may report, as far as pod ranges tell, or undefined: it must be an
+ * address a pod can have, lie in the node's own range when that is known, and, when it is not, outside every
+ * other node's.
  */
 export function podRangeProblem(
   node: string,
   ip: string,
   ranges: ReadonlyMap<string, readonly Cidr[]>,
 ): string | undefined {
+  const special = NOT_POD_ADDRESSES.find(([range]) => cidrContains(range, ip));
+  if (special) return `${ip} is ${special[1]}, not a pod's`;
   const own = ranges.get(node);
   if (own) {
     if (own.some((c) => cidrContains(c, ip))) return undefined;

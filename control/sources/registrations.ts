@@ -2,11 +2,11 @@
  * The node agents' source: each node agent reports the pods it set up on its node (the CNI plugin saw them
  * start), with their addresses and whether their traffic is redirected, as one list that replaces its earlier
  * one (`PUT /v1/registrations`, see control/server.ts). The node is the one its token names, never one the
- * body claims; a report that names another node's pod, or an address that is not the node's to give, is refused
- * whole (control/reports.ts), and a report only completes a pod the manifests or the Kubernetes API declare on
- * that node (control/build/mod.ts): a compromised node can neither invent pods, and with them identities, nor
- * downgrade another node's pods to plaintext, nor take their addresses. Only a redirected pod is reached over
- * HBONE.
+ * body claims; a pod of a report that is another node's, or has an address that is not the node's to give, is
+ * refused and changes nothing (control/reports.ts), and a report only completes a pod the manifests or the
+ * Kubernetes API declare on that node (control/build/mod.ts): a compromised node can neither invent pods, and
+ * with them identities, nor downgrade another node's pods to plaintext, nor take their addresses. Only a
+ * redirected pod is reached over HBONE.
  *
  * @module
  */
