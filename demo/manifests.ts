@@ -1,10 +1,14 @@
 /**
- * What the demo declares, stage by stage, as one manifests file the control plane watches: the sample apps in
- * namespace `demo` (pods scheduled on the two nodes, services), then the namespace enrolled, then an L4 DENY
- * policy for one client, then a waypoint with an HTTPRoute that splits the echo service 90/10 between versions.
+ * What the demo declares, stage by stage, as one manifests file the control plane watches: the two nodes with
+ * their pod ranges (so the control plane holds each node agent's report to its own range, control/reports.ts),
+ * the sample apps in namespace `demo` (pods scheduled on the two nodes, services), then the namespace enrolled,
+ * then an L4 DENY policy for one client, then a waypoint with an HTTPRoute that splits the echo service 90/10
+ * between versions.
  *
  * @module
  */
+
+import { NODES } from "./cluster.ts";
 
 /** The demo's Kubernetes namespace. */
 export const NS = "demo";
@@ -39,6 +43,11 @@ export function manifests(stage: Stage): string {
   const nsLabels: Record<string, string> = at("enrolled") ? { "istio.io/dataplane-mode": "ambient" } : {};
   const docs: string[] = [
     `apiVersion: v1\nkind: Namespace\nmetadata: { name: ${NS}, labels: { ${labels(nsLabels)} } }`,
+    // As the node IPAM controller fills them in: the range each node's host-local IPAM gives (demo/cluster.ts).
+    ...NODES.map((n) =>
+      `apiVersion: v1\nkind: Node\nmetadata: { name: ${n.name} }\n` +
+      `spec: { podCIDR: ${n.podCidr}, podCIDRs: [${n.podCidr}] }`
+    ),
     ...PODS.map((p) =>
       `apiVersion: v1\nkind: Pod\nmetadata: { name: ${p.name}, namespace: ${NS}, labels: { ${labels(p.labels)} } }\n` +
       `spec: { nodeName: ${p.node}, serviceAccountName: ${p.name} }`
