@@ -4,7 +4,8 @@
  * data-plane benchmark (bench/dataplane.ts) is a script, since it builds network namespaces and starts
  * ztunnel and stunnel processes (it says why when it cannot run, and it needs root); so is the waypoint's
  * (bench/waypoint.ts: wrk through a waypoint, directly and through haproxy), and the control plane's
- * (bench/control.ts), which starts `skiff control` over ten thousand pods. Numbers are for comparing
+ * (bench/control.ts), which starts `skiff control` over ten thousand pods; the churn test (tests/churn_test.ts)
+ * runs for its counts. Numbers are for comparing
  * runs on one kind of machine; the test suite never asserts on time.
  *
  * @module
@@ -23,6 +24,16 @@ const RUNS: { title: string; args: string[] }[] = [
   {
     title: "Control plane at scale: 10,000 workloads, 1,000 services, 10 subscribed nodes",
     args: ["run", "--allow-all", "bench/control.ts"],
+  },
+  // Counts, not timings: the churn test asserts they are all 0 and prints them, so they are written down here.
+  {
+    title: "Live traffic under config churn (counts)",
+    args: ["test", "--allow-all", "tests/churn_test.ts"],
+  },
+  // Counts again: new connections lost while a ztunnel is replaced (a second one, then SIGTERM; and SIGHUP's reload).
+  {
+    title: "ztunnel restart and reload under load (counts)",
+    args: ["test", "--allow-all", "tests/ztunnel_restart_test.ts"],
   },
 ];
 

@@ -157,7 +157,9 @@ async function serve(
   const r = relay(downstream, app);
   const untrack = ctx.connections.track({
     attributes,
-    workloadUid: pod.uid,
+    podUid: pod.uid,
+    workload: facts.destination,
+    current: () => pod.workload(),
     close: (reason) => r.stop(new Error(reason)),
   });
   const handle = { destroy: (error?: Error) => r.stop(error ?? new Error("pod removed")) };
