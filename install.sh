@@ -2,11 +2,14 @@
 # Installs Skiff on a Debian machine, as root. Safe to run again: each step checks before it acts.
 #
 #   bash install.sh                    system packages, Deno 2.9.6 (from npm), dependencies, /usr/local/bin/skiff
-#                                      (linked as the CNI plugin /opt/cni/bin/skiff)
+#                                      (linked as the CNI plugin /opt/cni/bin/skiff): what Skiff needs, no more
 #   bash install.sh --systemd control  that, then the control plane's unit skiff-control.service, its settings
 #                                      /etc/skiff/control.env and the user skiff
 #   bash install.sh --systemd node     that, then a node's units skiff-cni-agent.service, skiff-ztunnel.service
 #                                      and skiff-waypoint@.service, with /etc/skiff/node.env
+#   bash install.sh --dev              the first, and the test and benchmark tools (haproxy, wrk, podman, ...):
+#                                      for a developer's machine and CI (the README's test command), not a VM
+#   bash install.sh --print-packages   the Debian packages it would install (with --dev: those too); no change
 #
 # The units come from deploy/systemd/ (install-units.sh there does that part; docs/vm-install.md walks through
 # a three-machine install). Settings files are written only when absent; systemctl is called only where
@@ -20,13 +23,21 @@ set -euo pipefail
 export RUST_BACKTRACE=0 DEBIAN_FRONTEND=noninteractive DENO_NO_UPDATE_CHECK=1
 
 DENO_VERSION=2.9.6
-# iptables/iproute2: the in-pod rules and test namespaces. containernetworking-plugins: the reference CNI plugins
-# (bridge, host-local) skiff is chained after. nghttp2-client, python3-h2: HTTP/2 interop tests. curl: the waypoint
-# test's client. stunnel4: the mTLS baseline of the data-plane benchmark. wrk, haproxy: the load generator and the
-# HTTP proxy baseline of the waypoint benchmark. systemd: systemd-analyze, which checks the unit files in the tests,
-# and systemctl for --systemd.
-PACKAGES=(iptables iproute2 procps openssl ca-certificates containernetworking-plugins nghttp2-client python3-h2 stunnel4
-  curl wrk haproxy systemd)
+# What Skiff needs on a machine, and nothing else (tests/install_test.ts holds this list; a tool only tests or
+# benchmarks use goes in TEST_PACKAGES). iptables, iproute2: the in-pod rules and the probe SNAT. procps: sysctl,
+# for the demo's nodes. ca-certificates: HTTPS to the npm registry, for Deno. containernetworking-plugins: the
+# reference CNI plugins (bridge, host-local) skiff is chained after, which the demo uses. curl: the demo's client
+# inside its pods.
+PACKAGES=(iptables iproute2 procps ca-certificates containernetworking-plugins curl)
+# With --dev, the test and benchmark tools too (the README's test command and .ci/run install them so).
+# nghttp2-client, python3-h2: HTTP/2 interop tests. python3-grpcio: gRPC's C core, the waypoint's gRPC interop
+# tests. openssl: the CA tests' checker. stunnel4: the mTLS baseline of the data-plane benchmark. wrk, haproxy: the
+# load generator and the HTTP proxy baseline of the waypoint benchmark. systemd: systemd-analyze, which checks the
+# unit files (on a VM, --systemd uses the systemctl already there: it calls it only where systemd is PID 1).
+# podman, runc, busybox-static: the real container runtime, and the image made from busybox, of the podman test.
+# dnsutils: dig, the real resolver client of the DNS proxy's test.
+TEST_PACKAGES=(nghttp2-client python3-h2 python3-grpcio openssl stunnel4 wrk haproxy systemd podman runc
+  busybox-static dnsutils)
 CNI_BIN=/opt/cni/bin
 LIB=/usr/local/lib/skiff
 BIN=/usr/local/bin/skiff
@@ -37,8 +48,12 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 role=""
+dev=""
+print=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --dev) dev=1 ;;
+    --print-packages) print=1 ;;
     --systemd) [ $# -ge 2 ] || die "--systemd needs a role: control or node"; role=$2; shift ;;
     --systemd=*) role=${1#--systemd=} ;;
     -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -50,6 +65,9 @@ case "$role" in
   "" | control | node) ;;
   *) die "--systemd: unknown role \"$role\" (control or node)" ;;
 esac
+[ -z "$dev" ] || PACKAGES+=("${TEST_PACKAGES[@]}")
+# --print-packages: the Debian packages this run would install (when missing), one a line; nothing is changed.
+if [ -n "$print" ]; then printf '%s\n' "${PACKAGES[@]}"; exit 0; fi
 [ "$(id -u)" -eq 0 ] || die "run as root: it installs system packages and /usr/local/bin/skiff"
 
 # 1. System packages, only those missing.
@@ -59,9 +77,20 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
+  # No other package's service starts on the way (Debian starts haproxy's, podman's socket, ... on install): Skiff
+  # starts only its own units, and the tests start the tools they use themselves. A policy-rc.d answering 101 is
+  # Debian's way to say so (invoke-rc.d(8)); one that is already there is the operator's and stays as it is.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# Written by Skiff'"'"'s install.sh for as long as it installs packages.\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+  fi
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
     { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } ||
     die "apt-get could not install ${missing[*]}"
+  if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
 # The in-pod rules need both families: without ip6tables the node agent refuses every enrolled pod (its IPv6 is
 # dropped by ip6tables rules). Debian's iptables package provides both, through update-alternatives.

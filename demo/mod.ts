@@ -148,6 +148,20 @@ async function up(): Promise<number> {
       return 1;
     }
   }
+  // The commands the demo runs, each from a package of install.sh's product set (tests/install_test.ts).
+  const path = (Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":");
+  const onPath = async (cmd: string) => {
+    for (const dir of path) if (await Deno.stat(join(dir, cmd)).then(() => true, () => false)) return true;
+    return false;
+  };
+  for (
+    const [cmd, pkg] of [["ip", "iproute2"], ["iptables-save", "iptables"], ["sysctl", "procps"], ["curl", "curl"]]
+  ) {
+    if (!(await onPath(cmd))) {
+      console.error(`skiff demo: ${cmd} is not on PATH: the demo needs Debian's ${pkg} (bash install.sh installs it)`);
+      return 1;
+    }
+  }
   say("skiff demo: a two-node mesh in network namespaces on this machine");
   try {
     const pods = await build();
