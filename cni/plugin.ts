@@ -123,7 +123,11 @@ async function dispatch(env: CniEnvironment, conf: SkiffNetConf, deps: PluginDep
       const prev = chained(conf, "ADD");
       const result = JSON.stringify(prev);
       if (!pod.kubernetes) {
-        return ok(result, "skiff: not a Kubernetes pod (no K8S_POD_NAME in CNI_ARGS); passed through");
+        return ok(
+          result,
+          "skiff: not a pod (CNI_ARGS lacks K8S_POD_NAME, or K8S_POD_NAMESPACE and the configuration names no " +
+            "namespace); passed through",
+        );
       }
       if (pod.excluded) return ok(result, `skiff: namespace ${pod.event.podNamespace} is excluded; passed through`);
       const event = { ...pod.event, ips: resultAddresses(prev) };
@@ -213,7 +217,9 @@ function chained(conf: SkiffNetConf, command: string): Record<string, unknown> {
 }
 
 function podOf(env: CniEnvironment, conf: SkiffNetConf): { event: PodEvent; kubernetes: boolean; excluded: boolean } {
-  const podNamespace = env.args.K8S_POD_NAMESPACE ?? "";
+  // Kubernetes runtimes pass both; podman passes only K8S_POD_NAME (the container's name), so a VM's conflist
+  // names the namespace of its containers (docs/vm-install.md). The runtime's, when given, wins.
+  const podNamespace = env.args.K8S_POD_NAMESPACE || conf.namespace;
   const podName = env.args.K8S_POD_NAME ?? "";
   return {
     event: {

@@ -110,6 +110,38 @@ Deno.test("ADD without K8S args, or in an excluded namespace, passes through wit
   }
 });
 
+Deno.test("ADD: the pod's namespace is the runtime's, else the configuration's (podman passes none)", async (t) => {
+  const podman = "IgnoreUnknown=1;K8S_POD_NAME=web-1";
+  for (
+    const [name, args, extra, want] of [
+      ["podman: the configuration's namespace", podman, { namespace: "shop" }, "shop"],
+      ["Kubernetes: the runtime's wins", "K8S_POD_NAMESPACE=kube;K8S_POD_NAME=web-1", { namespace: "shop" }, "kube"],
+      [
+        "an empty K8S_POD_NAMESPACE is none given",
+        "K8S_POD_NAMESPACE=;K8S_POD_NAME=web-1",
+        { namespace: "shop" },
+        "shop",
+      ],
+      ["podman with no namespace configured: passed through", podman, {}, undefined],
+      ["no K8S_POD_NAME: passed through", "IgnoreUnknown=1", { namespace: "shop" }, undefined],
+      ["the configuration's namespace excluded: passed through", podman, {
+        namespace: "shop",
+        excludeNamespaces: ["shop"],
+      }, undefined],
+    ] as const
+  ) {
+    await t.step(name, async () => {
+      const f = fakes({ status: 200, body: { redirected: true, reason: "" } });
+      const out = await cniPlugin(env("ADD", { CNI_ARGS: args }), conf({ prevResult: PREV, ...extra }), f.deps);
+      assert.equal(out.exit, 0, out.stdout);
+      assert.deepEqual(JSON.parse(out.stdout), PREV);
+      const sent = f.calls.map((c) => (c.body as { podNamespace: string; podName: string }));
+      if (want === undefined) assert.deepEqual(sent, []);
+      else assert.deepEqual(sent.map((b) => [b.podNamespace, b.podName]), [[want, "web-1"]]);
+    });
+  }
+});
+
 Deno.test("ADD without prevResult: skiff must be chained (code 7)", async () => {
   const out = await cniPlugin(env("ADD"), conf(), fakes().deps);
   assert.equal(JSON.parse(out.stdout).code, 7);

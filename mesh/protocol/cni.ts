@@ -159,6 +159,11 @@ export interface SkiffNetConf {
   excludeNamespaces: string[];
   /** How long to wait for the agent, in seconds. */
   timeoutSeconds: number;
+  /**
+   * The namespace of the network's containers when the runtime names none: podman, for one, passes only
+   * `K8S_POD_NAME=<container name>` in CNI_ARGS. `K8S_POD_NAMESPACE`, when given, wins. Empty: none.
+   */
+  namespace: string;
   /** The previous plugin's result, passed through unchanged; absent for DEL/GC/STATUS and a misconfiguration. */
   prevResult?: Record<string, unknown>;
   /** CNI 1.1 GC: the attachments that are still valid. */
@@ -197,6 +202,7 @@ export function decodeNetConf(stdin: string): SkiffNetConf {
       agentSocket: f.string("agentSocket", { default: DEFAULT_AGENT_SOCKET, max: 1024 }),
       excludeNamespaces: f.array("excludeNamespaces", (v, p) => checkString(v, p, { check: dnsLabel })),
       timeoutSeconds: f.int("timeoutSeconds", { min: 1, max: 600, default: 5 }),
+      namespace: f.string("namespace", { default: "", check: (v) => (v === "" ? undefined : dnsLabel(v)) }),
     };
     if (!out.agentSocket.startsWith("/")) throw new ValidationError("agentSocket", "expected an absolute path");
     const prev = conf.prevResult;

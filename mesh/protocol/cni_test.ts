@@ -74,6 +74,29 @@ Deno.test("the network configuration: decode failures are 6, versions 1, bad fie
   assert.equal(conf.agentSocket, "/var/run/skiff/cni.sock");
   assert.equal(conf.timeoutSeconds, 5);
   assert.deepEqual(conf.prevResult, { ips: [] });
+  assert.equal(conf.namespace, "");
+});
+
+Deno.test("the network configuration's namespace: a DNS label, or none", async (t) => {
+  for (
+    const [namespace, want] of [
+      ["shop", "shop"],
+      ["", ""],
+      ["Shop", /namespace/],
+      ["a/b", /namespace/],
+      [7, /namespace/],
+    ] as const
+  ) {
+    await t.step(JSON.stringify(namespace), () => {
+      const text = JSON.stringify({ cniVersion: "1.0.0", type: "skiff", namespace });
+      if (typeof want === "string") assert.equal(decodeNetConf(text).namespace, want);
+      else {
+        const e = cniError(() => decodeNetConf(text));
+        assert.equal(e.code, CNI_CODES.invalidConfig);
+        assert.match(e.message, want);
+      }
+    });
+  }
 });
 
 Deno.test("the version spoken is the cniVersion the runtime chose, whatever cniVersions lists", () => {
