@@ -3,7 +3,9 @@
  * each ztunnel that connects says hello, is sent the snapshot of every pod whose traffic is redirected (one `add`
  * at a time, each answered, then `snapshot-sent`), and from then on receives each `add` and `del` as it happens.
  * As upstream's `ztunnelserver`: an `add` goes to the ztunnel that connected last (the new one, during an
- * upgrade), a `del` to every ztunnel connected; every message waits for its answer, at most
+ * upgrade), a `del` to every ztunnel connected; each pod a new ztunnel acknowledges in its snapshot is released by
+ * the older ones (`release`: they stop accepting for it only now that the new one's listeners are up, and drain
+ * what they hold), so a restart or an upgrade loses no connection; every message waits for its answer, at most
  * {@link ANSWER_TIMEOUT_MS}; a ztunnel that does not answer in time is disconnected, since its answers could no
  * longer be matched to questions.
  *
@@ -247,8 +249,13 @@ export class HandoffServer {
       const acked = new Set<string>();
       for (const p of pods) {
         const answer = await conn.ask({ type: "add", uid: p.uid, workload: p.workload, netns: p.netns });
-        if (answer.type === "ack") acked.add(p.uid);
-        else log.warn({ ztunnel: conn.id, uid: p.uid, reason: answer.reason }, "ztunnel refused a pod of the snapshot");
+        if (answer.type === "ack") {
+          acked.add(p.uid);
+          await this.#release(p.uid, conn);
+        } else {log.warn(
+            { ztunnel: conn.id, uid: p.uid, reason: answer.reason },
+            "ztunnel refused a pod of the snapshot",
+          );}
       }
       const done = await conn.ask({ type: "snapshot-sent" });
       if (done.type === "nack") throw new HandoffError(`ztunnel refused the snapshot: ${done.reason}`);
@@ -256,6 +263,24 @@ export class HandoffServer {
       log.info({ ztunnel: conn.id, pods: pods.length, acked: acked.size }, "ztunnel took the snapshot");
       return acked;
     });
+  }
+
+  /**
+   * Tells every ztunnel older than `newer` that `newer` serves the pod now. Awaited before the next pod, so the new
+   * ztunnel is ready (snapshot answered) only once the old ones stopped accepting; a failure is logged: the old
+   * ztunnel then serves beside the new one until it stops.
+   */
+  async #release(uid: string, newer: ZtunnelConn): Promise<void> {
+    for (const old of this.#conns.filter((c) => c !== newer && c.ready && !c.closed)) {
+      try {
+        const answer = await old.ask({ type: "release", uid });
+        if (answer.type === "nack") {
+          this.#opts.log.warn({ ztunnel: old.id, uid, reason: answer.reason }, "release refused");
+        }
+      } catch (error) {
+        this.#opts.log.warn({ ztunnel: old.id, uid, error: (error as Error).message }, "release not delivered");
+      }
+    }
   }
 
   /** Hands a pod to the newest ready ztunnel; throws {@link HandoffError} when none takes it. */

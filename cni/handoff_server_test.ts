@@ -28,6 +28,10 @@ function ztunnel(path: string, refuse = new Set<string>()) {
       events.push(`del ${uid}`);
       return Promise.resolve();
     },
+    release: (uid) => {
+      events.push(`release ${uid}`);
+      return Promise.resolve();
+    },
     reconcile: (keep) => {
       events.push(`keep ${[...keep].sort().join(",")}`);
       return Promise.resolve();
@@ -91,18 +95,20 @@ Deno.test("a ztunnel that connects gets the snapshot, answers each pod, then tak
   });
 });
 
-Deno.test("adds go to the newest ztunnel, dels to every one; a reconnecting ztunnel gets a new snapshot", async () => {
-  await withServer([pod("a")], async (server, path, acked) => {
+Deno.test("adds go to the newest ztunnel, dels to every one; older ones release what the newest took", async () => {
+  await withServer([pod("a"), pod("b")], async (server, path, acked) => {
     const old = ztunnel(path);
     await old.isReady;
     await until(() => server.ready === 1);
     const fresh = ztunnel(path);
     await fresh.isReady;
     await until(() => server.ready === 2);
+    // Each pod is released by the old one right after the new one acknowledged it, before the new one is ready.
+    assert.deepEqual(old.events, ["add a", "add b", "keep a,b", "release a", "release b"]);
     await server.add(pod("n"));
     await server.del("a");
-    assert.deepEqual(old.events, ["add a", "keep a", "del a"]);
-    assert.deepEqual(fresh.events, ["add a", "keep a", "add n", "del a"]);
+    assert.deepEqual(old.events.slice(5), ["del a"]);
+    assert.deepEqual(fresh.events, ["add a", "add b", "keep a,b", "add n", "del a"]);
     assert.equal(acked.length, 2);
     await old.stop();
     await fresh.stop();

@@ -26,9 +26,18 @@
  *  2. The app's replies on connections ztunnel dialled (connmark 0x111): restore the mark, so they route
  *     through table 100 to ztunnel's transparent socket.
  *  3. Loopback and the pod's own addresses: not captured.
- *  4. Packets the app originates (conntrack ORIGINAL direction) get 0x111: rerouted through `lo` to
+ *  4. TCP to port 53: left to nat SKIFF_DNS below (marked, it would reach 15001 through PREROUTING rule 4).
+ *  5. Packets the app originates (conntrack ORIGINAL direction) get 0x111: rerouted through `lo` to
  *     PREROUTING, where rule 2 or 4 takes them to ztunnel. Replies to connections others opened (probes,
  *     connections that predate capture) are the REPLY direction and go out as usual.
+ *
+ * nat OUTPUT → SKIFF_DNS, DNS capture (upstream's `ISTIO_OUTPUT` rules 4 and 5 in istio-cni `iptables.go`):
+ *  1. ztunnel's own packets (0x539): never captured (a DNS proxy that forwarded from the pod would loop).
+ *  2. UDP and TCP to port 53 not leaving through `lo`: REDIRECT to ztunnel's DNS proxy on 127.0.0.1:15053.
+ *     nat, not TPROXY: conntrack rewrites the replies' source back to the resolver the app asked, so the proxy
+ *     needs no transparent UDP socket. With the proxy down the query meets a closed port (ICMP port
+ *     unreachable, or a TCP reset) and fails: it never reaches the resolver around ztunnel.
+ *  {@link dnsCaptureRules} builds these rules for any chain, so a host's rules can capture the same way.
  *
  * IPv6 is not captured yet, and it cannot simply be left alone: every interface in a pod has an `fe80::`
  * address (RFC 4862 §5.3) whatever its CNI configured, so a neighbour on the node's bridge would reach the app
@@ -63,6 +72,8 @@ export const PROBE_SNAT_IP = "169.254.7.127";
 export const OUTBOUND_PORT = 15001;
 /** ztunnel's inbound plaintext capture port. */
 export const INBOUND_PLAINTEXT_PORT = 15006;
+/** ztunnel's DNS proxy port (UDP and TCP, on 127.0.0.1), upstream's `DNSCapturePort`. */
+export const DNS_CAPTURE_PORT = 15053;
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 const MARK = `${hex(INPOD_MARK)}/${hex(MARK_MASK)}`;
@@ -80,6 +91,7 @@ export const CHAINS: Readonly<Record<string, readonly string[]>> = {
     `-A SKIFF_OUTPUT -m mark --mark ${TMARK} -j RETURN`,
     `-A SKIFF_OUTPUT -o lo -j RETURN`,
     `-A SKIFF_OUTPUT -d 127.0.0.0/8 -j RETURN`,
+    `-A SKIFF_OUTPUT -p tcp -m tcp --dport 53 -j RETURN`,
     `-A SKIFF_OUTPUT -p tcp -m conntrack --ctdir ORIGINAL -j MARK --set-xmark ${TMARK}`,
   ],
   SKIFF_PRERT: [
@@ -93,6 +105,25 @@ export const CHAINS: Readonly<Record<string, readonly string[]>> = {
     `-A SKIFF_PRERT -p tcp -m tcp ! --dport ${HBONE_PORT} -j TPROXY --on-port ${INBOUND_PLAINTEXT_PORT} --on-ip 0.0.0.0 --tproxy-mark ${TMARK}`,
   ],
 };
+
+/**
+ * DNS capture as nat rules of `chain` (as `iptables-save` prints them): every UDP and TCP query to port 53 that does
+ * not leave through `lo`, unless ztunnel sent it (0x539), is REDIRECTed to {@link DNS_CAPTURE_PORT}. The in-pod set
+ * uses it as `SKIFF_DNS`; a host's rules can put a cgroup match in front of a jump to the same rules.
+ */
+export function dnsCaptureRules(chain: string): string[] {
+  return [
+    `-A ${chain} -m mark --mark ${MARK} -j RETURN`,
+    `-A ${chain} ! -o lo -p udp -m udp --dport 53 -j REDIRECT --to-ports ${DNS_CAPTURE_PORT}`,
+    `-A ${chain} ! -o lo -p tcp -m tcp --dport 53 -j REDIRECT --to-ports ${DNS_CAPTURE_PORT}`,
+  ];
+}
+
+/** The in-pod nat chains: DNS capture. */
+export const NAT_CHAINS: Readonly<Record<string, readonly string[]>> = { SKIFF_DNS: dnsCaptureRules("SKIFF_DNS") };
+
+/** The nat jump into {@link NAT_CHAINS}, first in nat OUTPUT (why first: see {@link JUMPS}). */
+export const NAT_JUMPS: readonly (readonly [string, string])[] = [["OUTPUT", "SKIFF_DNS"]];
 
 /**
  * The jumps from the built-in chains into ours, each the first rule of its chain, once (install puts it there,
@@ -118,14 +149,16 @@ export const CHAINS6: Readonly<Record<string, readonly string[]>> = {
   ],
 };
 
-/** One address family's rule set and the tools that write and read it. */
+/** One table's rule set in one address family, and the tools that write and read it. */
 interface Family {
-  /** Prefix of this family's problems in {@link checkRedirect}'s report ("" for IPv4, as it always was). */
+  /** Prefix of this set's problems in {@link checkRedirect}'s report ("" for IPv4 mangle, as it always was). */
   label: string;
   iptables: string;
   save: string;
   restore: string;
+  table: "mangle" | "nat";
   chains: Readonly<Record<string, readonly string[]>>;
+  jumps: readonly (readonly [string, string])[];
 }
 
 const IPV4: Family = {
@@ -133,14 +166,19 @@ const IPV4: Family = {
   iptables: "iptables",
   save: "iptables-save",
   restore: "iptables-restore",
+  table: "mangle",
   chains: CHAINS,
+  jumps: JUMPS,
 };
+const IPV4_NAT: Family = { ...IPV4, label: "nat: ", table: "nat", chains: NAT_CHAINS, jumps: NAT_JUMPS };
 const IPV6: Family = {
   label: "IPv6: ",
   iptables: "ip6tables",
   save: "ip6tables-save",
   restore: "ip6tables-restore",
+  table: "mangle",
   chains: CHAINS6,
+  jumps: JUMPS,
 };
 
 /** A command that failed inside the pod's namespace. */
@@ -197,13 +235,18 @@ export async function mustInNs(netnsPath: string | undefined, cmd: string[], std
  * The `iptables-restore --noflush` input that (re)writes our chains (`chains`: {@link CHAINS}, or
  * {@link CHAINS6} for `ip6tables-restore`); declaring a chain flushes it, so the rewrite is whole and atomic.
  */
-export function restoreInput(chains: Readonly<Record<string, readonly string[]>> = CHAINS): string {
+export function restoreInput(
+  chains: Readonly<Record<string, readonly string[]>> = CHAINS,
+  table: "mangle" | "nat" = "mangle",
+): string {
   const names = Object.keys(chains);
-  return ["*mangle", ...names.map((c) => `:${c} - [0:0]`), ...names.flatMap((c) => chains[c]), "COMMIT", ""].join("\n");
+  return [`*${table}`, ...names.map((c) => `:${c} - [0:0]`), ...names.flatMap((c) => chains[c]), "COMMIT", ""].join(
+    "\n",
+  );
 }
 
 async function hasJump(netnsPath: string, f: Family, from: string, to: string): Promise<boolean> {
-  return (await inNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-C", from, "-j", to])).code === 0;
+  return (await inNs(netnsPath, [f.iptables, "-w", "-t", f.table, "-C", from, "-j", to])).code === 0;
 }
 
 /**
@@ -217,21 +260,21 @@ function ahead(saved: string[], from: string, to: string): number {
 }
 
 async function installChains(netnsPath: string, f: Family): Promise<void> {
-  await mustInNs(netnsPath, [f.restore, "-w", "--noflush"], restoreInput(f.chains));
-  const saved = (await mustInNs(netnsPath, [f.save, "-t", "mangle"])).split("\n");
-  for (const [from, to] of JUMPS) {
+  await mustInNs(netnsPath, [f.restore, "-w", "--noflush"], restoreInput(f.chains, f.table));
+  const saved = (await mustInNs(netnsPath, [f.save, "-t", f.table])).split("\n");
+  for (const [from, to] of f.jumps) {
     const count = saved.filter((l) => l === `-A ${from} -j ${to}`).length;
     if (count === 1 && ahead(saved, from, to) === 0) continue;
     // Missing, duplicated or behind another rule: written again, once, first.
     while (await hasJump(netnsPath, f, from, to)) {
-      await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-D", from, "-j", to]);
+      await mustInNs(netnsPath, [f.iptables, "-w", "-t", f.table, "-D", from, "-j", to]);
     }
-    await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-I", from, "1", "-j", to]);
+    await mustInNs(netnsPath, [f.iptables, "-w", "-t", f.table, "-I", from, "1", "-j", to]);
   }
 }
 
 async function checkChains(netnsPath: string, f: Family, problems: string[]): Promise<void> {
-  const saved = (await mustInNs(netnsPath, [f.save, "-t", "mangle"])).split("\n");
+  const saved = (await mustInNs(netnsPath, [f.save, "-t", f.table])).split("\n");
   for (const [chain, rules] of Object.entries(f.chains)) {
     const have = saved.filter((l) => l.startsWith(`-A ${chain} `));
     if (!saved.includes(`:${chain} - [0:0]`) && have.length === 0) {
@@ -242,7 +285,7 @@ async function checkChains(netnsPath: string, f: Family, problems: string[]): Pr
       problems.push(`${f.label}chain ${chain} differs: expected ${rules.length} rules, found ${have.length}`);
     }
   }
-  for (const [from, to] of JUMPS) {
+  for (const [from, to] of f.jumps) {
     const count = saved.filter((l) => l === `-A ${from} -j ${to}`).length;
     if (count !== 1) problems.push(`${f.label}${from} jumps to ${to} ${count} times, expected once`);
     const before = count === 0 ? 0 : ahead(saved, from, to);
@@ -253,16 +296,16 @@ async function checkChains(netnsPath: string, f: Family, problems: string[]): Pr
 }
 
 async function removeChains(netnsPath: string, f: Family): Promise<void> {
-  for (const [from, to] of JUMPS) {
+  for (const [from, to] of f.jumps) {
     while (await hasJump(netnsPath, f, from, to)) {
-      await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-D", from, "-j", to]);
+      await mustInNs(netnsPath, [f.iptables, "-w", "-t", f.table, "-D", from, "-j", to]);
     }
   }
-  const saved = await mustInNs(netnsPath, [f.save, "-t", "mangle"]);
+  const saved = await mustInNs(netnsPath, [f.save, "-t", f.table]);
   // Flush all first: SKIFF_PRERT refers to SKIFF_DIVERT, which cannot be deleted while referenced.
   const present = Object.keys(f.chains).filter((c) => saved.includes(`:${c} `));
-  for (const c of present) await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-F", c]);
-  for (const c of present) await mustInNs(netnsPath, [f.iptables, "-w", "-t", "mangle", "-X", c]);
+  for (const c of present) await mustInNs(netnsPath, [f.iptables, "-w", "-t", f.table, "-F", c]);
+  for (const c of present) await mustInNs(netnsPath, [f.iptables, "-w", "-t", f.table, "-X", c]);
 }
 
 async function hasPolicyRoute(netnsPath: string): Promise<{ rule: boolean; route: boolean }> {
@@ -282,6 +325,7 @@ async function hasPolicyRoute(netnsPath: string): Promise<{ rule: boolean; route
  */
 export async function installRedirect(netnsPath: string): Promise<void> {
   await installChains(netnsPath, IPV4);
+  await installChains(netnsPath, IPV4_NAT);
   const pr = await hasPolicyRoute(netnsPath);
   if (!pr.rule) {
     await mustInNs(netnsPath, [
@@ -317,6 +361,7 @@ export async function installRedirect(netnsPath: string): Promise<void> {
 export async function checkRedirect(netnsPath: string): Promise<RedirectProblems> {
   const problems: string[] = [];
   await checkChains(netnsPath, IPV4, problems);
+  await checkChains(netnsPath, IPV4_NAT, problems);
   const pr = await hasPolicyRoute(netnsPath);
   if (!pr.rule) problems.push(`ip rule fwmark ${hex(TPROXY_MARK)}/${hex(MARK_MASK)} lookup ${ROUTE_TABLE} is missing`);
   if (!pr.route) problems.push(`route local 0.0.0.0/0 dev lo in table ${ROUTE_TABLE} is missing`);
@@ -327,6 +372,7 @@ export async function checkRedirect(netnsPath: string): Promise<RedirectProblems
 /** Removes the rules, IPv4 and IPv6; removing what is not there is not an error. */
 export async function removeRedirect(netnsPath: string): Promise<void> {
   await removeChains(netnsPath, IPV4);
+  await removeChains(netnsPath, IPV4_NAT);
   while ((await hasPolicyRoute(netnsPath)).rule) {
     await mustInNs(netnsPath, ["ip", "rule", "del", "pref", String(RULE_PRIORITY)]);
   }

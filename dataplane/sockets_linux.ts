@@ -19,6 +19,10 @@ const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
+const SO_REUSEPORT = 15;
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const MSG_NOSIGNAL = 0x4000;
 const SO_MARK = 36;
 const SOL_IP = 0;
 const IP_TRANSPARENT = 19;
@@ -51,6 +55,7 @@ const SYMBOLS = {
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -106,6 +111,11 @@ export interface ListenerOptions {
   mark?: number;
   /** IP_TRANSPARENT, for TPROXY capture listeners. */
   transparent?: boolean;
+  /**
+   * SO_REUSEPORT, so that a second ztunnel can listen on the pod's ports beside this one during a restart (as
+   * upstream's in-pod listeners, `src/inpod/config.rs`); the kernel spreads new connections between the two.
+   */
+  reusePort?: boolean;
   backlog?: number;
 }
 
@@ -123,6 +133,8 @@ export function transparentListenerFd(opts: ListenerOptions): number {
       check(s.setsockopt(fd, level, name, v, v.length), what, fd);
     };
     opt(SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)");
+    // Before bind(), as the kernel requires for the socket to join the port's group.
+    if (opts.reusePort) opt(SOL_SOCKET, SO_REUSEPORT, 1, "setsockopt(SO_REUSEPORT)");
     if (opts.transparent) opt(SOL_IP, IP_TRANSPARENT, 1, "setsockopt(IP_TRANSPARENT) (needs CAP_NET_ADMIN)");
     if (opts.mark !== undefined) opt(SOL_SOCKET, SO_MARK, opts.mark, "setsockopt(SO_MARK) (needs CAP_NET_ADMIN)");
     const addr = sockaddrIn(opts.address, opts.port);
@@ -210,4 +222,47 @@ export async function transparentConnect(opts: ConnectOptions): Promise<number> 
     throw new SocketError(`${where} failed: errno ${e}`, e);
   }
   return fd;
+}
+
+/** Closes a socket made here that was never handed to `node:net` (tests: a listener that never accepts). */
+export function closeSocket(fd: number): void {
+  check(lib().symbols.close(fd), "close()");
+}
+
+/**
+ * Turns on `net.ipv4.tcp_migrate_req` in the network namespace at `netnsPath`: when a listener of a SO_REUSEPORT
+ * group closes, the connections still in its accept queue (and those mid-handshake) move to another listener of
+ * the group instead of being reset (kernel 5.14+, Documentation/networking/ip-sysctl.rst). It is what lets the old
+ * ztunnel stop accepting once the new one listens without losing the connections the kernel had already queued for
+ * it. The sysctl is per namespace; the file is opened while this thread is in the pod's namespace.
+ */
+export function enableListenerMigration(netnsPath: string): void {
+  inNetns(netnsPath, () => Deno.writeTextFileSync("/proc/sys/net/ipv4/tcp_migrate_req", "1"));
+}
+
+/**
+ * Sends `state` (such as `MAINPID=123`) to systemd's notification socket, `$NOTIFY_SOCKET` (sd_notify(3)); does
+ * nothing when it is unset (not under systemd). An abstract socket is named with a leading `@`.
+ */
+export function notifySystemd(state: string, socketPath = Deno.env.get("NOTIFY_SOCKET")): boolean {
+  if (!socketPath) return false;
+  const s = lib().symbols;
+  const path = new TextEncoder().encode(socketPath);
+  if (path.length > 107) throw new SocketError(`sd_notify: NOTIFY_SOCKET is too long: ${socketPath}`, 0);
+  const addr = new Uint8Array(2 + 108);
+  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+  addr.set(path, 2);
+  if (socketPath.startsWith("@")) addr[2] = 0;
+  const fd = check(s.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket(AF_UNIX)");
+  try {
+    const msg = new TextEncoder().encode(state);
+    const sent = s.sendto(fd, msg, BigInt(msg.length), MSG_NOSIGNAL, addr, 2 + path.length);
+    if (Number(sent) < 0) {
+      const e = errno();
+      throw new SocketError(`sd_notify(${state}) failed: errno ${e}`, e);
+    }
+    return true;
+  } finally {
+    s.close(fd);
+  }
 }

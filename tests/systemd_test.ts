@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { DEFAULT_DRAIN_DEADLINE_MS } from "../dataplane/ztunnel/drain.ts";
 
 const DEPLOY = new URL("../deploy/systemd/", import.meta.url).pathname;
 const INSTALL = new URL("../install.sh", import.meta.url).pathname;
@@ -36,6 +37,20 @@ Deno.test("each unit bounds its capabilities to what its role needs", async () =
   assert.equal(await caps("skiff-waypoint@.service"), "");
   assert.equal(await caps("skiff-ztunnel.service"), "CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE");
   assert.equal(await caps("skiff-cni-agent.service"), "CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN CAP_SYS_PTRACE");
+});
+
+Deno.test("the ztunnel unit reloads by SIGHUP (a successor that takes over as main pid) and waits out the drain", async () => {
+  const unit = await Deno.readTextFile(join(DEPLOY, "skiff-ztunnel.service"));
+  const key = (k: string) => unit.match(new RegExp(`^${k}=(.*)$`, "m"))?.[1].trim();
+  assert.equal(
+    key("ExecReload"),
+    "/bin/kill -HUP $MAINPID",
+    "SIGHUP starts the successor (dataplane/ztunnel/drain.ts)",
+  );
+  assert.equal(key("NotifyAccess"), "all", "the successor, not the main process, sends MAINPID=");
+  const stop = Number(key("TimeoutStopSec")?.replace(/s$/, ""));
+  assert.ok(stop > DEFAULT_DRAIN_DEADLINE_MS / 1000, `TimeoutStopSec=${stop}s leaves the drain deadline time to pass`);
+  assert.equal(key("ProtectKernelTunables"), undefined, "it sets tcp_migrate_req in each pod's namespace");
 });
 
 Deno.test("install-units.sh stages a role's units and settings, and never overwrites a settings file", async () => {

@@ -205,14 +205,18 @@ spec:
   const web = m.services.find((s) => s.name === "web")!;
   assert.equal(web.hostname, "web.shop.svc.cluster.local");
   assert.deepEqual(web.addresses, [{ network: "", address: "10.96.0.10" }]);
-  assert.deepEqual(web.ports, [{ port: 80, targetPort: 0, targetPortName: "http" }, { port: 9100, targetPort: 9100 }]);
+  // Port `http` declares HTTP/1.1 by its name, as istiod reads it.
+  assert.deepEqual(web.ports, [
+    { port: 80, targetPort: 0, targetPortName: "http", appProtocol: "http" },
+    { port: 9100, targetPort: 9100 },
+  ]);
   const svcKey = "shop/web.shop.svc.cluster.local";
   const byName = new Map(m.workloads.map((w) => [w.name, w]));
   assert.deepEqual(byName.get("web-1")!.services[svcKey], [
-    { servicePort: 80, targetPort: 8080 },
+    { servicePort: 80, targetPort: 8080, appProtocol: "http" },
     { servicePort: 9100, targetPort: 9100 },
   ]);
-  assert.deepEqual(byName.get("vm-1")!.services[svcKey][0], { servicePort: 80, targetPort: 9090 });
+  assert.deepEqual(byName.get("vm-1")!.services[svcKey][0], { servicePort: 80, targetPort: 9090, appProtocol: "http" });
   assert.equal(byName.get("vm-1")!.uid, "Kubernetes/networking.istio.io/WorkloadEntry/shop/vm-1");
   assert.equal(byName.get("vm-1")!.node, "vm-1");
   assert.equal(byName.get("db-1")!.services[svcKey], undefined);

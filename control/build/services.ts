@@ -102,6 +102,18 @@ export function endpointPort(p: ServicePortSpec, c: Pick<Candidate, "namedPorts"
 }
 
 /**
+ * The protocol a port declares, as istiod reads it for the workload API (`toAppProtocolFromKube`, over
+ * `kube.ConvertProtocol`): `appProtocol` when set, else the port name's prefix before the first `-` (`http-web`,
+ * `grpc`), of which only those the API carries are kept (`http`, `http2`, `grpc`); waypoints pick the HTTP
+ * version they speak to the backend by it.
+ */
+export function declaredAppProtocol(p: Pick<ServicePortSpec, "name" | "appProtocol">): string | undefined {
+  if (p.appProtocol) return p.appProtocol;
+  const prefix = p.name.split("-")[0].toLowerCase();
+  return prefix === "http" || prefix === "http2" || prefix === "grpc" ? prefix : undefined;
+}
+
+/**
  * Builds a service and attaches it to its endpoints' `services` maps. `vips` are its addresses (explicit or
  * allocated); the candidates are every workload of the mesh (the selector only looks in the namespace).
  */
@@ -124,7 +136,8 @@ export function buildService(
       const out: ServicePort = typeof p.targetPort === "number"
         ? { port: p.port, targetPort: p.targetPort }
         : { port: p.port, targetPort: 0, targetPortName: p.targetPort };
-      if (p.appProtocol) out.appProtocol = p.appProtocol;
+      const appProtocol = declaredAppProtocol(p);
+      if (appProtocol) out.appProtocol = appProtocol;
       return out;
     }),
     subjectAltNames: [],
@@ -139,7 +152,8 @@ export function buildService(
     if (c.workload.namespace !== namespace || !selects(spec.selector, c.labels)) continue;
     c.workload.services[key] = tcp.map((p): PortMapping => {
       const m: PortMapping = { servicePort: p.port, targetPort: endpointPort(p, c) };
-      if (p.appProtocol) m.appProtocol = p.appProtocol;
+      const appProtocol = declaredAppProtocol(p);
+      if (appProtocol) m.appProtocol = appProtocol;
       return m;
     });
   }

@@ -111,6 +111,8 @@ export class H2Connection implements StreamHost {
   #pingTimer: ReturnType<typeof setInterval> | undefined;
   #pingSentAt: number | undefined;
   #pingPayload: Uint8Array | undefined;
+  /** The PING after a shutdown's first GOAWAY ({@link announceShutdown}). */
+  #shutdownPing: { payload: Uint8Array; answered: () => void; done: Promise<void> } | undefined;
   #flood = new FloodGuard(performance.now());
   /** Write callbacks: the socket has taken a frame (see `flood.ts` on the outbound queue). */
   #frameSent = () => this.#flood.frameSent(false);
@@ -210,6 +212,26 @@ export class H2Connection implements StreamHost {
       this.#maybeFinish();
     }
     return this.closed;
+  }
+
+  /**
+   * The first step of a graceful shutdown (RFC 9113 §6.8, as hyper's `graceful_shutdown`): GOAWAY NO_ERROR with
+   * the largest stream id, so the peer opens no new stream here while the ones already on their way are still
+   * served, then a PING. Resolves once the PING is answered (the peer has read the GOAWAY, and every stream it
+   * opened before is here) or the connection closed: `close()` then sends the final GOAWAY and refuses nothing.
+   */
+  announceShutdown(): Promise<void> {
+    if (this.#goawaySent || this.#isClosed) return Promise.resolve();
+    if (!this.#shutdownPing) {
+      const payload = crypto.getRandomValues(new Uint8Array(8));
+      let answered!: () => void;
+      const done = new Promise<void>((resolve) => (answered = resolve));
+      this.closed.then(answered, answered);
+      this.#shutdownPing = { payload, answered, done };
+      this.#write(encodeGoaway(0x7fffffff, ErrorCode.NO_ERROR, "shutting down"), "goaway");
+      this.#write(encodePing(payload, false));
+    }
+    return this.#shutdownPing.done;
   }
 
   /** Abrupt close: GOAWAY with `code`, every stream fails, the socket is destroyed. */
@@ -369,6 +391,8 @@ export class H2Connection implements StreamHost {
           if (this.#pingPayload && frame.payload.every((b, i) => b === this.#pingPayload![i])) {
             this.#pingSentAt = this.#pingPayload = undefined;
           }
+          const shutdown = this.#shutdownPing;
+          if (shutdown && frame.payload.every((b, i) => b === shutdown.payload[i])) shutdown.answered();
           return;
         }
         if (this.#flooded(this.#flood.replyDemanded("PING", performance.now()))) return;
@@ -422,6 +446,9 @@ export class H2Connection implements StreamHost {
     const block = this.#block!;
     block.chunks.push(fragment);
     block.bytes += fragment.byteLength;
+    if (block.chunks.length > 1 + FLOOD_LIMITS.continuationsPerBlock) {
+      return this.#calm(`a header block in more than ${FLOOD_LIMITS.continuationsPerBlock} CONTINUATION frames`);
+    }
     // An encoded block is never larger than its decoded list (each field costs 32 bytes more decoded than its few
     // length bytes), so past the limit here the decoded list is too; and we cannot skip it without breaking HPACK.
     if (block.bytes > this.#opts.maxHeaderListSize + 1024) {

@@ -212,8 +212,14 @@ Deno.test("H2Connection answers floods with GOAWAY ENHANCE_YOUR_CALM", async (t)
     }],
     ["CONTINUATION without END_HEADERS (CVE-2024-27919)", (peer) => {
       peer.frame(FrameType.HEADERS, 0, 1, peer.encoder.encode(CONNECT));
-      const junk = peer.encoder.encode([["x-junk", "z".repeat(1000)]]);
+      // Fragments large enough that the block's byte limit, not the CONTINUATION count, is what stops it.
+      const junk = peer.encoder.encode([["x-junk", "~".repeat(16_000)]]);
       for (let i = 0; i < 200; i++) peer.frame(FrameType.CONTINUATION, 0, 1, junk);
+    }],
+    ["one-byte CONTINUATIONs, each under every byte limit (CVE-2024-28182)", (peer) => {
+      const block = peer.encoder.encode(CONNECT);
+      peer.frame(FrameType.HEADERS, 0, 1, block.subarray(0, 1));
+      for (let i = 0; i < 100; i++) peer.frame(FrameType.CONTINUATION, 0, 1, new Uint8Array([0x40]));
     }],
     ["empty CONTINUATION", (peer) => {
       peer.frame(FrameType.HEADERS, 0, 1, peer.encoder.encode(CONNECT));
@@ -244,6 +250,18 @@ Deno.test("H2Connection tolerates what legitimate peers do: a few empty frames, 
   for (let i = 0; i < 100; i++) pair.peer.frame(FrameType.PING, 0, 0, new Uint8Array(8));
   const last = await pair.peer.waitFor((f) => f.type === FrameType.DATA && f.streamId === 399 && f.endStream);
   assert.ok(last, "the last stream completed");
+  assert.equal(pair.peer.frames.find((f) => f.type === FrameType.GOAWAY), undefined);
+});
+
+Deno.test("H2Connection serves a large header block split over CONTINUATION frames, as peers split it", async () => {
+  await using pair = await rawClientPair({ onStream: echo });
+  pair.peer.settings();
+  // '~' has a 13-bit Huffman code, so the value goes as a 60,000-byte literal: HEADERS and 3 CONTINUATION frames.
+  pair.peer.headers(1, [...CONNECT, ["x-big", "~".repeat(60_000)]]);
+  const continuations = Math.ceil(60_000 / 16_384) - 1;
+  assert.equal(continuations, 3);
+  const answer = await pair.peer.waitFor((f) => f.type === FrameType.HEADERS && f.streamId === 1);
+  assert.ok(answer, "the stream was answered");
   assert.equal(pair.peer.frames.find((f) => f.type === FrameType.GOAWAY), undefined);
 });
 

@@ -9,6 +9,10 @@
  * - WINDOW_UPDATE: more than 5 + 2 × (streams + 10 × DATA frames we sent).
  * - PRIORITY: more than 100 × (1 + streams).
  * - Frames that demand a reply (PING, SETTINGS): more than 1,000 in 10 s.
+ * - CONTINUATION frames: more than 8 in one header block (nghttp2's `max_continuations`, CVE-2024-28182). Each
+ *   fragment is kept until END_HEADERS, a view object of ~100 bytes however small the fragment: 60,000 one-byte
+ *   CONTINUATIONs (600 KB sent, under the block's byte limit) held 6.9 MB of heap until the PING timeout. A block at
+ *   our 64 KiB limit in 16 KiB frames needs 4; we advertise 1 MiB frames, so a peer need not split it at all.
  * - SETTINGS entries: more than 32 in one frame. There are six settings (RFC 9113 §6.5.2) and a few extensions,
  *   but a 1 MiB frame holds 174,762 entries, each applied in turn. nghttp2 refuses more than 32 the same way
  *   (`nghttp2_option_set_max_settings`, default 32, ENHANCE_YOUR_CALM). `frame.ts` checks this before parsing.
@@ -28,6 +32,7 @@ export const FLOOD_LIMITS = {
   replyFramesPerWindow: 1_000,
   replyWindowMs: 10_000,
   settingsPerFrame: 32,
+  continuationsPerBlock: 8,
   queuedFrames: 10_000,
   queuedControlFrames: 1_000,
 } as const;

@@ -267,6 +267,14 @@ export class HbonePool {
         throw new HboneError("IDENTITY", `${where} presented ${peer}, expected ${key.dstIdentities.join(" or ")}`);
       }
       certs = connectionCerts(socket, creds, peer);
+      // A renewal may have brought a new trust bundle during this dial (up to the handshake timeout), and
+      // applyTrustBundle() found no connection to check then: verify the server against the bundle now in force.
+      const current = await this.#dialer.credentials(key.srcIdentity);
+      if (current.rootsPem !== creds.rootsPem) {
+        const why = await untrustedReason(certs, current.rootsPem, this.#dialer.trustDomain, "server", Date.now());
+        if (why) throw new HboneError("TLS", `${where}: ${why}`);
+        certs = { ...certs, rootsPem: current.rootsPem };
+      }
     } catch (error) {
       socket.destroy();
       raw.destroy();

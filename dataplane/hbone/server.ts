@@ -18,10 +18,16 @@ import { H2Connection, type H2Options } from "../h2/connection.ts";
 import type { HeaderField } from "../h2/fields.ts";
 import { ErrorCode } from "../h2/frame.ts";
 import type { H2Stream } from "../h2/stream.ts";
-import { CertError } from "../../certs/x509.ts";
+import { bytesEqual, CertError, parseCertificates } from "../../certs/x509.ts";
 import type { SpiffeId } from "../../mesh/identity.ts";
 import { connectionCerts, peerIdentity, serverTlsOptions, type WorkloadCredentials } from "./tls.ts";
 import { chainValidity, type ConnectionCerts, localCertProblem, retireReason, untrustedReason } from "./validity.ts";
+
+/**
+ * Between the two GOAWAY frames of a drain, for callers that wait a fixed time (the waypoint's drain); `drain()`
+ * here waits for the peer's answer to the PING sent with the first, which needs no guess.
+ */
+export const GOAWAY_GRACE_MS = 1_000;
 
 /** One CONNECT (or other) request that arrived over HBONE. */
 export interface HboneRequest {
@@ -51,10 +57,15 @@ export class HboneServer {
   #connections = new Map<H2Connection, { certs: ConnectionCerts; remote: string }>();
   #opts: HboneServerOptions;
   #creds: WorkloadCredentials;
+  /** The last few credentials set, newest first, with their leaf (DER): which one served a handshake. */
+  #recent: { creds: WorkloadCredentials; leaf: Uint8Array }[] = [];
+  #draining = false;
+  #stopped: Promise<void> | undefined;
 
   constructor(opts: HboneServerOptions) {
     this.#opts = opts;
     this.#creds = opts.credentials;
+    this.#remember(opts.credentials);
     this.server = tls.createServer(
       serverTlsOptions(opts.credentials, opts.handshakeTimeoutMs),
       (socket) => this.#accept(socket),
@@ -84,6 +95,7 @@ export class HboneServer {
   setCredentials(creds: WorkloadCredentials): Promise<number> {
     const bundleChanged = creds.rootsPem !== this.#creds.rootsPem;
     this.#creds = creds;
+    this.#remember(creds);
     this.server.setSecureContext(serverTlsOptions(creds, this.#opts.handshakeTimeoutMs));
     return bundleChanged ? this.#recheckTrust(creds.rootsPem) : Promise.resolve(0);
   }
@@ -92,23 +104,70 @@ export class HboneServer {
     return this.#connections.size;
   }
 
+  /**
+   * Stops listening, for a drain (a newer ztunnel serves the pod): each connection is told to go away in two steps
+   * (RFC 9113 §6.8; a connection still in its handshake is told once it is up), so clients open their next tunnels
+   * elsewhere while the tunnels they have, and any already on their way, run on. A connection ends once its streams
+   * are done; `close()` ends the rest.
+   */
+  drain(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    void this.#stopListening();
+    for (const conn of this.#connections.keys()) this.#goAway(conn);
+  }
+
+  /** `server.close()` once: its callback runs when the last connection has ended. */
+  #stopListening(): Promise<void> {
+    this.#stopped ??= new Promise<void>((resolve) => this.server.close(() => resolve()));
+    return this.#stopped;
+  }
+
+  #goAway(conn: H2Connection) {
+    // Once the peer answered the PING after the first GOAWAY, every stream it opened is here: the final GOAWAY
+    // refuses none, and the socket ends with the last of them. A peer that never answers is cut at the deadline.
+    void conn.announceShutdown().then(() => conn.close());
+  }
+
   /** Stops listening and closes every connection: GOAWAY, then the sockets. */
   async close(): Promise<void> {
-    const closing = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closing = this.#stopListening();
     const conns = [...this.#connections.keys()];
     for (const c of conns) c.destroy(new Error("server closing"));
     await Promise.all([closing, ...conns.map((c) => c.closed)]);
   }
 
+  #remember(creds: WorkloadCredentials) {
+    const leaf = new Uint8Array(parseCertificates(creds.chainPem, "the server certificate chain")[0].rawData);
+    this.#recent = [{ creds, leaf }, ...this.#recent.slice(0, 3)];
+  }
+
+  /**
+   * The credentials whose TLS context ran `socket`'s handshake. node:tls binds a connection to the context in force
+   * when its TCP connection was accepted, so a client may finish its handshake (up to the handshake timeout later)
+   * on a context that `setCredentials()` has since replaced: its chain was verified against that context's bundle.
+   */
+  #handshakeCredentials(socket: tls.TLSSocket): WorkloadCredentials {
+    const raw = (socket.getCertificate() as { raw?: Uint8Array } | null)?.raw;
+    const found = raw && this.#recent.find((r) => bytesEqual(r.leaf, new Uint8Array(raw)));
+    if (!found) throw new CertError("UNTRUSTED", "the handshake ran with a certificate this server no longer holds");
+    if (found.creds.rootsPem !== this.#creds.rootsPem) {
+      // Refused rather than verified again: bundle changes are rare, and the client's retry gets the new context.
+      throw new CertError("UNTRUSTED", "the handshake verified the client against a trust bundle replaced since");
+    }
+    return found.creds;
+  }
+
   #accept(socket: tls.TLSSocket) {
-    const creds = this.#creds;
     let peer: SpiffeId;
     let certs: ConnectionCerts;
+    let creds: WorkloadCredentials;
     try {
+      peer = peerIdentity(socket, this.#opts.trustDomain, "client");
+      creds = this.#handshakeCredentials(socket);
       // Our certificate expired (renewal failing, the CA unreachable): fail closed rather than serve with it.
       const own = localCertProblem(creds.identity.toString(), chainValidity(creds.chainPem), Date.now());
       if (own) throw new CertError("EXPIRED", own);
-      peer = peerIdentity(socket, this.#opts.trustDomain, "client");
       certs = connectionCerts(socket, creds, peer);
     } catch (error) {
       this.#opts.onRejected?.(`${socket.remoteAddress}:${socket.remotePort}`, error as Error);
@@ -137,6 +196,7 @@ export class HboneServer {
     });
     this.#connections.set(conn, { certs, remote: where });
     conn.closed.then(() => this.#connections.delete(conn));
+    if (this.#draining) this.#goAway(conn);
   }
 
   async #recheckTrust(rootsPem: string): Promise<number> {

@@ -99,8 +99,8 @@ async function waypoint(backendPort: () => number, opts: { dialDelayMs?: number 
     socket.on("error", () => {});
     served.push((async () => {
       const kind = await sniff(socket);
-      if (kind === "http2") await serveHttp2(socket, session, http2, ctx);
-      else if (kind === "http1") await serveHttp1(socket, session, http1, ctx);
+      if (kind === "http2") await serveHttp2(socket, session, { http1, http2 }, ctx);
+      else if (kind === "http1") await serveHttp1(socket, session, { http1, http2 }, ctx);
       else socket.destroy();
     })());
   });

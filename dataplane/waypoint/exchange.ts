@@ -27,6 +27,7 @@
 import { Readable } from "node:stream";
 import { authorizeRequest } from "./authz.ts";
 import { applyHeaderModifier, pickBackend, selectRule } from "./routing.ts";
+import type { WaypointDrain } from "./drain.ts";
 import type { Session, WaypointSelf } from "./session.ts";
 import type { WaypointMetrics } from "./telemetry.ts";
 import { type Balancer, ConnectFailure, type Endpoint, type Tunnels } from "./upstream.ts";
@@ -56,6 +57,8 @@ export interface WaypointContext {
   log: Logger;
   access: Logger;
   random: () => number;
+  /** Counts requests in flight and tells the adapters when the waypoint drains (`drain.ts`). */
+  drain?: WaypointDrain;
 }
 
 /** A header list: lowercase names, in order, repeats kept. */
@@ -76,6 +79,10 @@ export interface Exchange {
   headers: Headers;
   /** The body, or null when the request has none. */
   body: Readable | null;
+  /** The request's trailers, once its body has ended (HTTP/2 trailers, or a chunked body's trailer section). */
+  trailers?: () => Headers | undefined;
+  /** Aborts when the client goes away (a reset stream, a closed connection) before its answer is complete. */
+  cancelled?: AbortSignal;
   grpc: boolean;
 }
 
@@ -87,6 +94,8 @@ export interface UpstreamRequest {
   target: string;
   headers: Headers;
   body: Readable | null;
+  /** The request's trailers, once `body` has ended: forwarded when the next hop can carry them. */
+  trailers?: () => Headers | undefined;
 }
 
 /** An endpoint's answer. */
@@ -106,10 +115,15 @@ export interface Upstream {
   send(endpoint: Endpoint, request: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse>;
 }
 
+/** The upstream for a backend whose port declares `appProtocol` (`protocol.ts` decides which). */
+export type UpstreamChooser = (appProtocol: string | undefined) => Upstream;
+
 /** What to answer. */
 export type Answer =
   | { kind: "local"; status: number; body: string; headers: Headers }
-  | { kind: "upstream"; response: UpstreamResponse; endpoint: Endpoint };
+  | { kind: "upstream"; response: UpstreamResponse; endpoint: Endpoint }
+  /** The client went away before an answer: nothing is written; recorded as Envoy does, `0` with `DC`. */
+  | { kind: "cancelled" };
 
 /** The outcome of an exchange, for the adapter to write and telemetry to record. */
 export interface Handled {
@@ -195,11 +209,14 @@ export class RequestBodyError extends Error {
   }
 }
 
-/** Authorizes, routes and forwards one request. */
+/**
+ * Authorizes, routes and forwards one request. `upstream` is the one to use, or picks one by the backend port's
+ * declared protocol (the port the chosen route's backend names, else the destination's).
+ */
 export async function handleExchange(
   session: Session,
   x: Exchange,
-  upstream: Upstream,
+  upstream: Upstream | UpstreamChooser,
   ctx: WaypointContext,
 ): Promise<Handled> {
   // Before policies read the headers: Envoy sanitizes XFCC as the request arrives, before any filter runs.
@@ -233,6 +250,7 @@ export async function handleExchange(
   let routeName: string | undefined;
   let endpointFor: (tried: ReadonlySet<string>) => Endpoint | undefined;
   let servicePort = dest.port;
+  let appProtocol = dest.appProtocol;
   if (dest.kind === "workload") {
     const w = dest.workload;
     const fixed: Endpoint = { workload: w, ip: dest.ip, port: dest.port, hbone: w.tunnelProtocol === "HBONE" };
@@ -270,6 +288,7 @@ export async function handleExchange(
     }
     facts.service = backendService;
     servicePort = backendPort;
+    appProtocol = backendService.ports.find((p) => p.port === backendPort)?.appProtocol;
     endpointFor = (tried) => ctx.balancer.pick(state, backendService, backendPort, ctx.self.network, tried);
   }
 
@@ -291,11 +310,14 @@ export async function handleExchange(
 
   if (rule?.timeoutMs) timers.push(setTimeout(() => deadline.abort(new Error("request timeout")), rule.timeoutMs));
   const tried = new Set<string>();
+  const via = typeof upstream === "function" ? upstream(appProtocol) : upstream;
+  const cancelled = () => ({ ...base, ...extra, attempts: sent, answer: { kind: "cancelled" as const }, flags: "DC" });
   let sent = 0;
   const extra = { route: routeName, service: facts.service, servicePort, responseHeaders: rule?.responseHeaders };
   let lastFailure = "";
   for (let attempt = 0; attempt <= retries; attempt++) {
     if (attempt > 0) await sleep(backoff * attempt, deadline.signal);
+    if (x.cancelled?.aborted) return cancelled();
     if (deadline.signal.aborted) break;
     const endpoint = endpointFor(tried);
     if (!endpoint) {
@@ -307,6 +329,9 @@ export async function handleExchange(
     const tryAbort = new AbortController();
     const onDeadline = () => tryAbort.abort(deadline.signal.reason);
     deadline.signal.addEventListener("abort", onDeadline, { once: true });
+    // The client gone: the attempt is cancelled too, so that the endpoint stops working for nobody.
+    const onCancel = () => tryAbort.abort(new Error("downstream went away"));
+    x.cancelled?.addEventListener("abort", onCancel, { once: true });
     // On before the send's first await: a body refused while the endpoint is still being reached (before the
     // upstream's own listener is on) must end the attempt too, or the endpoint waits for the rest of it.
     const onBodyError = (error: Error) => tryAbort.abort(new RequestBodyError(error));
@@ -319,13 +344,18 @@ export async function handleExchange(
     try {
       const requestBody = body === null ? null : "replay" in body ? Readable.from([body.replay]) : body.stream;
       sent++;
-      const response = await upstream.send(endpoint, {
+      const response = await via.send(endpoint, {
         method: x.method,
         authority: x.authority,
         target: x.query ? `${x.path}?${x.query}` : x.path,
         headers,
         body: requestBody,
+        trailers: x.trailers,
       }, tryAbort.signal);
+      if (x.cancelled?.aborted) {
+        response.discard();
+        return cancelled();
+      }
       const replayable = body === null || "replay" in body;
       if (codes.has(response.status) && attempt < retries && replayable) {
         response.discard();
@@ -340,6 +370,7 @@ export async function handleExchange(
         flags: "-",
       };
     } catch (error) {
+      if (x.cancelled?.aborted) return cancelled();
       if (x.body?.errored || tryAbort.signal.reason instanceof RequestBodyError) {
         ctx.log.info({ path: x.path, error: String(x.body?.errored ?? error) }, "request body refused");
         return { ...refused(), ...extra, attempts: attempt + 1 };
@@ -380,6 +411,7 @@ export async function handleExchange(
     } finally {
       clearTimeout(tryTimer);
       deadline.signal.removeEventListener("abort", onDeadline);
+      x.cancelled?.removeEventListener("abort", onCancel);
       watched?.off("error", onBodyError);
     }
   }

@@ -193,6 +193,7 @@ async function handle(
 
 /** The status of the answer, local or from the endpoint. */
 function statusOf(h: Handled): number {
+  if (h.answer.kind === "cancelled") return 0;
   return h.answer.kind === "local" ? h.answer.status : h.answer.response.status;
 }
 

@@ -5,7 +5,12 @@
  * endpoint answers 101. A request the codec refuses (ambiguous framing, bad fields) gets its 400 and the
  * connection closes: it never reaches an endpoint.
  *
- * Towards endpoints, HTTP/1.1 connections are pooled per endpoint and reused while both sides allow it.
+ * Towards endpoints, HTTP/1.1 connections are pooled per endpoint and reused while both sides allow it. Requests
+ * from HTTP/2 clients to a backend declared HTTP/1.1 go this way too, translated (RFC 9113 §8.2.3, RFC 9110 §7.6):
+ * `:authority` becomes Host, split cookies are joined, hop-by-hop fields are dropped, a body without a length
+ * goes chunked with the request's trailers as its trailer section; the answer's chunked trailers come back as
+ * HTTP/2 trailers (`http2.ts`). HTTP/1.1 clients' requests to a backend declared HTTP/2 go over `Http2Upstream`;
+ * an upgrade (WebSocket) always goes over HTTP/1.1, the only version that can switch.
  *
  * @module
  */
@@ -31,6 +36,8 @@ import {
   UNTIL_CLOSE,
 } from "../http1/mod.ts";
 import { relay } from "../ztunnel/relay.ts";
+import { upstreamHttpVersion } from "./protocol.ts";
+import type { Upstreams } from "./server.ts";
 import {
   type Exchange,
   handleExchange,
@@ -145,7 +152,7 @@ export class Http1Upstream implements Upstream {
     }
     signal.addEventListener("abort", abort, { once: true });
     try {
-      const headers = req.headers.filter(([n]) => n !== "host" && n !== "transfer-encoding");
+      const headers = toHttp1Fields(req.headers);
       const framing = framingFor(headers, req.body !== null, true);
       const head: RequestHead = {
         method: req.method,
@@ -158,7 +165,16 @@ export class Http1Upstream implements Upstream {
         const writer = conn.bodyWriter(framing);
         const body = req.body;
         body.on("error", (error) => conn.destroy(error));
-        body.pipe(writer);
+        // HTTP/2 trailers go on as the chunked trailer section; with a Content-Length body they cannot (§7.1.2).
+        body.once("end", () => {
+          const trailers = framing.kind === "chunked" ? req.trailers?.() ?? [] : [];
+          try {
+            writer.finish(trailers);
+          } catch {
+            writer.end(); // trailers HTTP/1.1 cannot carry: the body still ends
+          }
+        });
+        body.pipe(writer, { end: false });
       }
       const res: ResponseHead = await conn.readResponse(req.method);
       const body = res.status === 101 ? null : conn.readBody();
@@ -199,15 +215,40 @@ export class Http1Upstream implements Upstream {
   }
 }
 
+/**
+ * A request's fields as HTTP/1.1 carries them: no Host (the authority is written as Host), no hop-by-hop field
+ * (an HTTP/2 client may send `te: trailers`) but the Upgrade the HTTP/1.1 adapter let through (a WebSocket), and
+ * an HTTP/2 client's split cookies joined into one field with `; ` (RFC 9113 §8.2.3).
+ */
+export function toHttp1Fields(headers: Headers): Headers {
+  const keepUpgrade = headers.some(([n]) => n === "upgrade");
+  const out = (stripHopByHop(headers, { keepUpgrade }) as Headers).filter(([n]) => n !== "host" && n !== "cookie");
+  const cookies = headers.filter(([n]) => n === "cookie").map(([, v]) => v);
+  if (cookies.length > 0) out.push(["cookie", cookies.join("; ")]);
+  return out;
+}
+
 /** Serves HTTP/1.x requests on a tunnel until the client or the codec ends it. */
-export async function serveHttp1(tunnel: Duplex, session: Session, upstream: Http1Upstream, ctx: WaypointContext) {
+export async function serveHttp1(tunnel: Duplex, session: Session, upstreams: Upstreams, ctx: WaypointContext) {
   const conn = new Http1Connection(tunnel, { role: "server" });
+  // The client closed the connection, or only its side of it: whatever request is in flight is cancelled. A FIN
+  // ends an HTTP/1 client's part as Envoy reads it (its HTTP connections do not half-close): a downstream reset.
+  const gone = new AbortController();
+  tunnel.once("end", () => gone.abort());
+  tunnel.once("close", () => gone.abort());
   for (;;) {
     const started = performance.now();
     let head: RequestHead | null;
+    // Draining: a connection idle between requests is closed once the drain's grace is over.
+    let idleClosed = false;
+    const busy = ctx.drain?.idle(() => {
+      idleClosed = true;
+      void conn.close();
+    });
     try {
       head = await conn.readRequest();
     } catch (error) {
+      if (idleClosed) return;
       const status = error instanceof Http1Error ? error.status : 400;
       ctx.log.info({ src: session.peer.ip, error: (error as Error).message }, "malformed request refused");
       recordRequest(ctx, session, {
@@ -225,13 +266,18 @@ export async function serveHttp1(tunnel: Duplex, session: Session, upstream: Htt
       });
       await conn.sendError(status);
       return;
+    } finally {
+      busy?.();
     }
-    if (head === null) return void await conn.close();
+    if (head === null || idleClosed) return void await conn.close();
     let again = false;
+    const served = ctx.drain?.request();
     try {
-      again = await serveRequest(conn, head, session, upstream, ctx, started);
+      again = await serveRequest(conn, head, session, upstreams, ctx, started, gone.signal);
     } catch (error) {
       ctx.log.debug({ error: String(error) }, "HTTP/1 exchange ended early");
+    } finally {
+      served?.();
     }
     if (!again) return void await conn.close();
   }
@@ -242,9 +288,10 @@ async function serveRequest(
   conn: Http1Connection,
   head: RequestHead,
   session: Session,
-  upstream: Http1Upstream,
+  upstreams: Upstreams,
   ctx: WaypointContext,
   started: number,
+  cancelled: AbortSignal,
 ): Promise<boolean> {
   const authority = headerValue(head.headers, "host") ?? session.authority;
   // Only WebSocket is upgraded, as Envoy enables it: any other protocol (h2c, say) would carry requests past the
@@ -301,11 +348,25 @@ async function serveRequest(
     authority: host.port === undefined ? host.host : `${host.host}:${host.port}`,
     headers,
     body: hasBody(body.framing) ? body : null,
+    trailers: () => body.trailers as Headers,
+    cancelled,
     grpc,
   };
-  const handled = await handleExchange(session, x, upstream, ctx);
+  const handled = await handleExchange(
+    session,
+    x,
+    (appProtocol) => upgrade ? upstreams.http1 : upstreams[upstreamHttpVersion(appProtocol, "http1")],
+    ctx,
+  );
   const answer = handled.answer;
-  const clientKeeps = keepAlive(head);
+  // Draining: this response closes the connection (`Connection: close`), so the client reconnects elsewhere.
+  const clientKeeps = keepAlive(head) && !ctx.drain?.draining;
+  if (answer.kind === "cancelled" || cancelled.aborted) {
+    if (answer.kind === "upstream") answer.response.discard();
+    handled.done();
+    done(0, "DC", path.path, handled);
+    return false;
+  }
   if (answer.kind === "local") {
     handled.done();
     const bytes = new TextEncoder().encode(answer.body);
@@ -364,6 +425,12 @@ async function serveRequest(
     reason: reasonPhrase(res.status),
     headers: resHeaders.filter(([n]) => n !== "transfer-encoding"),
   };
+  // An HTTP/2 answer that ended with its headers (a trailers-only gRPC status) has an empty body, which
+  // HTTP/1.1 must frame: without a length, the client would read to the connection's close.
+  const bodyless = head.method === "HEAD" || res.status === 204 || res.status === 304;
+  if (res.body === null && !bodyless && headerValue(resHeaders, "content-length") === undefined) {
+    out.headers.push(["content-length", "0"]);
+  }
   if (!clientKeeps || framing.kind === "close") out.headers.push(["connection", "close"]);
   conn.writeHead(out, framing);
   let complete = true;
@@ -392,7 +459,8 @@ async function serveRequest(
     handled.deadline.removeEventListener("abort", onDeadline);
   }
   handled.done();
-  done(res.status, complete ? handled.flags : "UC", path.path, handled);
+  // Cut short: by the client (DC), or by the endpoint or the deadline (UC).
+  done(res.status, complete ? handled.flags : cancelled.aborted ? "DC" : "UC", path.path, handled);
   if (!complete || !clientKeeps || framing.kind === "close") return false;
   // The request body must have been read to its end for another request to follow.
   if (hasBody(body.framing) && !body.readableEnded) {

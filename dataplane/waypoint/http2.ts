@@ -2,8 +2,17 @@
  * HTTP/2 with prior knowledge inside a tunnel (what gRPC clients and `curl --http2-prior-knowledge` speak), on
  * Skiff's own HTTP/2 (`../h2/`), both towards the client (a server connection on the tunnel) and towards the
  * endpoints (one multiplexed client connection per endpoint, shared by every client's requests). Trailers pass
- * through untouched, so gRPC status arrives intact; a local answer to a gRPC request is a gRPC status (a
- * denial is `PERMISSION_DENIED`, an unreachable backend `UNAVAILABLE`), as Envoy answers gRPC clients.
+ * through untouched, so gRPC status arrives intact, and a trailers-only response (one HEADERS frame with
+ * END_STREAM, gRPC's answer when a call fails before any message) leaves as one HEADERS frame with END_STREAM: a
+ * gRPC client reads the status of an empty DATA frame's stream as `UNKNOWN: Stream removed`. A local answer to a
+ * gRPC request is a gRPC status (a denial is `PERMISSION_DENIED`, an unreachable backend `UNAVAILABLE`), as Envoy
+ * answers gRPC clients.
+ *
+ * A backend whose port declares HTTP/1.1 (`protocol.ts`) gets the request over HTTP/1.1 (`http1.ts` translates:
+ * `:authority` becomes Host, a body without a length goes chunked with the trailers as its trailer section), and
+ * a backend declared HTTP/2 gets HTTP/1.1 clients' requests over HTTP/2 (`Http2Upstream` below). A client that
+ * resets its stream before its answer is complete (a gRPC deadline, say) cancels the upstream attempt, and the
+ * request is recorded as Envoy records it: `DC`, with `0` when no response had started.
  *
  * @module
  */
@@ -28,6 +37,8 @@ import { applyHeaderModifier } from "./routing.ts";
 import type { Session } from "./session.ts";
 import { type Endpoint, endpointKey, type Tunnels } from "./upstream.ts";
 import { recordRequest } from "./record.ts";
+import type { Upstreams } from "./server.ts";
+import { upstreamHttpVersion } from "./protocol.ts";
 
 /** Upstream HTTP/2 connections, one per endpoint while it has room. */
 export class Http2Upstream implements Upstream {
@@ -70,21 +81,33 @@ export class Http2Upstream implements Upstream {
       [":scheme", "http"],
       [":authority", req.authority],
       [":path", req.target],
-      ...req.headers,
+      // From an HTTP/1.1 client: what HTTP/2 forbids (RFC 9113 §8.2.2) is not sent; hop-by-hop fields are gone.
+      ...req.headers.filter(([n, v]) => !isConnectionSpecific(n) && (n !== "te" || v === "trailers")),
     ];
     const stream = conn.request(fields, { endStream: req.body === null });
     const abort = () => stream.reset(ErrorCode.CANCEL);
     signal.addEventListener("abort", abort, { once: true });
     if (req.body) {
-      req.body.on("error", () => stream.reset(ErrorCode.CANCEL));
-      req.body.pipe(stream);
+      const body = req.body;
+      body.on("error", () => stream.reset(ErrorCode.CANCEL));
+      // An HTTP/1.1 chunked body's trailer section goes on as HTTP/2 trailers.
+      body.once("end", () => {
+        const trailers = req.trailers?.();
+        if (trailers && trailers.length > 0) stream.endWithTrailers(trailers);
+        else stream.end();
+      });
+      body.pipe(stream, { end: false });
     }
     try {
       const head = await stream.response;
+      // The response ended with its headers (a trailers-only gRPC answer, a 204): it has no body to relay, and
+      // the client must see it end on its HEADERS frame too.
+      const bodiless = stream.remoteEnded && stream.readableLength === 0;
+      if (bodiless) stream.resume();
       return {
         status: Number(field(head, ":status")),
         headers: head.filter(([n]) => !n.startsWith(":")),
-        body: stream,
+        body: bodiless ? null : stream,
         trailers: () => stream.trailers,
         discard: () => stream.reset(ErrorCode.CANCEL),
       };
@@ -109,21 +132,24 @@ function grpcStatusOf(status: number): string {
 }
 
 /** Serves HTTP/2 requests on a tunnel until it closes. */
-export async function serveHttp2(tunnel: Duplex, session: Session, upstream: Http2Upstream, ctx: WaypointContext) {
+export async function serveHttp2(tunnel: Duplex, session: Session, upstreams: Upstreams, ctx: WaypointContext) {
   const conn = new H2Connection(tunnel, {
     role: "server",
     maxConcurrentStreams: 100,
     onStream: (stream) => {
-      onStream(stream, session, upstream, ctx).catch((error) => {
+      const served = ctx.drain?.request();
+      onStream(stream, session, upstreams, ctx).catch((error) => {
         ctx.log.error({ error: String(error) }, "BUG: HTTP/2 request handling failed");
         stream.reset(ErrorCode.INTERNAL_ERROR);
-      });
+      }).finally(served);
     },
   });
+  // Draining: GOAWAY (2^31-1, then the last stream id); the streams open run to their end.
+  ctx.drain?.http2(conn);
   await conn.closed;
 }
 
-async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstream, ctx: WaypointContext) {
+async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams, ctx: WaypointContext) {
   const started = performance.now();
   const h = stream.requestHeaders;
   const method = field(h, ":method") ?? "";
@@ -168,6 +194,12 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
     record(400, "DPE", undefined, undefined, body.byteLength);
     return;
   }
+  // The client reset its stream (a deadline, a cancelled call) before its answer was complete.
+  const gone = new AbortController();
+  const onGone = () => {
+    if (!stream.writableFinished) gone.abort();
+  };
+  stream.once("close", onGone);
   const x: Exchange = {
     method,
     path: path.path,
@@ -177,10 +209,24 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
     authority: host.port === undefined ? host.host : `${host.host}:${host.port}`,
     headers,
     body: stream.remoteEnded && stream.readableLength === 0 ? null : stream,
+    trailers: () => stream.trailers,
+    cancelled: gone.signal,
     grpc,
   };
-  const handled = await handleExchange(session, x, upstream, ctx);
+  const handled = await handleExchange(
+    session,
+    x,
+    (appProtocol) => upstreams[upstreamHttpVersion(appProtocol, "http2")],
+    ctx,
+  );
   const answer = handled.answer;
+  if (answer.kind === "cancelled" || gone.signal.aborted) {
+    // Nobody to answer; an endpoint's response that came meanwhile is dropped.
+    if (answer.kind === "upstream") answer.response.discard();
+    handled.done();
+    record(0, "DC", handled, undefined, 0, path.path);
+    return;
+  }
   if (answer.kind === "local") {
     handled.done();
     if (grpc) {
@@ -207,6 +253,14 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
     return;
   }
   const res = answer.response;
+  if (res.status < 200) {
+    // A 101 from an HTTP/1.1 endpoint: HTTP/2 has no such switch (RFC 9113 §8.6), so it cannot be relayed.
+    res.discard();
+    handled.done();
+    stream.respond([[":status", "502"]], { endStream: true });
+    record(502, "UPE", handled, undefined, 0, path.path);
+    return;
+  }
   const out = applyHeaderModifier(res.headers.filter(([n]) => !isConnectionSpecific(n)), handled.responseHeaders);
   stream.respond([[":status", String(res.status)], ...out], { endStream: res.body === null });
   let sent = 0;
@@ -219,6 +273,7 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
   if (!res.body) return finish(handled.flags);
   const body = res.body;
   const onDeadline = () => {
+    stream.off("close", onGone); // our own reset, not the client's
     body.destroy();
     stream.reset(ErrorCode.CANCEL);
   };
@@ -242,7 +297,8 @@ async function onStream(stream: H2Stream, session: Session, upstream: Http2Upstr
     });
   });
   handled.deadline.removeEventListener("abort", onDeadline);
-  finish(body.readableEnded ? handled.flags : "UC");
+  // Cut short: by the client (DC), or by the endpoint or the deadline (UC).
+  finish(body.readableEnded ? handled.flags : gone.signal.aborted ? "DC" : "UC");
 }
 
 /** Headers HTTP/2 forbids (RFC 9113 §8.2.2); an HTTP/1 endpoint may send them. */

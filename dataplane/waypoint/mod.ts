@@ -6,7 +6,9 @@
  * that runs it (a pod or a WorkloadEntry labelled `gateway.networking.k8s.io/gateway-name: NAME`) must be
  * declared on that node. It takes its config (workloads, services, HTTPRoutes, L7 policies) from the control
  * plane's stream, keeps it while the control plane is away, and serves HBONE on 15008 (`server.ts`), with
- * Prometheus metrics on 15020 and readiness on 15021 as ztunnel does.
+ * Prometheus metrics on 15020 and readiness on 15021 as ztunnel does. SIGTERM drains (`drain.ts`): no new
+ * connection, GOAWAY and `Connection: close` to clients, the requests in flight served to their end or until
+ * `--drain-deadline`; a second SIGTERM or SIGINT ends the drain at once.
  *
  * @module
  */
@@ -35,6 +37,7 @@ import type { WorkloadCert } from "../ztunnel/inpod.ts";
 import type { WaypointContext } from "./exchange.ts";
 import { Http1Upstream } from "./http1.ts";
 import { Http2Upstream } from "./http2.ts";
+import { DEFAULT_DRAIN_DEADLINE_MS, WaypointDrain } from "./drain.ts";
 import { handleTunnel } from "./server.ts";
 import { WaypointMetrics } from "./telemetry.ts";
 import { Balancer, Tunnels } from "./upstream.ts";
@@ -89,6 +92,13 @@ export const WAYPOINT_OPTIONS = {
     parser: parsers.int(0, 65535),
     default: HBONE_PORT,
   }),
+  drainDeadline: option({
+    flag: "drain-deadline",
+    env: "SKIFF_DRAIN_DEADLINE",
+    help: "on SIGTERM: how long requests in flight may run on before the waypoint exits",
+    parser: parsers.duration(),
+    default: DEFAULT_DRAIN_DEADLINE_MS,
+  }),
   // As ztunnel's: the same flags, variables and defaults.
   certTtl: ZTUNNEL_OPTIONS.certTtl,
   adminPort: ZTUNNEL_OPTIONS.adminPort,
@@ -135,8 +145,16 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     ? connection
     : new ControlConnection(controlEndpoint(values.caAddress, values));
   const config = new ClientConfig(log);
+  // `draining` (SIGTERM) starts the drain; `controller` ends everything: after the drain, or at once on a second
+  // signal, or on the first one while nothing is served yet.
   const controller = new AbortController();
-  const stop = () => controller.abort();
+  const draining = new AbortController();
+  let configReady = false;
+  let listening = false;
+  const stop = () => {
+    if (draining.signal.aborted || !listening) controller.abort();
+    draining.abort();
+  };
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
 
@@ -146,8 +164,6 @@ export async function runWaypoint(argv: string[]): Promise<number> {
   });
   const metrics = new WaypointMetrics();
   config.registerMetrics(metrics.registry);
-  let configReady = false;
-  let listening = false;
   const admin = serveAdmin({
     state: () => config.state,
     certificates: () => {
@@ -164,7 +180,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
       ];
     },
     metrics,
-    ready: () => configReady && listening,
+    ready: () => configReady && listening && !draining.signal.aborted,
     config: loggable(WAYPOINT_OPTIONS, values),
     log,
   }, {
@@ -206,6 +222,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     trustDomain: values.trustDomain,
     log,
   });
+  const drain = new WaypointDrain();
   const ctx: WaypointContext = {
     self: { name, namespace, hostname, identity, network: values.network },
     state: () => config.state,
@@ -215,6 +232,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     log,
     access: logger("access"),
     random: Math.random,
+    drain,
   };
   const upstreams = { http1: new Http1Upstream(tunnels), http2: new Http2Upstream(tunnels) };
 
@@ -265,8 +283,14 @@ export async function runWaypoint(argv: string[]): Promise<number> {
         log.info({ notAfter: new Date(current.notAfter).toISOString() }, "certificate rotated");
       }
     }, ROTATION_CHECK_MS);
-    await new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
-    log.info("shutting down");
+    await new Promise((resolve) => draining.signal.addEventListener("abort", resolve, { once: true }));
+    // No new connection from here; clients are told to go away, and what is in flight runs on.
+    server.drain();
+    drain.begin();
+    log.info({ inflight: drain.inflight, deadlineMs: values.drainDeadline }, "shutting down: draining");
+    const end = await drain.wait(values.drainDeadline, controller.signal);
+    if (end === "drained") log.info("drained: no request left in flight");
+    else log.info({ inflight: drain.inflight }, "drain ended with requests in flight; closing them");
     return 0;
   } catch (error) {
     if (controller.signal.aborted) return 0;

@@ -99,7 +99,11 @@ export async function handleTunnel(req: HboneRequest, ctx: WaypointContext, upst
   stream.respond([[":status", "200"]]);
   const app = session.destination.appProtocol?.toLowerCase();
   const kind = app === "tcp" ? "tcp" : await sniff(stream);
-  if (kind === "http2") await serveHttp2(stream, session, upstreams.http2, ctx);
-  else if (kind === "http1") await serveHttp1(stream, session, upstreams.http1, ctx);
-  else await passTcp(stream, session, ctx);
+  if (kind === "http2") await serveHttp2(stream, session, upstreams, ctx);
+  else if (kind === "http1") await serveHttp1(stream, session, upstreams, ctx);
+  else {
+    // An L4 connection is in flight for as long as it is open: a drain waits for it, up to its deadline.
+    const served = ctx.drain?.request();
+    await passTcp(stream, session, ctx).finally(served);
+  }
 }

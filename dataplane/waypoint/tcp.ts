@@ -12,6 +12,7 @@ import { authorizeRequest } from "./authz.ts";
 import { peerAttributes, policiesFor, sessionFacts, type WaypointContext } from "./exchange.ts";
 import type { Session } from "./session.ts";
 import { ConnectFailure, type Endpoint } from "./upstream.ts";
+import { DialGuard } from "../ztunnel/dial_guard.ts";
 import { relay } from "../ztunnel/relay.ts";
 import { workloadIdentity } from "../ztunnel/route.ts";
 import type { L7Operation, L7Policy, L7Rule } from "../../mesh/l7.ts";
@@ -47,6 +48,14 @@ export function tcpPolicies(policies: readonly L7Policy[]): L7Policy[] {
   );
 }
 
+/**
+ * What each client identity may make this waypoint dial at L4, across all its HBONE connections: the bound
+ * `ztunnel/dial_guard.ts` gives ztunnel's inbound, for the same reason (streams reset after their dial began,
+ * spread over many connections, each under the codec's per-connection limit). One per process, as in ztunnel:
+ * a waypoint process is one waypoint.
+ */
+export const tcpDials = new DialGuard();
+
 /** Serves a tunnel as TCP; `tunnel` still holds any bytes that were sniffed. */
 export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointContext): Promise<void> {
   const started = performance.now();
@@ -72,19 +81,42 @@ export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointCon
   let upstream: Duplex | undefined;
   let endpoint: Endpoint | undefined;
   const tried = new Set<string>();
-  for (let attempt = 0; attempt < 3 && !upstream; attempt++) {
-    endpoint = dest.kind === "workload"
-      ? { workload: dest.workload, ip: dest.ip, port: dest.port, hbone: dest.workload.tunnelProtocol === "HBONE" }
-      : ctx.balancer.pick(state, dest.service, dest.port, ctx.self.network, tried);
-    if (!endpoint) break;
-    tried.add(`${endpoint.ip}:${endpoint.port}`);
-    try {
-      upstream = await ctx.tunnels.open(endpoint);
-    } catch (error) {
-      if (!(error instanceof ConnectFailure)) throw error;
-      ctx.balancer.eject(endpoint);
-      ctx.log.info({ endpoint: `${endpoint.ip}:${endpoint.port}`, error: error.message }, "upstream connect failed");
+  // A port not sniffed gets here in the very read that brought its CONNECT: let the rest of that read (a
+  // RST_STREAM right behind the HEADERS) be processed before dialling. The waypoint answered 200 before it
+  // sniffed, so a client that reset its CONNECT meanwhile (rapid reset) must cost no upstream connection, as
+  // ztunnel's inbound dials for no gone client either.
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  if (tunnel.destroyed) return void ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "DC" }));
+  const peer = session.peer.identity.toString();
+  const overflow = tcpDials.admit(peer, performance.now());
+  if (overflow) {
+    // The 200 is out already: the tunnel is reset, recorded as Envoy records an overflowing circuit breaker.
+    ctx.log.info({ peer, dst: session.authority, reason: overflow }, "too many dials for this peer");
+    ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "UO" }));
+    tunnel.destroy();
+    return;
+  }
+  try {
+    for (let attempt = 0; attempt < 3 && !upstream && !tunnel.destroyed; attempt++) {
+      endpoint = dest.kind === "workload"
+        ? { workload: dest.workload, ip: dest.ip, port: dest.port, hbone: dest.workload.tunnelProtocol === "HBONE" }
+        : ctx.balancer.pick(state, dest.service, dest.port, ctx.self.network, tried);
+      if (!endpoint) break;
+      tried.add(`${endpoint.ip}:${endpoint.port}`);
+      try {
+        upstream = await ctx.tunnels.open(endpoint);
+      } catch (error) {
+        if (!(error instanceof ConnectFailure)) throw error;
+        ctx.balancer.eject(endpoint);
+        ctx.log.info({ endpoint: `${endpoint.ip}:${endpoint.port}`, error: error.message }, "upstream connect failed");
+      }
     }
+  } finally {
+    tcpDials.settled(peer, tunnel.destroyed, performance.now());
+  }
+  if (tunnel.destroyed) {
+    upstream?.destroy();
+    return void ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "DC" }));
   }
   if (!upstream || !endpoint) {
     ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: endpoint ? "CONNECT" : "NO_HEALTHY_UPSTREAM" }));

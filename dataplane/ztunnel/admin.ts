@@ -4,14 +4,21 @@
  * level), Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`), readiness on 15021
  * (`/healthz/ready`: 200 once ready, else 503). Plain HTTP on `Deno.serve`, which is fast and needs no client
  * certificates here. Each listener binds, reports its address, logs "listener established", and closes on
- * the abort signal.
+ * the abort signal. A port held by another ztunnel (the one this one replaces, during a restart or an upgrade)
+ * does not stop this one from starting: it takes the port over as soon as the other, draining, releases it. One
+ * process answers on a port at a time, so a scrape never mixes two ztunnels' counters. (`Deno.serve`'s
+ * `reusePort` would share them, but is unstable in Deno 2.9 and needs `--unstable-net`.)
  *
  * @module
  */
 
+import { sleep } from "../../mesh/abort.ts";
 import type { Logger } from "../../mesh/log.ts";
 import type { TcpMetrics } from "../../mesh/metrics.ts";
 import type { MeshState } from "../../mesh/store.ts";
+
+/** How often a port held by another ztunnel is tried again. */
+export const TAKEOVER_RETRY_MS = 250;
 
 /** Upstream's ports. */
 export const ADMIN_PORT = 15000;
@@ -100,10 +107,35 @@ export function serveAdmin(src: AdminSources, addrs: AdminAddresses, signal: Abo
     port: number,
     handler: (req: Request) => Response | Promise<Response>,
   ) => {
-    const server = Deno.serve({ hostname, port, signal, onListen: () => {} }, handler);
-    const address = server.addr as Deno.NetAddr;
-    src.log.info({ listener: name, address: `${address.hostname}:${address.port}` }, "listener established");
-    return { server, address };
+    const listen = () => {
+      const server = Deno.serve({ hostname, port, signal, onListen: () => {} }, handler);
+      const address = server.addr as Deno.NetAddr;
+      src.log.info({ listener: name, address: `${address.hostname}:${address.port}` }, "listener established");
+      return { finished: server.finished, address };
+    };
+    try {
+      return listen();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || port === 0) throw error;
+    }
+    src.log.warn(
+      { listener: name, address: `${hostname}:${port}` },
+      "port in use (by the ztunnel this one replaces?); taking it over once it is released",
+    );
+    const finished = (async () => {
+      while (!signal.aborted) {
+        await sleep(TAKEOVER_RETRY_MS, signal);
+        if (signal.aborted) return;
+        try {
+          return await listen().finished;
+        } catch (error) {
+          if (!(error instanceof Deno.errors.AddrInUse)) {
+            src.log.error({ listener: name, error: (error as Error).message }, "listener failed; retrying");
+          }
+        }
+      }
+    })();
+    return { finished, address: { transport: "tcp" as const, hostname, port } };
   };
   const admin = start("admin", addrs.adminHost ?? "127.0.0.1", addrs.adminPort ?? ADMIN_PORT, adminHandler(src));
   const metrics = start("metrics", addrs.metricsHost ?? "0.0.0.0", addrs.metricsPort ?? METRICS_PORT, async (req) => {
@@ -125,6 +157,6 @@ export function serveAdmin(src: AdminSources, addrs: AdminAddresses, signal: Abo
     admin: admin.address,
     metrics: metrics.address,
     readiness: readiness.address,
-    finished: Promise.all([admin.server.finished, metrics.server.finished, readiness.server.finished]).then(() => {}),
+    finished: Promise.all([admin.finished, metrics.finished, readiness.finished]).then(() => {}),
   };
 }

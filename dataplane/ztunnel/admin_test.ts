@@ -99,3 +99,39 @@ Deno.test("readiness: 503 until ready, then 200", async () => {
     assert.equal(await status(), 200);
   });
 });
+
+Deno.test("admin: ports held by the ztunnel being replaced are taken over once it releases them", async () => {
+  const src = (name: string, ready: boolean): AdminSources => ({
+    state: () => new MeshState(),
+    certificates: () => [],
+    metrics: new TcpMetrics(),
+    ready: () => ready,
+    config: { name },
+    log: logger(`ztunnel-admin-${name}`),
+  });
+  const oldOne = new AbortController();
+  const old = serveAdmin(src("old", true), { adminPort: 0, metricsPort: 0, readinessPort: 0 }, oldOne.signal);
+  const ports = { adminPort: old.admin.port, metricsPort: old.metrics.port, readinessPort: old.readiness.port };
+  const newOne = new AbortController();
+  // The old one still listens: the new one starts anyway, and the old one answers meanwhile.
+  const fresh = serveAdmin(src("new", false), ports, newOne.signal);
+  const readiness = `http://127.0.0.1:${ports.readinessPort}/healthz/ready`;
+  const status = () => fetch(readiness).then(async (r) => (await r.body?.cancel(), r.status));
+  try {
+    assert.equal(await status(), 200, "the old one answers while it listens");
+    oldOne.abort();
+    await old.finished;
+    let answer = 0;
+    for (let i = 0; i < 50 && answer !== 503; i++) {
+      answer = await status().catch(() => 0);
+      if (answer !== 503) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(answer, 503, "then the new one (not ready yet) answers on the same port");
+    const dump = await fetch(`http://127.0.0.1:${ports.adminPort}/config_dump`).then((r) => r.json());
+    assert.deepEqual(dump.config, { name: "new" });
+  } finally {
+    oldOne.abort();
+    newOne.abort();
+    await Promise.all([old.finished, fresh.finished]);
+  }
+});

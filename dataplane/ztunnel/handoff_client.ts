@@ -1,7 +1,7 @@
 /**
  * ztunnel's side of the handoff protocol (mesh/protocol/handoff.ts): connect to the node agent's unix socket,
  * say hello, take the snapshot of pods (add or keep, then snapshot-sent, after which every pod not named is
- * dropped), then follow adds and dels, answering each message with ack or nack. Reconnects with upstream's
+ * dropped), then follow adds, dels and releases (a newer ztunnel took the pod), answering each with ack or nack. Reconnects with upstream's
  * backoff (10 ms doubling to 15 s) whenever the agent goes away; ready once the first snapshot is processed.
  *
  * What serving a pod means (listeners in its namespace, its certificate) is the {@link PodHandler}'s job; a
@@ -27,6 +27,8 @@ export interface PodHandler {
   add(uid: string, workload: PodInfo, netns: string): Promise<void>;
   /** Stop serving a pod: listeners closed, certificate forgotten, connections ended. */
   del(uid: string): Promise<void>;
+  /** A newer ztunnel serves the pod: stop accepting for it, let its open connections drain. */
+  release(uid: string): Promise<void>;
   /** After a snapshot: stop serving every pod whose uid is not in `keep`. */
   reconcile(keep: ReadonlySet<string>): Promise<void>;
 }
@@ -73,6 +75,10 @@ class Session {
       case "del":
         this.#snapshot.delete(msg.uid);
         await this.#handler.del(msg.uid);
+        return undefined;
+      case "release":
+        this.#snapshot.delete(msg.uid);
+        await this.#handler.release(msg.uid);
         return undefined;
       case "snapshot-sent":
         if (!this.#inSnapshot) return "snapshot-sent was already received";

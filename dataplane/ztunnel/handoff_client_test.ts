@@ -25,6 +25,10 @@ function recorder(failAdd = new Set<string>()) {
       events.push(`del ${uid}`);
       return Promise.resolve();
     },
+    release: (uid) => {
+      events.push(`release ${uid}`);
+      return Promise.resolve();
+    },
     reconcile: (keep) => {
       events.push(`reconcile ${[...keep].sort().join(",")}`);
       return Promise.resolve();
@@ -62,7 +66,7 @@ async function withAgent(
   }
 }
 
-Deno.test("handoff client: hello, snapshot with reconcile, then add and del, each acked", async () => {
+Deno.test("handoff client: hello, snapshot with reconcile, then add, release and del, each acked", async () => {
   await withAgent(async ({ listener, start }) => {
     const { events, handler } = recorder();
     const { ready } = start(handler);
@@ -75,7 +79,8 @@ Deno.test("handoff client: hello, snapshot with reconcile, then add and del, eac
       await ready;
       assert.deepEqual(await agent.send(add("c")), { type: "ack" });
       assert.deepEqual(await agent.send({ type: "del", uid: "a" }), { type: "ack" });
-      assert.deepEqual(events, ["add a shop/web", "reconcile a,b", "add c shop/web", "del a"]);
+      assert.deepEqual(await agent.send({ type: "release", uid: "c" }), { type: "ack" });
+      assert.deepEqual(events, ["add a shop/web", "reconcile a,b", "add c shop/web", "del a", "release c"]);
     } finally {
       agent.close();
     }

@@ -6,6 +6,12 @@
  *
  * `add` answers only once the listeners are up and the certificate is in hand, so the agent's ack means the pod is
  * really served; a failure is a nack and the agent tries again.
+ *
+ * Restarts and upgrades: the listeners carry SO_REUSEPORT (as upstream's, `src/inpod/config.rs`), so a second
+ * ztunnel can listen in the pod beside this one, and the pod's namespace migrates queued connections between them
+ * (`tcp_migrate_req`). Once the agent says the new one serves the pod (`release`), this one closes its listeners,
+ * which hands what the kernel had queued for it to the new one, tells its HBONE clients to go away (two-step
+ * GOAWAY), and keeps its open connections until they end or the drain deadline (`drain.ts`).
  */
 
 import net from "node:net";
@@ -14,7 +20,7 @@ import { SpiffeId } from "../../mesh/identity.ts";
 import type { RotationManager } from "../../certs/rotation_manager.ts";
 import type { CertTimes } from "../../certs/rotation.ts";
 import { INPOD_MARK } from "../../cni/redirect_linux.ts";
-import { transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
+import { enableListenerMigration, transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
 import { HbonePool } from "../hbone/pool.ts";
 import { HboneServer } from "../hbone/server.ts";
 import type { WorkloadCredentials } from "../hbone/tls.ts";
@@ -35,14 +41,24 @@ export type WorkloadCert = WorkloadCredentials & CertTimes;
 export interface PodNetwork {
   /** A listening server for `port` in the pod's namespace, handed to `net.Server.listen`. */
   listen(netns: string, port: number, transparent: boolean): { fd: number } | { host: string; port: number };
+  /** Makes the namespace hand a closed listener's queued connections to the others on its port. */
+  prepare?(netns: string): void;
   dial(netns: string, source: string, target: SocketAddr, signal?: AbortSignal): Promise<net.Socket>;
 }
 
 /** The real thing: FFI sockets in the pod's namespace, marked 0x539. */
 export const linuxPodNetwork: PodNetwork = {
   listen: (netns, port, transparent) => ({
-    fd: transparentListenerFd({ netnsPath: netns, address: "0.0.0.0", port, mark: INPOD_MARK, transparent }),
+    fd: transparentListenerFd({
+      netnsPath: netns,
+      address: "0.0.0.0",
+      port,
+      mark: INPOD_MARK,
+      transparent,
+      reusePort: true,
+    }),
   }),
+  prepare: enableListenerMigration,
   dial: async (netns, source, target, signal) => {
     const fd = await transparentConnect({ netnsPath: netns, source, target, mark: INPOD_MARK, signal });
     return new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
@@ -56,16 +72,26 @@ interface ServedPod {
   plaintext: net.Server;
   hbone: HboneServer;
   cert: WorkloadCert;
+  /** The DNS proxy's listeners (15053), when ztunnel runs one. */
+  dns?: { close(): void };
+}
+
+/** Opens a pod's DNS proxy listeners (`dns/mod.ts`), answering as from the pod's namespace. */
+export interface PodDns {
+  serve(bind: { netns: string }, namespace: string): Promise<{ close(): void }>;
 }
 
 export class PodManager implements PodHandler {
   #pods = new Map<string, ServedPod>();
+  /** Pods a newer ztunnel serves now, whose open connections this one keeps until they end or the deadline. */
+  #draining = new Map<string, ServedPod>();
   #proxy: ProxyContext;
   #network: PodNetwork;
   #certs: RotationManager<WorkloadCert>;
   #trustDomain: string;
   #refresh: ReturnType<typeof setInterval>;
   #retain: (identity: string) => boolean;
+  #dns?: PodDns;
 
   constructor(opts: {
     proxy: ProxyContext;
@@ -76,8 +102,11 @@ export class PodManager implements PodHandler {
     refreshMs?: number;
     /** Whether an identity no pod uses any more is still wanted (prefetched for the node's workloads). */
     retain?: (identity: string) => boolean;
+    /** The DNS proxy, whose 15053 listeners each pod gets beside the other three. */
+    dns?: PodDns;
   }) {
     this.#retain = opts.retain ?? (() => false);
+    this.#dns = opts.dns;
     this.#proxy = opts.proxy;
     this.#network = opts.network;
     this.#certs = opts.certs;
@@ -121,6 +150,14 @@ export class PodManager implements PodHandler {
       open: new Set(),
     };
     const proxy = { ...this.#proxy, log };
+    try {
+      this.#network.prepare?.(netns);
+    } catch (error) {
+      log.warn(
+        { error: (error as Error).message },
+        "tcp_migrate_req not set: a restart may reset connections queued then",
+      );
+    }
     const servers: { close(): unknown }[] = [];
     try {
       const outbound = net.createServer({ allowHalfOpen: true }, (s) => void handleOutbound(s, ctx, proxy));
@@ -137,7 +174,9 @@ export class PodManager implements PodHandler {
       });
       servers.push(hbone.server);
       await hbone.listen(this.#network.listen(netns, HBONE_PORT, false));
-      this.#pods.set(uid, { ctx, netns, outbound, plaintext, hbone, cert });
+      const dns = await this.#dns?.serve({ netns }, info.namespace);
+      if (dns) servers.push(dns);
+      this.#pods.set(uid, { ctx, netns, outbound, plaintext, hbone, cert, dns });
       log.info({ identity: identity.toString(), netns }, "pod enrolled: listeners established on 15001, 15006, 15008");
     } catch (error) {
       for (const s of servers) s.close();
@@ -147,11 +186,13 @@ export class PodManager implements PodHandler {
   }
 
   async del(uid: string): Promise<void> {
-    const pod = this.#pods.get(uid);
+    const pod = this.#pods.get(uid) ?? this.#draining.get(uid);
     if (!pod) return;
     this.#pods.delete(uid);
+    this.#draining.delete(uid);
     pod.outbound.close();
     pod.plaintext.close();
+    pod.dns?.close();
     const hboneClosed = pod.hbone.close();
     const reason = new Error("pod removed");
     for (const open of [...pod.ctx.open]) open.destroy(reason);
@@ -162,18 +203,52 @@ export class PodManager implements PodHandler {
     this.#proxy.log.info({ uid }, "pod removed: listeners closed, certificate forgotten, connections ended");
   }
 
-  /** Whether a pod served now has this identity. */
+  /**
+   * A newer ztunnel serves the pod now (its listeners are up): stop accepting, so that what the kernel queued here
+   * moves to the new listeners, and tell HBONE clients to go away; open connections carry on.
+   */
+  release(uid: string): Promise<void> {
+    const pod = this.#pods.get(uid);
+    if (!pod) return Promise.resolve();
+    this.#pods.delete(uid);
+    this.#draining.set(uid, pod);
+    pod.outbound.close();
+    pod.plaintext.close();
+    pod.dns?.close();
+    pod.hbone.drain();
+    this.#proxy.log.info({ uid, open: this.#openOf(pod) }, "pod released: listeners closed, connections draining");
+    return Promise.resolve();
+  }
+
+  /** Stops accepting for every pod (shutting down): each is released, with no successor to take its traffic. */
+  async releaseAll(): Promise<void> {
+    for (const uid of [...this.#pods.keys()]) await this.release(uid);
+  }
+
+  /** Connections still open on every pod, served or draining: the drain waits for none. */
+  openConnections(): number {
+    let n = 0;
+    for (const pod of [...this.#pods.values(), ...this.#draining.values()]) n += this.#openOf(pod);
+    return n;
+  }
+
+  #openOf(pod: ServedPod): number {
+    return pod.ctx.open.size + pod.hbone.connections;
+  }
+
+  /** Whether a pod served now, or draining, has this identity. */
   usesIdentity(identity: string): boolean {
-    return [...this.#pods.values()].some((p) => p.ctx.identity.toString() === identity);
+    return [...this.#pods.values(), ...this.#draining.values()].some((p) => p.ctx.identity.toString() === identity);
   }
 
   async reconcile(keep: ReadonlySet<string>): Promise<void> {
     for (const uid of [...this.#pods.keys()]) if (!keep.has(uid)) await this.del(uid);
   }
 
+  /** Ends everything: every pod's listeners and connections, served or draining. */
   async close(): Promise<void> {
     clearInterval(this.#refresh);
-    for (const uid of [...this.#pods.keys()]) await this.del(uid);
+    for (const uid of [...this.#pods.keys(), ...this.#draining.keys()]) await this.del(uid);
   }
 
   #applyRotated() {

@@ -1,13 +1,17 @@
 /**
  * `skiff ztunnel`: the node's L4 proxy. It takes pods from the node agent over the handoff socket, serves each one
- * from inside its network namespace (`inpod.ts`: capture on 15001/15006, HBONE on 15008), routes and authorizes
- * from the mesh state, and reports on 15000/15020/15021.
+ * from inside its network namespace (`inpod.ts`: capture on 15001/15006, HBONE on 15008; `dns/`: DNS on 15053),
+ * routes and authorizes from the mesh state, and reports on 15000/15020/15021.
  *
  * With `--control URL --token-file F` the state comes from the control plane's config stream (kept while the
  * control plane is away; mesh/control_client.ts) and certificates from its CA service. Without it, the state
  * comes from `--local-config` (reloaded when the file changes; a bad edit is logged and the last good state
  * stays) and certificates from a local CA directory (`--ca-dir`, the `skiff ca init` layout). Either way
  * certificates go through the rotation manager, which renews each at half-life.
+ *
+ * SIGTERM drains (stop accepting, keep open connections until they end or `--drain-deadline`); SIGHUP starts a
+ * successor that takes the pods over, then drains (`drain.ts`). The pods' listeners are SO_REUSEPORT and the admin
+ * ones are taken over once released, so a second ztunnel starts beside a running one.
  */
 
 import { CertificateAuthority } from "../../certs/ca.ts";
@@ -44,7 +48,9 @@ import { accessLogFields, type ConnectionRecord } from "./access_log.ts";
 import { ADMIN_PORT, METRICS_PORT, READINESS_PORT, serveAdmin } from "./admin.ts";
 import { ConnectionManager } from "./connection_manager.ts";
 import { DialGuard } from "./dial_guard.ts";
+import { DEFAULT_DRAIN_DEADLINE_MS, drainConnections, startSuccessor, takeOverFromPredecessor } from "./drain.ts";
 import { runHandoffClient } from "./handoff_client.ts";
+import { DNS_OPTIONS, DnsProxy } from "./dns/mod.ts";
 import { linuxPodNetwork, PodManager, type WorkloadCert } from "./inpod.ts";
 import { readLocalConfig, stateOf } from "./local_config.ts";
 import { nodeIdentities, prefetchPlan } from "./prefetch.ts";
@@ -93,16 +99,24 @@ export const ZTUNNEL_OPTIONS = {
     parser: parsers.duration(),
     default: 24 * 3_600_000,
   }),
+  drainDeadline: option({
+    flag: "drain-deadline",
+    env: "CONNECTION_TERMINATION_DEADLINE",
+    help: "on SIGTERM or once a successor took the pods: how long open connections may run on before they are closed",
+    parser: parsers.duration(),
+    default: DEFAULT_DRAIN_DEADLINE_MS,
+  }),
   adminPort: port("admin-port", "SKIFF_ADMIN_PORT", ADMIN_PORT, "admin (localhost): /config_dump, /logging"),
   metricsPort: port("metrics-port", "SKIFF_METRICS_PORT", METRICS_PORT, "Prometheus /metrics"),
   readinessPort: port("readiness-port", "SKIFF_READINESS_PORT", READINESS_PORT, "/healthz/ready"),
+  ...DNS_OPTIONS,
 };
 
 export const ZTUNNEL_USAGE = `Usage: skiff ztunnel --control https://HOST:15012 --token-file FILE [options]
        skiff ztunnel --local-config FILE --ca-dir DIR [options]
 ${describeOptions(ZTUNNEL_OPTIONS)}`;
 
-/** Runs `skiff ztunnel` until SIGTERM or SIGINT; returns the exit code. */
+/** Runs `skiff ztunnel` until SIGTERM or SIGINT and its drain; SIGHUP starts its successor. Returns the exit code. */
 export async function runZtunnel(argv: string[]): Promise<number> {
   const { values, help } = readConfig("ztunnel", ZTUNNEL_OPTIONS, argv, Deno.env.toObject());
   if (help) {
@@ -124,10 +138,34 @@ export async function runZtunnel(argv: string[]): Promise<number> {
 
   const source = await configSource(values, log);
   let state: MeshState = source.initial;
+  // `draining` stops accepting (and the admin listeners, so the successor answers them); `cut` ends a drain early
+  // (a second SIGTERM or SIGINT); `controller` ends the rest once the drain is over.
   const controller = new AbortController();
-  const stop = () => controller.abort();
+  const draining = new AbortController();
+  const cut = new AbortController();
+  let signalled = false;
+  const stop = () => {
+    if (signalled) cut.abort();
+    signalled = true;
+    draining.abort();
+  };
+  let successor: number | undefined;
+  const reload = () => {
+    if (successor !== undefined || draining.signal.aborted) return;
+    try {
+      const started = startSuccessor(log);
+      successor = started.pid;
+      started.exited.then((code) => {
+        if (!draining.signal.aborted) log.error({ pid: started.pid, code }, "reload failed: the successor exited");
+        successor = undefined;
+      });
+    } catch (error) {
+      log.error({ error: (error as Error).message }, "reload failed: could not start the successor; serving on");
+    }
+  };
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGHUP", reload);
 
   const metrics = new TcpMetrics();
   if (source.kind === "control") source.config.registerMetrics(metrics.registry);
@@ -151,6 +189,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     certs,
     trustDomain: values.trustDomain,
     retain: (id) => prefetched.has(id),
+    dns: new DnsProxy({ state: () => state, log, domain: values.clusterDomain, resolvConf: values.dnsResolvConf }),
   });
   // Identities of this node's HBONE workloads are fetched as soon as the config names them (prefetch.ts).
   const prefetched = new Set<string>();
@@ -195,12 +234,13 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     adminPort: values.adminPort,
     metricsPort: values.metricsPort,
     readinessPort: values.readinessPort,
-  }, controller.signal);
+  }, draining.signal);
 
   const markReady = () => {
     if (ready || !handoffReady || !configReady) return;
     ready = true;
-    log.info("ready: config held and the node agent's snapshot served");
+    log.info({ pid: Deno.pid }, "ready: config held and the node agent's snapshot served");
+    takeOverFromPredecessor(log);
   };
   const watching = source.kind === "local"
     ? watchConfig(source.file, controller.signal, log, (next) => {
@@ -226,8 +266,21 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     });
   const handoff = runHandoffClient({
     socketPath: values.handoffSocket,
-    handler: pods,
-    signal: controller.signal,
+    handler: {
+      add: (uid, info, netns) => pods.add(uid, info, netns),
+      del: (uid) => pods.del(uid),
+      reconcile: (keep) => pods.reconcile(keep),
+      release: async (uid) => {
+        await pods.release(uid);
+        // A newer ztunnel took every pod: nothing is left to serve here, so drain and exit as on SIGTERM (the ack
+        // goes out first; closing the handoff connection at once would lose it).
+        if (pods.pods().length === 0 && !draining.signal.aborted) {
+          log.info("every pod was taken by a newer ztunnel; draining");
+          setTimeout(() => draining.abort(), 100);
+        }
+      },
+    },
+    signal: draining.signal,
     log,
     onReady: () => {
       handoffReady = true;
@@ -235,13 +288,22 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     },
   });
 
-  await new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
-  log.info("shutting down");
+  await new Promise((resolve) => draining.signal.addEventListener("abort", resolve, { once: true }));
+  await pods.releaseAll();
+  const deadline = values.drainDeadline;
+  log.info({ open: pods.openConnections(), deadlineMs: deadline }, "shutting down: not accepting; draining");
+  if (await drainConnections(() => pods.openConnections(), deadline, cut.signal) === "deadline") {
+    log.info({ open: pods.openConnections() }, "drain deadline reached; closing what is left");
+  } else {
+    log.info("drained: no connection left open");
+  }
+  controller.abort();
   await pods.close();
   certs.close();
   await Promise.allSettled([handoff, watching, admin.finished]);
   Deno.removeSignalListener("SIGTERM", stop);
   Deno.removeSignalListener("SIGINT", stop);
+  Deno.removeSignalListener("SIGHUP", reload);
   return 0;
 }
 

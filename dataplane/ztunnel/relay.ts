@@ -41,5 +41,9 @@ export function relay(a: Duplex, b: Duplex): { done: Promise<RelayResult>; stop(
   // If one side closes without ending (a reset), the other must not wait forever for its peer.
   a.once("close", () => !a.readableEnded && b.destroy());
   b.once("close", () => !b.readableEnded && a.destroy());
+  // A side already gone (a client that reset while its upstream was dialled) emits no more `close`: without this
+  // the other side, a fresh upstream connection, was held open until its peer hung up, which may be never.
+  if (a.destroyed) b.destroy();
+  else if (b.destroyed) a.destroy();
   return { done, stop: fail };
 }

@@ -100,7 +100,8 @@ if [ "$role" = node ]; then
     exit 0
   fi
 fi
-# Units already running keep running (a new binary or unit takes effect at: systemctl restart UNIT).
+# Units already running keep running (a new binary or unit takes effect at: systemctl restart UNIT; ztunnel's at
+# systemctl reload skiff-ztunnel, which loses no connection: docs/vm-install.md).
 if systemctl start "${start[@]}"; then
   say "enabled and started ${start[*]} (systemctl status ${start[*]})"
 else

@@ -11,6 +11,11 @@
  *    snapshot, then answers.
  * 3. Afterwards `add` and `del`, one at a time, each answered.
  *
+ * While a second ztunnel takes its snapshot (a restart or an upgrade), each pod it acknowledges is sent to every
+ * older ztunnel as `release`: stop accepting for it (the new one's listeners are up), keep its open connections
+ * until they end or the drain deadline. Skiff's addition: upstream's old ztunnel keeps accepting until it is told
+ * to shut down, and then closes its listeners with whatever the kernel had queued on them.
+ *
  * Every message from the agent is answered by `{"type":"ack"}` or `{"type":"nack","reason":"..."}`. A line is
  * at most {@link MAX_LINE_BYTES}; anything malformed is a {@link ValidationError} naming the field, and the
  * receiver answers it with a nack rather than dropping the connection.
@@ -57,6 +62,11 @@ export interface Del {
   type: "del";
   uid: string;
 }
+/** A newer ztunnel serves this pod now: stop accepting for it and drain its connections. */
+export interface Release {
+  type: "release";
+  uid: string;
+}
 /** The snapshot is complete: pods not named in it are to be dropped. */
 export interface SnapshotSent {
   type: "snapshot-sent";
@@ -72,7 +82,7 @@ export interface Nack {
 }
 
 /** Messages the agent sends. */
-export type AgentMessage = Add | Keep | Del | SnapshotSent;
+export type AgentMessage = Add | Keep | Del | Release | SnapshotSent;
 /** Messages ztunnel sends. */
 export type ZtunnelMessage = Hello | Ack | Nack;
 /** Any handoff message. */
@@ -95,7 +105,7 @@ export function decodeHandoffMessage(value: unknown, path = "message"): HandoffM
   const type = checkOneOf(
     f.raw("type"),
     f.at("type"),
-    ["hello", "add", "keep", "del", "snapshot-sent", "ack", "nack"] as const,
+    ["hello", "add", "keep", "del", "release", "snapshot-sent", "ack", "nack"] as const,
   );
   let msg: HandoffMessage;
   switch (type) {
@@ -119,6 +129,7 @@ export function decodeHandoffMessage(value: unknown, path = "message"): HandoffM
     }
     case "keep":
     case "del":
+    case "release":
       msg = { type, uid: uid(f) };
       break;
     case "nack":

@@ -23,6 +23,7 @@ Deno.test("every handoff message round-trips through one line", async (t) => {
     { ...ADD, netns: "/proc/4242/ns/net" } as HandoffMessage,
     { type: "keep", uid: "u1" },
     { type: "del", uid: "u1" },
+    { type: "release", uid: "u1" },
     { type: "snapshot-sent" },
     { type: "ack" },
     { type: "nack", reason: "cannot open /var/run/netns/x: no such file" },

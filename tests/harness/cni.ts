@@ -214,6 +214,7 @@ export class SkiffNode implements AsyncDisposable {
       `--control=${this.control}`,
       `--token-file=${this.tokenFile}`,
       `--handoff-socket=${join(this.runDir, "ztunnel.sock")}`,
+      "--drain-deadline=1s", // tests stop ztunnels with connections still open; no need to wait out 30 s
       `--admin-port=${this.ports.admin}`,
       `--metrics-port=${this.ports.metrics}`,
       `--readiness-port=${this.ports.readiness}`,

@@ -80,6 +80,7 @@ export class ZtunnelProcess implements AsyncDisposable {
       "ztunnel",
       ...source,
       `--handoff-socket=${socket}`,
+      "--drain-deadline=1s", // tests stop ztunnels with connections still open; no need to wait out 30 s
       `--admin-port=${ports.admin}`,
       `--metrics-port=${ports.metrics}`,
       `--readiness-port=${ports.readiness}`,
