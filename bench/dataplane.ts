@@ -1,8 +1,9 @@
 /**
  * The data-plane benchmark (issue 3): client pod on node A → server pod on node B, in network namespaces, three
  * ways in one run, interleaved: (a) direct TCP, (b) through Skiff (two ztunnel processes, HBONE), (c) through a
- * stunnel mTLS pair (TLS 1.3, ECDSA P-256, client certificates verified). For each: bulk throughput on 1 and 4
- * streams, 1-byte round-trip p50/p99, new connections per second, and ztunnel's RSS idle and under load.
+ * stunnel mTLS pair (TLS 1.3, ECDSA P-256, client certificates verified), and (d) through a bare `node:tls` relay
+ * pair (bench/tls_relay.ts: the same certificates and TLS settings as HBONE, no HTTP/2), this runtime's own
+ * ceiling for the same topology (issue 18). For each: bulk throughput on 1 and 4 streams, 1-byte round-trip p50/p99, new connections per second, and ztunnel's RSS idle and under load.
  *
  * The apps (a byte sink and an echo) run in a separate process so the load generator does not share a thread
  * with them. Run as root: `deno run --allow-all bench/dataplane.ts` (`deno task bench` runs it). Medians of the
@@ -16,11 +17,13 @@ import { SpiffeId } from "../mesh/identity.ts";
 import { IS_ROOT, NetnsCluster, type Pod } from "../tests/harness/netns.ts";
 import { dialFrom, listenIn } from "../tests/harness/tcp.ts";
 import { hboneWorkload, meshDir, ZtunnelProcess } from "../tests/harness/ztunnel.ts";
+import type { TlsRelayConfig } from "./tls_relay.ts";
 
 const SINK = 5001;
 const ECHO = 5002;
 const ROUNDS = 3;
 const SECONDS = 2;
+const RELAY = new URL("./tls_relay.ts", import.meta.url).pathname;
 
 // ---- the apps' process ---------------------------------------------------------------------------------------------
 
@@ -65,7 +68,7 @@ async function serveEcho(listener: Deno.TcpListener) {
 // ---- load ----------------------------------------------------------------------------------------------------------
 
 interface Target {
-  name: "direct" | "skiff" | "stunnel";
+  name: "direct" | "skiff" | "stunnel" | "nodetls";
   from: Pod;
   ip: string;
   sinkPort: number;
@@ -163,6 +166,24 @@ async function stunnel(pod: Pod, dir: string, name: string, conf: string, port: 
   }
 }
 
+/** Starts one half of the bare node:tls pair in `pod` and resolves once it says it accepts. */
+async function tlsRelay(pod: Pod, file: string, config: TlsRelayConfig): Promise<Deno.ChildProcess> {
+  await Deno.writeTextFile(file, JSON.stringify(config));
+  const child = new Deno.Command("ip", {
+    args: ["netns", "exec", pod.netns, Deno.execPath(), "run", "--allow-all", RELAY, file],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const first = await reader.read();
+  reader.releaseLock();
+  if (!first.value?.includes("ready")) {
+    await child.status;
+    throw new Error(`node:tls relay (${config.role}) in ${pod.netns} exited before it was ready`);
+  }
+  return child;
+}
+
 async function main() {
   if (!IS_ROOT) return console.log("bench/dataplane.ts: skipped, needs root (network namespaces)");
   if ((await new Deno.Command("sh", { args: ["-c", "command -v stunnel"] }).output()).code !== 0) {
@@ -177,6 +198,8 @@ async function main() {
     skiffB: await cluster.addPod(b, "ssrv"),
     tlsA: await cluster.addPod(a, "tcli"),
     tlsB: await cluster.addPod(b, "tsrv"),
+    nodeTlsA: await cluster.addPod(a, "ncli"),
+    nodeTlsB: await cluster.addPod(b, "nsrv"),
   };
   await installRedirect(pods.skiffA.netnsPath);
   await installRedirect(pods.skiffB.netnsPath);
@@ -190,6 +213,7 @@ async function main() {
       pods.directB.netnsPath,
       pods.skiffB.netnsPath,
       pods.tlsB.netnsPath,
+      pods.nodeTlsB.netnsPath,
     ],
     stdout: "piped",
     stderr: "inherit",
@@ -240,10 +264,36 @@ async function main() {
       ),
     );
 
+    // The bare node:tls pair: the same mesh CA, each relay in its own process as each ztunnel is.
+    const nodeTls = async (who: "client" | "server", pod: Pod, routes: TlsRelayConfig["routes"]) => {
+      const issued = await mesh.ca.issue(SpiffeId.parse(`spiffe://cluster.local/ns/bench/sa/${who}`));
+      const credentials = {
+        chainPem: certificatesToPem(issued.chain),
+        keyPem: issued.keyPem,
+        rootsPem: certificatesToPem(mesh.ca.roots),
+      };
+      return await tlsRelay(pod, join(tlsDir, `node-${who}.json`), { role: who, credentials, routes });
+    };
+    const route = (lh: string, lp: number, ch: string, cp: number) => ({
+      listen: { host: lh, port: lp },
+      connect: { host: ch, port: cp },
+    });
+    processes.push(
+      await nodeTls("server", pods.nodeTlsB, [
+        route("0.0.0.0", 6001, "127.0.0.1", SINK),
+        route("0.0.0.0", 6002, "127.0.0.1", ECHO),
+      ]),
+      await nodeTls("client", pods.nodeTlsA, [
+        route("127.0.0.1", 7001, pods.nodeTlsB.address, 6001),
+        route("127.0.0.1", 7002, pods.nodeTlsB.address, 6002),
+      ]),
+    );
+
     const targets: Target[] = [
       { name: "direct", from: pods.directA, ip: pods.directB.address, sinkPort: SINK, echoPort: ECHO },
       { name: "skiff", from: pods.skiffA, ip: pods.skiffB.address, sinkPort: SINK, echoPort: ECHO },
       { name: "stunnel", from: pods.tlsA, ip: "127.0.0.1", sinkPort: 7001, echoPort: 7002 },
+      { name: "nodetls", from: pods.nodeTlsA, ip: "127.0.0.1", sinkPort: 7001, echoPort: 7002 },
     ];
     for (const t of targets) await roundTrips(t); // warm-up and a check that each path works
 
@@ -293,19 +343,20 @@ function report(results: Record<string, Record<string, number[]>>, idle: { a: nu
   console.log(
     "skiff: two ztunnel processes (LOG_LEVEL=warn, so no access-log lines), HBONE with pooled connections; " +
       "stunnel: a client/server pair, TLS 1.3, P-256 certificates, client certificates verified; " +
-      "load, apps and proxies all share this machine's cores",
+      "node:tls: a bare node:tls relay pair in two Deno processes (same certificates and TLS settings as HBONE, " +
+      "a TLS connection per connection, no HTTP/2); load, apps and proxies all share this machine's cores",
   );
   console.log(
-    `${"".padEnd(30)}${pad("direct", 9)}${pad("skiff", 9)}${pad("stunnel", 9)}${pad("skiff/direct", 14)}${
-      pad("skiff/stunnel", 15)
-    }${pad("stunnel/direct", 16)}`,
+    `${"".padEnd(30)}${pad("direct", 9)}${pad("skiff", 9)}${pad("stunnel", 9)}${pad("node:tls", 9)}${
+      pad("skiff/direct", 14)
+    }${pad("skiff/stunnel", 15)}${pad("stunnel/direct", 16)}${pad("skiff/node:tls", 16)}`,
   );
   for (const [key, label, f] of rows) {
-    const [d, s, t] = ["direct", "skiff", "stunnel"].map((x) => m(x, key));
+    const [d, s, t, n] = ["direct", "skiff", "stunnel", "nodetls"].map((x) => m(x, key));
     console.log(
-      `${label.padEnd(30)}${pad(f(d), 9)}${pad(f(s), 9)}${pad(f(t), 9)}${pad((s / d).toFixed(2), 14)}${
+      `${label.padEnd(30)}${pad(f(d), 9)}${pad(f(s), 9)}${pad(f(t), 9)}${pad(f(n), 9)}${pad((s / d).toFixed(2), 14)}${
         pad((s / t).toFixed(2), 15)
-      }${pad((t / d).toFixed(2), 16)}`,
+      }${pad((t / d).toFixed(2), 16)}${pad((s / n).toFixed(2), 16)}`,
     );
   }
   console.log(
@@ -315,6 +366,13 @@ function report(results: Record<string, Record<string, number[]>>, idle: { a: nu
   const addedSkiff = m("skiff", "p50") - m("direct", "p50");
   const addedTls = m("stunnel", "p50") - m("direct", "p50");
   const targets: [string, boolean, string][] = [
+    [
+      "throughput, 1 stream ≥ 0.9× the bare node:tls pair",
+      m("skiff", "tput1") / m("nodetls", "tput1") >= 0.9,
+      `${(m("skiff", "tput1") / m("nodetls", "tput1")).toFixed(2)}× (4 streams ${
+        (m("skiff", "tput4") / m("nodetls", "tput4")).toFixed(2)
+      }×)`,
+    ],
     [
       "throughput ≥ 0.8× stunnel",
       Math.min(m("skiff", "tput1") / m("stunnel", "tput1"), m("skiff", "tput4") / m("stunnel", "tput4")) >= 0.8,

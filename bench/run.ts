@@ -14,7 +14,7 @@
 const RUNS: { title: string; args: string[] }[] = [
   { title: "Micro-benchmarks", args: ["bench", "--allow-all", "--no-check", "bench/"] },
   {
-    title: "Data plane: direct TCP, Skiff (two ztunnels, HBONE), stunnel",
+    title: "Data plane: direct TCP, Skiff (two ztunnels, HBONE), stunnel, bare node:tls pair",
     args: ["run", "--allow-all", "bench/dataplane.ts"],
   },
   {

@@ -34,7 +34,7 @@ import {
   socketEnds,
 } from "./pod.ts";
 import { relay } from "./relay.ts";
-import { ILLEGAL_PORTS } from "./route.ts";
+import { ILLEGAL_PORTS, type SocketAddr } from "./route.ts";
 import { baggage } from "./outbound.ts";
 
 function sourceWorkload(ctx: ProxyContext, local: Workload | undefined, ip: string): Workload | undefined {
@@ -111,11 +111,16 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
   await serve(stream, app, attributes, facts, record, started, pod, ctx);
 }
 
-/** Serves one plaintext connection captured on the pod's 15006. */
-export async function handlePlaintextInbound(socket: net.Socket, pod: PodContext, ctx: ProxyContext): Promise<void> {
+/** Serves one plaintext connection captured on the pod's 15006 (`originalDst`: see `PodNetwork.originalDst`). */
+export async function handlePlaintextInbound(
+  socket: net.Socket,
+  pod: PodContext,
+  ctx: ProxyContext,
+  originalDst?: SocketAddr,
+): Promise<void> {
   const started = performance.now();
   socket.on("error", () => {});
-  const { src, dst } = socketEnds(socket);
+  const { src, dst } = socketEnds(socket, originalDst);
   const local = pod.workload();
   const source = sourceWorkload(ctx, local, src.ip);
   const facts = { reporter: "destination" as const, source, destination: local, mtls: false };

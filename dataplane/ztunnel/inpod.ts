@@ -44,6 +44,12 @@ export interface PodNetwork {
   /** Makes the namespace hand a closed listener's queued connections to the others on its port. */
   prepare?(netns: string): void;
   dial(netns: string, source: string, target: SocketAddr, signal?: AbortSignal): Promise<net.Socket>;
+  /**
+   * Where a connection accepted on 15001 or 15006 was going. Linux has none: TPROXY makes it the accepted socket's
+   * local address. A loopback network, whose "capture" dials the pod's listener directly, says it here (upstream's
+   * direct tests use a SOCKS5 listener for the same purpose). A rejection drops the connection.
+   */
+  originalDst?(socket: net.Socket): Promise<SocketAddr>;
 }
 
 /** The real thing: FFI sockets in the pod's namespace, marked 0x539. */
@@ -159,11 +165,17 @@ export class PodManager implements PodHandler {
       );
     }
     const servers: { close(): unknown }[] = [];
+    const network = this.#network;
+    const captured = (serve: typeof handleOutbound) => (s: net.Socket) => {
+      if (!network.originalDst) return void serve(s, ctx, proxy);
+      s.on("error", () => {});
+      network.originalDst(s).then((dst) => serve(s, ctx, proxy, dst), () => s.destroy());
+    };
     try {
-      const outbound = net.createServer({ allowHalfOpen: true }, (s) => void handleOutbound(s, ctx, proxy));
+      const outbound = net.createServer({ allowHalfOpen: true }, captured(handleOutbound));
       servers.push(outbound);
       await listen(outbound, this.#network.listen(netns, OUTBOUND_PORT, true));
-      const plaintext = net.createServer({ allowHalfOpen: true }, (s) => void handlePlaintextInbound(s, ctx, proxy));
+      const plaintext = net.createServer({ allowHalfOpen: true }, captured(handlePlaintextInbound));
       servers.push(plaintext);
       await listen(plaintext, this.#network.listen(netns, INBOUND_PLAINTEXT_PORT, true));
       const hbone = new HboneServer({

@@ -51,11 +51,16 @@ export function hboneHeaders(source: Workload, client: SocketAddr, service: Serv
   return [["forwarded", forwarded], ["baggage", baggage(source)], ["traceparent", traceparent()]];
 }
 
-/** Serves one captured outbound connection to its end. */
-export async function handleOutbound(socket: net.Socket, pod: PodContext, ctx: ProxyContext): Promise<void> {
+/** Serves one captured outbound connection to its end (`originalDst`: see `PodNetwork.originalDst`). */
+export async function handleOutbound(
+  socket: net.Socket,
+  pod: PodContext,
+  ctx: ProxyContext,
+  originalDst?: SocketAddr,
+): Promise<void> {
   const started = performance.now();
   socket.on("error", () => {});
-  const { src, dst } = socketEnds(socket);
+  const { src, dst } = socketEnds(socket, originalDst);
   const source = pod.workload();
   if (!source) {
     ctx.log.warn({ uid: pod.uid, dst: formatAddr(dst) }, "outbound connection from a pod the state does not know yet");

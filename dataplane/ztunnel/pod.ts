@@ -75,11 +75,14 @@ export function stripV4Mapped(ip: string | undefined): string {
   return !ip ? "" : ip.startsWith("::ffff:") ? ip.slice(7) : ip;
 }
 
-/** A socket's two ends as ztunnel sees them; for a captured connection `dst` is the original destination. */
-export function socketEnds(socket: net.Socket): { src: SocketAddr; dst: SocketAddr } {
+/**
+ * A socket's two ends as ztunnel sees them; for a captured connection `dst` is the original destination: the
+ * socket's local address under TPROXY, or `originalDst` when the pod network says it (`PodNetwork.originalDst`).
+ */
+export function socketEnds(socket: net.Socket, originalDst?: SocketAddr): { src: SocketAddr; dst: SocketAddr } {
   return {
     src: { ip: stripV4Mapped(socket.remoteAddress), port: socket.remotePort ?? 0 },
-    dst: { ip: stripV4Mapped(socket.localAddress), port: socket.localPort ?? 0 },
+    dst: originalDst ?? { ip: stripV4Mapped(socket.localAddress), port: socket.localPort ?? 0 },
   };
 }
 
