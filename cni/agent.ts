@@ -21,9 +21,10 @@
 import type { Logger } from "../mesh/log.ts";
 import { type AddAnswer, type AgentStatus, CNI_CODES, CniError, type PodEvent } from "../mesh/protocol/cni.ts";
 import { isHandoffNetnsPath } from "../mesh/protocol/handoff.ts";
-import type { NodePod, NodePodsView } from "../mesh/protocol/node_pods.ts";
+import type { NodePod, NodePodsView, NodeUnit } from "../mesh/protocol/node_pods.ts";
 import type { HandoffPod } from "./handoff_server.ts";
 import type { RedirectProblems } from "./redirect_linux.ts";
+import type { UnitRecord } from "./host_units.ts";
 
 /** A pod the plugin saw start. */
 export interface PodRecord {
@@ -79,6 +80,14 @@ export interface AgentDeps {
   /** DELs the plugin noted while the agent was away, and forgetting them once applied. */
   deletedNotes(): Promise<PodEvent[]>;
   forgetNote(containerId: string): Promise<void>;
+  /** The node's meshed systemd units (cni/host_units.ts), when the agent meshes units. */
+  units?: {
+    sync(units: readonly NodeUnit[]): Promise<void>;
+    watch(): Promise<void>;
+    snapshot(): HandoffPod[];
+    snapshotTaken(acked: ReadonlySet<string>): void;
+    records(): UnitRecord[];
+  };
   /** The agent's own pod, when it runs as one (POD_NAMESPACE/POD_NAME): never enrolled. */
   self?: { namespace: string; name: string };
 }
@@ -417,12 +426,32 @@ export class NodeAgent {
         log.warn({ pod, error: (error as Error).message }, "pod not reconciled; will retry");
       }
     }
+    // Units follow a view from this run only: until then, what an earlier run put in place stays.
+    if (this.#deps.units && this.#view && this.#viewFresh) {
+      try {
+        await this.#deps.units.sync(this.#view.units ?? []);
+      } catch (error) {
+        log.warn({ error: (error as Error).message }, "units not reconciled; will retry");
+      }
+    }
     await this.#changed();
+  }
+
+  /** Looks at the units' cgroups again (cni/host_units.ts): a unit restarted in a new one is captured again. */
+  watchUnits(): Promise<void> {
+    return this.exclusive(async () => {
+      try {
+        await this.#deps.units?.watch();
+      } catch (error) {
+        this.#deps.log.warn({ error: (error as Error).message }, "units not reconciled; will retry");
+      }
+    });
   }
 
   /** Hands ztunnel the snapshot: every pod whose rules are in place. */
   snapshotPods(): HandoffPod[] {
-    return [...this.#pods.values()].filter((r) => r.state !== "outside").map((r) => this.#handoffPod(r));
+    const pods = [...this.#pods.values()].filter((r) => r.state !== "outside").map((r) => this.#handoffPod(r));
+    return [...pods, ...this.#deps.units?.snapshot() ?? []];
   }
 
   /** After a snapshot: pods ztunnel acknowledged are redirected, the others wait for it. Call under the lock. */
@@ -436,6 +465,7 @@ export class NodeAgent {
         r.reason = "rules in place, ztunnel refused the pod in its snapshot; retried at the next reconcile";
       }
     }
+    this.#deps.units?.snapshotTaken(acked);
     await this.#changed();
   }
 
@@ -486,6 +516,7 @@ export class NodeAgent {
         state: p.state,
         reason: p.reason,
       })),
+      ...(this.#deps.units ? { units: this.#deps.units.records() } : {}),
     };
   }
 }

@@ -4,7 +4,9 @@
  * ztunnel on `/var/run/skiff/ztunnel.sock` (handoff_server.ts), the node's view from the control plane
  * (mesh/protocol/node_pods.ts) and the reports back (reporter.ts), the pods' rules (redirect_linux.ts) and the
  * node's probe rules (node_rules.ts), the saved state (state.ts), and a reconcile every
- * {@link RECONCILE_INTERVAL_MS} that forgets pods whose network namespace is gone.
+ * {@link RECONCILE_INTERVAL_MS} that forgets pods whose network namespace is gone. The node's meshed systemd units
+ * (host_units.ts, host_rules_linux.ts) follow the same view, with their cgroups looked at every
+ * {@link UNIT_WATCH_INTERVAL_MS}.
  *
  * @module
  */
@@ -18,14 +20,16 @@ import {
   runNodePodsClient,
   tokenSubject,
 } from "../mesh/control_client.ts";
-import { logger } from "../mesh/log.ts";
+import { type Logger, logger } from "../mesh/log.ts";
 import { decodePodEvent, type PodEvent } from "../mesh/protocol/cni.ts";
 import { NodeAgent } from "./agent.ts";
 import { serveAgentApi } from "./agent_server.ts";
-import { HandoffServer } from "./handoff_server.ts";
+import { type HandoffPod, HandoffServer } from "./handoff_server.ts";
 import { syncProbeRules } from "./node_rules.ts";
+import { installHostRules, removeHostRules } from "./host_rules_linux.ts";
+import { HostUnits, UNIT_WATCH_INTERVAL_MS } from "./host_units.ts";
 import { deletedDir, pathExists } from "./plugin.ts";
-import { checkRedirect, installRedirect, removeRedirect } from "./redirect_linux.ts";
+import { checkRedirect, inNs, installRedirect, removeRedirect } from "./redirect_linux.ts";
 import { Reporter } from "./reporter.ts";
 import { loadAgentState, saveAgentState } from "./state.ts";
 
@@ -52,6 +56,13 @@ export const CNI_AGENT_OPTIONS = {
     env: "SKIFF_NODE_NETNS",
     help: "the node's network namespace, for the probe rules (default: the agent's own)",
     parser: parsers.string("a path such as /var/run/netns/NAME"),
+  }),
+  cgroupRoot: option({
+    flag: "cgroup-root",
+    env: "SKIFF_CGROUP_ROOT",
+    help: "where the cgroup v2 hierarchy is mounted, for meshed systemd units (skiff.io/unit)",
+    parser: parsers.string("a directory path"),
+    default: "/sys/fs/cgroup",
   }),
 };
 
@@ -95,21 +106,25 @@ export async function runCniAgent(argv: string[]): Promise<number> {
 
   // The handoff server needs the agent (for snapshots) and the agent the server: it is set once both exist.
   const ztunnels: { server?: HandoffServer } = {};
+  const handoff = {
+    get ready() {
+      return ztunnels.server?.ready ?? 0;
+    },
+    add: (pod: HandoffPod) => ztunnels.server?.add(pod) ?? Promise.reject(new Error("no ztunnel is connected")),
+    del: (uid: string) => ztunnels.server?.del(uid) ?? Promise.resolve(),
+  };
+  const isOwnNetns = await ownNetnsCheck(values.nodeNetns);
+  const units = await hostUnits(values, log, isOwnNetns, handoff);
   const agent = new NodeAgent(node, {
     log,
     redirect: { install: installRedirect, check: checkRedirect, remove: removeRedirect },
     syncProbes: (ips) => syncProbeRules(values.nodeNetns, ips),
-    handoff: {
-      get ready() {
-        return ztunnels.server?.ready ?? 0;
-      },
-      add: (pod) => ztunnels.server?.add(pod) ?? Promise.reject(new Error("no ztunnel is connected")),
-      del: (uid) => ztunnels.server?.del(uid) ?? Promise.resolve(),
-    },
+    handoff,
+    units,
     report: (pods) => reporter.report(pods),
     save: (s) => saveAgentState(paths.state, s),
     exists: pathExists,
-    isOwnNetns: await ownNetnsCheck(values.nodeNetns),
+    isOwnNetns,
     deletedNotes: () => readNotes(paths.deleted),
     forgetNote: (id) => Deno.remove(join(paths.deleted, id)).catch(() => {}),
     self: Deno.env.get("POD_NAME") && Deno.env.get("POD_NAMESPACE")
@@ -120,7 +135,7 @@ export async function runCniAgent(argv: string[]): Promise<number> {
   // Pods of the last run first: their rules are rewritten whole, gone ones forgotten; then the sockets open.
   await agent.reconcile(true);
   log.info({ node, pods: agent.pods().length }, "pods of the last run reconciled");
-  const handoff = new HandoffServer({
+  const handoffServer = new HandoffServer({
     socketPath: paths.handoff,
     log,
     snapshot: (send) =>
@@ -133,7 +148,7 @@ export async function runCniAgent(argv: string[]): Promise<number> {
       if (ready > 0) agent.reconcile().catch(() => {});
     },
   });
-  ztunnels.server = handoff;
+  ztunnels.server = handoffServer;
   const api = serveAgentApi(agent, paths.cni, log, controller.signal);
   const views = runNodePodsClient({
     connection,
@@ -148,15 +163,54 @@ export async function runCniAgent(argv: string[]): Promise<number> {
     },
   });
   const timer = setInterval(() => agent.reconcile().catch(() => {}), RECONCILE_INTERVAL_MS);
+  const unitTimer = setInterval(() => agent.watchUnits(), UNIT_WATCH_INTERVAL_MS);
 
   await new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
   log.info("shutting down; the pods' rules stay in place (their traffic waits for ztunnel)");
   clearInterval(timer);
-  await handoff.close();
+  clearInterval(unitTimer);
+  await handoffServer.close();
   await Promise.allSettled([api.finished, views]);
   Deno.removeSignalListener("SIGTERM", stop);
   Deno.removeSignalListener("SIGINT", stop);
   return 0;
+}
+
+/**
+ * The node's meshed units, in the node's namespace (`--node-netns`, else PID 1's, which must be the agent's own:
+ * the rules are written where the agent runs). Undefined, with an error logged, when that cannot hold.
+ */
+async function hostUnits(
+  values: AgentValues,
+  log: Logger,
+  isOwnNetns: (path: string) => Promise<boolean>,
+  handoff: { add(pod: HandoffPod): Promise<void>; del(uid: string): Promise<void> },
+): Promise<HostUnits | undefined> {
+  const netns = values.nodeNetns ?? "/proc/1/ns/net";
+  if (values.nodeNetns === undefined && !await isOwnNetns(netns)) {
+    log.error(
+      { netns },
+      "systemd units are not meshed: the agent is not in PID 1's network namespace; give --node-netns",
+    );
+    return undefined;
+  }
+  return new HostUnits({
+    log,
+    netns,
+    cgroupRoot: values.cgroupRoot,
+    rules: {
+      install: (units) => installHostRules(values.nodeNetns, units),
+      remove: () => removeHostRules(values.nodeNetns),
+    },
+    localAddresses: async () => {
+      const out = await inNs(values.nodeNetns, ["ip", "-4", "-o", "addr", "show"]);
+      return [...out.stdout.matchAll(/ inet ([0-9.]+)\//g)].map((m) => m[1]);
+    },
+    inode: (dir) => Deno.stat(dir).then((s) => s.ino ?? undefined, () => undefined),
+    mkdir: (dir) => Deno.mkdir(dir, { recursive: true }),
+    rmdir: (dir) => Deno.remove(dir),
+    handoff,
+  });
 }
 
 /** Where the agent keeps its sockets and state. */

@@ -7,13 +7,20 @@
  */
 
 import { createHash } from "node:crypto";
-import type { NodePod, NodePodsView } from "../mesh/protocol/node_pods.ts";
+import type { NodePod, NodePodsView, NodeUnit } from "../mesh/protocol/node_pods.ts";
 import type { MeshModel } from "./build/mod.ts";
 
 /** The view of `node`, versioned by a digest of what it says. Pure. */
-export function nodePodsView(node: string, pods: NodePod[], ambientNamespaces: string[]): NodePodsView {
-  const json = JSON.stringify({ node, pods, ambientNamespaces });
-  return { version: createHash("sha256").update(json).digest("hex").slice(0, 32), node, pods, ambientNamespaces };
+export function nodePodsView(
+  node: string,
+  pods: NodePod[],
+  ambientNamespaces: string[],
+  units: NodeUnit[] = [],
+): NodePodsView {
+  // Without units, the digest is what it was before units existed: an upgrade sends no node a new view.
+  const json = JSON.stringify({ node, pods, ambientNamespaces, ...(units.length > 0 ? { units } : {}) });
+  const version = createHash("sha256").update(json).digest("hex").slice(0, 32);
+  return { version, node, pods, ambientNamespaces, ...(units.length > 0 ? { units } : {}) };
 }
 
 /** The views of the last build, and their subscribers by node. */
@@ -46,12 +53,20 @@ export class NodeViews {
   }
 
   /** Takes a build's views and tells the subscribers of each node whose view changed; returns those nodes. */
-  update(model: Pick<MeshModel, "nodePods" | "ambientNamespaces">): string[] {
+  update(model: Pick<MeshModel, "nodePods" | "ambientNamespaces"> & Partial<Pick<MeshModel, "nodeUnits">>): string[] {
+    const units = model.nodeUnits ?? new Map<string, NodeUnit[]>();
     // A node that lost its last pod, or has none but follows the ambient namespaces, changes too.
-    const nodes = new Set([...this.#views.keys(), ...model.nodePods.keys(), ...this.#subscribers.keys()]);
+    const nodes = new Set([
+      ...this.#views.keys(),
+      ...model.nodePods.keys(),
+      ...units.keys(),
+      ...this.#subscribers.keys(),
+    ]);
     const before = new Map([...nodes].map((node) => [node, this.view(node).version]));
     const next = new Map<string, NodePodsView>();
-    for (const [node, pods] of model.nodePods) next.set(node, nodePodsView(node, pods, model.ambientNamespaces));
+    for (const node of new Set([...model.nodePods.keys(), ...units.keys()])) {
+      next.set(node, nodePodsView(node, model.nodePods.get(node) ?? [], model.ambientNamespaces, units.get(node)));
+    }
     this.#views = next;
     this.#ambientNamespaces = model.ambientNamespaces;
     const changed: string[] = [];

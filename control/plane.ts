@@ -59,6 +59,7 @@ export class ControlPlane {
     l7Policies: [],
     identities: new Map(),
     nodePods: new Map(),
+    nodeUnits: new Map(),
     ambientNamespaces: [],
     needAddresses: [],
     allocationOwners: [],

@@ -26,6 +26,11 @@ export const LABELS = {
   dryRun: "istio.io/dry-run",
   /** Skiff's own: the node a WorkloadEntry's workload runs on (Kubernetes has no field for it). */
   entryNode: "skiff.io/node",
+  /**
+   * Skiff's own: the systemd unit (`[SLICE/]NAME.service`) a WorkloadEntry's workload is, on its `skiff.io/node`:
+   * the node agent meshes it in the node's network namespace, by its cgroup (docs/vm-install.md §4).
+   */
+  entryUnit: "skiff.io/unit",
 } as const;
 
 /**

@@ -12,7 +12,7 @@
 import type { Authorization } from "../../mesh/authorization.ts";
 import { policyKey } from "../../mesh/authorization.ts";
 import { addressKey, type Cidr } from "../../mesh/net.ts";
-import type { NodePod } from "../../mesh/protocol/node_pods.ts";
+import type { NodePod, NodeUnit } from "../../mesh/protocol/node_pods.ts";
 import { type HttpRoute, httpRouteKey, type L7Policy, l7PolicyKey } from "../../mesh/l7.ts";
 import { ValidationError } from "../../mesh/validate.ts";
 import type { Service, Workload } from "../../mesh/workload.ts";
@@ -45,6 +45,7 @@ import {
 import {
   type Candidate,
   type Declared,
+  entryUnit,
   entryWorkload,
   nodePod,
   type PodSpec,
@@ -143,6 +144,8 @@ export interface MeshModel {
   identities: Map<string, NodeIdentity[]>;
   /** Per node, the pods scheduled there and not finished, by namespace then name: the node agent's view. */
   nodePods: Map<string, NodePod[]>;
+  /** Per node, the systemd units to mesh there (WorkloadEntries with `skiff.io/unit`), by namespace then name. */
+  nodeUnits: Map<string, NodeUnit[]>;
   /** The namespaces labelled `istio.io/dataplane-mode=ambient`, sorted. */
   ambientNamespaces: string[];
   /** `kind/ns/name` of Services and waypoints that need an allocated address. */
@@ -179,6 +182,8 @@ interface NamespacePart {
   identities: [node: string, serviceAccount: string][];
   /** Its pods in their nodes' views, by name. */
   nodePods: [node: string, pod: NodePod][];
+  /** Its units in their nodes' views, by name. */
+  nodeUnits: [node: string, unit: NodeUnit][];
   needAddresses: string[];
   allocationOwners: string[];
   notes: ModelNote[];
@@ -303,6 +308,7 @@ export function buildMesh(input: MeshInput, cache?: BuildCache): MeshModel {
     l7Policies: sortBy(parts.flatMap((p) => p.l7Policies), l7PolicyKey),
     identities: nodeIdentities(parts, [...seen].sort(byText), s),
     nodePods: podsByNode(parts),
+    nodeUnits: unitsByNode(parts),
     ambientNamespaces: [...nsLabels].filter(([, l]) => l[LABELS.dataplaneMode] === "ambient").map(([ns]) => ns)
       .sort(byText),
     needAddresses: parts.flatMap((p) => p.needAddresses),
@@ -341,6 +347,13 @@ function podsByNode(parts: NamespacePart[]): Map<string, NodePod[]> {
       else out.set(node, [pod]);
     }
   }
+  return out;
+}
+
+/** Each node's units, in the order of {@link podsByNode}. */
+function unitsByNode(parts: NamespacePart[]): Map<string, NodeUnit[]> {
+  const out = new Map<string, NodeUnit[]>();
+  for (const p of parts) for (const [node, unit] of p.nodeUnits) out.set(node, [...out.get(node) ?? [], unit]);
   return out;
 }
 
@@ -392,11 +405,16 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     const seen = nodePod(pod as Declared<PodSpec>, labels);
     if (seen) nodePods.push([pod.spec.nodeName, seen]);
   }
+  const nodeUnits: [string, NodeUnit][] = [];
   for (const entry of of("WorkloadEntry")) {
     const reg = reportFor(entry.name, entry.annotations[LABELS.entryNode] ?? "");
     const c = entryWorkload(entry as Declared<WorkloadEntrySpec>, labels, reg, s);
     addIdentity(c.workload.node, entry.spec.serviceAccount);
     candidates.push(c);
+    const unit = entryUnit(entry as Declared<WorkloadEntrySpec>);
+    if (unit && "problem" in unit) {
+      notes.push({ key: `WorkloadEntry/${ns}/${entry.name}`, severity: "error", message: unit.problem });
+    } else if (unit) nodeUnits.push([c.workload.node, unit]);
   }
   for (const reg of regs) {
     if (used.has(reg)) continue;
@@ -533,6 +551,7 @@ function buildNamespace(ns: string, objects: DeclaredObject[], regs: Registratio
     l7Policies,
     identities,
     nodePods,
+    nodeUnits,
     needAddresses,
     allocationOwners,
     notes,

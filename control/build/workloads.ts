@@ -19,7 +19,8 @@
 import { canonicalIp } from "../../mesh/net.ts";
 import { checkInt, checkString, dnsSubdomain, fieldPath, Fields, ValidationError } from "../../mesh/validate.ts";
 import { decodeIp } from "../../mesh/net.ts";
-import type { NodePod } from "../../mesh/protocol/node_pods.ts";
+import { type NodePod, type NodeUnit, unitCgroupProblem } from "../../mesh/protocol/node_pods.ts";
+import { isIPv4 } from "node:net";
 import type { Locality, Workload } from "../../mesh/workload.ts";
 import { LABELS, listAt, type MeshSettings, objectAt, type Origin, stringMap } from "./common.ts";
 
@@ -301,6 +302,40 @@ export function podWorkload(
   };
 }
 
+/** ztunnel's own ports in the node's namespace once a unit is meshed there: never a unit's port. */
+const ZTUNNEL_HOST_PORTS = new Set([15001, 15006, 15008, 15053]);
+
+/**
+ * A WorkloadEntry annotated `skiff.io/unit` as its node agent is to mesh it (mesh/protocol/node_pods.ts), or the
+ * problem that keeps it out (then it is reached as any entry, in plaintext, and the problem is an error note).
+ * Undefined when the entry names no unit. `billing.service` is `system.slice/billing.service`, systemd's default
+ * slice for a system unit; `app.slice/billing.service` names the slice.
+ */
+export function entryUnit(entry: Declared<WorkloadEntrySpec>): NodeUnit | { problem: string } | undefined {
+  const unit = entry.annotations[LABELS.entryUnit];
+  if (unit === undefined) return undefined;
+  const node = entry.annotations[LABELS.entryNode];
+  const say = (why: string) => ({ problem: `annotation ${LABELS.entryUnit}: ${why}; the unit is not meshed` });
+  if (!node) return say(`needs ${LABELS.entryNode}, the node the unit runs on`);
+  const cgroup = unit.includes("/") ? unit : `system.slice/${unit}`;
+  const bad = unitCgroupProblem(cgroup);
+  if (bad) return say(bad);
+  if (!isIPv4(entry.spec.address)) return say(`spec.address ${entry.spec.address} is not IPv4; Skiff captures IPv4`);
+  const ports = [...new Set(Object.values(entry.spec.ports))].sort((a, b) => a - b);
+  if (ports.length === 0) return say("needs spec.ports: inbound capture covers the unit's ports and nothing else");
+  const clash = ports.filter((p) => ZTUNNEL_HOST_PORTS.has(p));
+  if (clash.length > 0) return say(`port ${clash.join(", ")} is ztunnel's own in the node's namespace`);
+  return {
+    namespace: entry.namespace,
+    name: entry.name,
+    serviceAccount: entry.spec.serviceAccount,
+    unit: unit.slice(unit.lastIndexOf("/") + 1),
+    cgroup,
+    address: entry.spec.address,
+    ports,
+  };
+}
+
 /** A WorkloadEntry's workload. Its labels are the entry's metadata labels overlaid by `spec.labels`. */
 export function entryWorkload(
   entry: Declared<WorkloadEntrySpec>,
@@ -311,13 +346,17 @@ export function entryWorkload(
   const { spec } = entry;
   const labels = { ...entry.labels, ...spec.labels };
   const redirected = registration?.redirected === true || entry.annotations[LABELS.redirection] === "enabled";
+  // A unit is HBONE as soon as it is declared: its ztunnel listens on the node's 15008 once the agent has it in
+  // place, and until then callers are refused there, never sent around it in plaintext (docs/vm-install.md §4).
+  const unit = entryUnit(entry);
+  const isUnit = unit !== undefined && !("problem" in unit);
   const workload: Workload = {
     uid: `${s.clusterId}/networking.istio.io/WorkloadEntry/${entry.namespace}/${entry.name}`,
     name: entry.name,
     namespace: entry.namespace,
     addresses: [spec.address],
     network: spec.network,
-    tunnelProtocol: tunnel(labels, nsLabels, redirected),
+    tunnelProtocol: isUnit ? "HBONE" : tunnel(labels, nsLabels, redirected),
     trustDomain: s.trustDomain,
     serviceAccount: spec.serviceAccount,
     node: entry.annotations[LABELS.entryNode] ?? "",

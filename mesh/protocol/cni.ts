@@ -357,4 +357,15 @@ export interface AgentStatus {
     state: string;
     reason: string;
   }[];
+  /** The node's meshed systemd units (cni/host_units.ts), each with its state and why. */
+  units?: {
+    namespace: string;
+    name: string;
+    unit: string;
+    cgroup: string;
+    address: string;
+    ports: number[];
+    state: string;
+    reason: string;
+  }[];
 }

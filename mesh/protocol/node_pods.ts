@@ -30,10 +30,17 @@
  * agent can tell a pod it does not know yet in an enrolled namespace (not declared yet: try again later) from one
  * outside the mesh.
  *
+ * `units` (Skiff's own, left out when empty) lists the node's systemd units to mesh in the node's own network
+ * namespace: WorkloadEntries annotated `skiff.io/node: <this node>` and `skiff.io/unit: [SLICE/]NAME.service`
+ * (docs/vm-install.md §4), each `{"namespace","name","serviceAccount","unit","cgroup","address","ports"}`, sorted
+ * by namespace then name. `cgroup` is the unit's cgroup v2 path below the hierarchy's root (`system.slice/NAME`
+ * when the annotation names no slice), `ports` the entry's `spec.ports` (what inbound capture covers).
+ *
  * @module
  */
 
-import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../validate.ts";
+import { isIPv4 } from "node:net";
+import { checkInt, dnsLabel, dnsSubdomain, Fields, ValidationError } from "../validate.ts";
 import { readStreamLine } from "./config_stream.ts";
 
 /** The path of the node-pods stream. */
@@ -53,12 +60,44 @@ export interface NodePod {
   reason: string;
 }
 
+/** A systemd unit on the node, meshed in the node's own network namespace (a WorkloadEntry's). */
+export interface NodeUnit {
+  /** The WorkloadEntry's namespace and name. */
+  namespace: string;
+  name: string;
+  serviceAccount: string;
+  /** The unit's name as its annotation gives it, e.g. `billing.service`. */
+  unit: string;
+  /** Its cgroup v2 path below the hierarchy's root, e.g. `system.slice/billing.service`. */
+  cgroup: string;
+  /** The entry's address: the node's own. */
+  address: string;
+  /** The ports the unit listens on (the entry's `spec.ports`), sorted: inbound capture covers these. */
+  ports: number[];
+}
+
+/** Most units in one node's view. */
+export const MAX_NODE_UNITS = 256;
+
+/** A cgroup v2 path as a unit's: `[SLICE.slice/...]NAME.service` (or `.scope`), systemd's unit-name characters. */
+const UNIT_CGROUP = /^([A-Za-z0-9:_.@\\-]+\.slice\/)*[A-Za-z0-9:_.@\\-]+\.(service|scope)$/;
+
+/** Why `path` is not a unit's cgroup path, or undefined when it is. */
+export function unitCgroupProblem(path: string): string | undefined {
+  if (path.length > 255 || !UNIT_CGROUP.test(path) || path.split("/").some((s) => s.startsWith("."))) {
+    return `expected a unit's cgroup path such as system.slice/billing.service, got ${JSON.stringify(path)}`;
+  }
+  return undefined;
+}
+
 /** The view of one node. */
 export interface NodePodsView {
   version: string;
   node: string;
   pods: NodePod[];
   ambientNamespaces: string[];
+  /** The node's meshed systemd units; absent when there are none. */
+  units?: NodeUnit[];
 }
 
 /** A message of the node-pods stream. */
@@ -73,7 +112,7 @@ export function decodeNodePodsView(value: unknown, path = "view"): NodePodsView 
 }
 
 function readView(f: Fields): NodePodsView {
-  return {
+  const view: NodePodsView = {
     version: f.string("version", { nonEmpty: true, max: 128 }),
     node: f.string("node", { nonEmpty: true, max: 253, check: dnsSubdomain }),
     pods: f.array("pods", (v, p) => {
@@ -95,6 +134,22 @@ function readView(f: Fields): NodePodsView {
       return v;
     }, { max: 100_000 }),
   };
+  const units = f.array("units", (v, p) => {
+    const uf = Fields.of(v, p);
+    const unit: NodeUnit = {
+      namespace: uf.string("namespace", { check: dnsLabel }),
+      name: uf.string("name", { max: 253, check: dnsSubdomain }),
+      serviceAccount: uf.string("serviceAccount", { check: dnsSubdomain }),
+      unit: uf.string("unit", { nonEmpty: true, max: 255 }),
+      cgroup: uf.string("cgroup", { check: unitCgroupProblem }),
+      address: uf.string("address", { check: (a) => (isIPv4(a) ? undefined : "expected an IPv4 address") }),
+      ports: uf.array("ports", (n, q) => checkInt(n, q, 1, 65535), { max: 64 }),
+    };
+    uf.done();
+    return unit;
+  }, { max: MAX_NODE_UNITS });
+  if (units.length > 0) view.units = units;
+  return view;
 }
 
 /**
