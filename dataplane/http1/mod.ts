@@ -17,6 +17,7 @@
  */
 
 export { Http1Error, type Http1ErrorCode } from "./errors.ts";
+export { checkTrailers } from "./chunked.ts";
 export {
   DEFAULT_LIMITS,
   type HeaderList,

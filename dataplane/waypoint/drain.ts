@@ -5,8 +5,9 @@
  * runs on:
  *
  * - HTTP/2 clients get the graceful GOAWAY of RFC 9113 §6.8: first with stream id 2^31-1 (streams already on their
- *   way are still served) and a PING, then, once the PING is answered (a round trip), with the last stream id
- *   seen; their open streams complete, and the connection ends with the last of them.
+ *   way are still served) and a PING, then, once the PING is answered (a round trip) or after the grace for a
+ *   client that never answers, with the last stream id seen; their open streams complete, and the connection
+ *   ends with the last of them.
  * - HTTP/1.1 keep-alive responses carry `Connection: close` (RFC 9112 §9.6) and the connection closes after them,
  *   so the client reconnects, elsewhere; a connection idle between requests is closed after
  *   {@link GOAWAY_GRACE_MS}, time for a request already on its way to arrive.
@@ -123,7 +124,14 @@ export class WaypointDrain {
 
   #goAway(conn: H2Connection) {
     // The final GOAWAY once the client answered the PING sent with the first: every stream it opened is here by
-    // then, so none is refused. A client that never answers is cut at the drain deadline.
-    void conn.announceShutdown().then(() => conn.close());
+    // then, so none is refused. A client that never answers gets it after the grace all the same, as Envoy's drain
+    // timer sends it: else it could open streams under the first GOAWAY, and be served, until the deadline.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<void>((resolve) => timer = setTimeout(resolve, this.#graceMs));
+    Deno.unrefTimer(timer!);
+    void Promise.race([conn.announceShutdown(), grace]).then(() => {
+      clearTimeout(timer);
+      void conn.close();
+    });
   }
 }

@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { WaypointDrain } from "./drain.ts";
-import { interopTest, pythonServer, run, until, waypoint } from "./interop_util.ts";
+import { interopTest, PYTHON, pythonServer, run, until, waypoint } from "./interop_util.ts";
 
 /** One raw HTTP/1.1 keep-alive connection to the waypoint. */
 async function connect(port: number) {
@@ -110,5 +110,111 @@ interopTest(
     const lastStream = Math.max(...statuses.map(([id]) => id));
     assert.deepEqual(goaways, [2 ** 31 - 1, lastStream]);
     assert.equal(await drain.wait(10_000), "drained");
+  },
+);
+
+/**
+ * A raw HTTP/2 client (python-hyper's hpack, frames by hand) that never answers a PING: after its first request is
+ * answered it prints `ready`, and once a GOAWAY arrives it opens a stream every 100 ms for 2 s. Prints one JSON
+ * line: the GOAWAY frames' last stream ids, and for each stream opened after the drain began how it ended.
+ */
+const IGNORE_PING_CLIENT = `
+import json, socket, struct, sys, threading, time
+import hpack
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+enc, dec = hpack.Encoder(), hpack.Decoder()
+lock = threading.Lock()
+def frame(kind, flags, sid, payload=b""):
+    with lock:
+        s.sendall(struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload)
+def request(sid):
+    block = enc.encode([(":method", "GET"), (":scheme", "http"), (":path", "/hello"), (":authority", "web")])
+    frame(1, 0x5, sid, block)
+goaways, ended = [], {}
+first = threading.Event()
+def read():
+    buf = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return
+        buf += data
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            kind, flags, sid, payload = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, buf[9:9 + n]
+            buf = buf[9 + n:]
+            if kind == 4 and not flags & 1:
+                frame(4, 1, 0)  # SETTINGS ack; a PING (kind 6) is never answered
+            elif kind == 7:
+                goaways.append(int.from_bytes(payload[:4], "big") & 0x7fffffff)
+            elif kind == 1:
+                dec.decode(payload)
+                if sid == 1 and sid not in ended:
+                    print("ready", flush=True)
+                ended.setdefault(sid, "answered")
+            elif kind == 3:
+                ended.setdefault(sid, "reset %d" % int.from_bytes(payload[:4], "big"))
+threading.Thread(target=read, daemon=True).start()
+s.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n")
+frame(4, 0, 0)
+request(1)
+while not goaways:
+    time.sleep(0.01)
+sids = list(range(3, 43, 2))
+for sid in sids:
+    try:
+        request(sid)
+    except OSError:
+        ended.setdefault(sid, "connection closed")
+    time.sleep(0.1)
+time.sleep(0.5)
+print(json.dumps({"goaways": goaways, "ended": [ended.get(sid, "nothing") for sid in sids]}), flush=True)
+`;
+
+interopTest(
+  "draining: an HTTP/2 client that never answers the PING gets the final GOAWAY after the grace anyway",
+  async () => {
+    await using backend = await pythonServer("h1_backend.py");
+    const drain = new WaypointDrain({ graceMs: 300 });
+    await using wp = await waypoint(backend.port, "http", drain);
+    const child = new Deno.Command(PYTHON, {
+      args: ["-c", IGNORE_PING_CLIENT, String(wp.port)],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    const line = async () => {
+      while (!text.includes("\n")) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`the client exited: ${JSON.stringify(text)}`);
+        text += value;
+      }
+      const at = text.indexOf("\n");
+      const out = text.slice(0, at);
+      text = text.slice(at + 1);
+      return out;
+    };
+    try {
+      assert.equal(await line(), "ready");
+      drain.begin();
+      const result = JSON.parse(await line());
+      // 20 streams opened over 2 s after the first GOAWAY: after the grace (300 ms) the final GOAWAY comes and
+      // none is served any more (refused with REFUSED_STREAM, or the connection ended).
+      assert.equal(result.goaways.length, 2, JSON.stringify(result));
+      assert.equal(result.goaways[0], 2 ** 31 - 1);
+      assert.ok(result.goaways[1] < 2 ** 31 - 1);
+      const served = result.ended.filter((e: string) => e === "answered").length;
+      assert.ok(served <= 10, `${served} of 20 streams opened after the drain began were served`);
+    } finally {
+      await reader.cancel();
+      try {
+        child.kill();
+      } catch { /* exited */ }
+      await child.status;
+      await child.stderr.cancel();
+    }
   },
 );

@@ -220,7 +220,14 @@ export async function handleExchange(
   ctx: WaypointContext,
 ): Promise<Handled> {
   // Before policies read the headers: Envoy sanitizes XFCC as the request arrives, before any filter runs.
-  x = { ...x, headers: withClientCert(x.headers, ctx.self.identity, session.peer.identity) };
+  // Trailers too: a backend that merges a trailer section into its headers (as some HTTP/1.1 servers can be set to)
+  // must not read a forged certificate there either.
+  const clientTrailers = x.trailers;
+  x = {
+    ...x,
+    headers: withClientCert(x.headers, ctx.self.identity, session.peer.identity),
+    trailers: clientTrailers && (() => clientTrailers()?.filter(([n]) => n !== "x-forwarded-client-cert")),
+  };
   const dest = session.destination;
   const facts = sessionFacts(session);
   const deadline = new AbortController();

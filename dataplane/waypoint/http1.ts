@@ -17,6 +17,7 @@
 
 import type { Duplex } from "node:stream";
 import {
+  checkTrailers,
   CHUNKED,
   contentLength,
   expectsContinue,
@@ -167,11 +168,11 @@ export class Http1Upstream implements Upstream {
         body.on("error", (error) => conn.destroy(error));
         // HTTP/2 trailers go on as the chunked trailer section; with a Content-Length body they cannot (§7.1.2).
         body.once("end", () => {
-          const trailers = framing.kind === "chunked" ? req.trailers?.() ?? [] : [];
+          const trailers = framing.kind === "chunked" ? carriable(req.trailers?.() ?? []) : [];
           try {
             writer.finish(trailers);
           } catch {
-            writer.end(); // trailers HTTP/1.1 cannot carry: the body still ends
+            writer.end(); // never expected: carriable() kept only what HTTP/1.1 carries; the body still ends
           }
         });
         body.pipe(writer, { end: false });
@@ -213,6 +214,24 @@ export class Http1Upstream implements Upstream {
     for (const list of this.#idle.values()) for (const { conn } of list) conn.destroy();
     this.#idle.clear();
   }
+}
+
+/**
+ * The trailer fields an HTTP/1.1 trailer section may carry, each judged alone: not one that frames, routes or
+ * authenticates (RFC 9110 §6.5.1, `checkTrailers`), nor a value with a control byte HTTP/2 lets through and
+ * HTTP/1.1 cannot write (RFC 9110 §5.5). The others go on; a trailer section used to be dropped whole for one such
+ * field, or the request failed 503.
+ */
+export function carriable(trailers: Headers): Headers {
+  return trailers.filter((f) => {
+    try {
+      checkTrailers([f]);
+    } catch {
+      return false;
+    }
+    // deno-lint-ignore no-control-regex
+    return !/[\x00-\x08\x0a-\x1f\x7f]/.test(f[1]);
+  });
 }
 
 /**
@@ -418,21 +437,39 @@ async function serveRequest(
     done(101, handled.flags, path.path, handled);
     return false;
   }
-  const framing = framingFor(resHeaders, res.body !== null, head.version === "HTTP/1.1");
+  // A response to HEAD, a 204 or a 304 ends with its head in HTTP/1.1 (RFC 9112 §6.3 item 1). An HTTP/2 endpoint
+  // can still send DATA after one (its frames delimit it); written here, those bytes would be read by the client
+  // as the answer to its next request on this connection (response splitting). The body is dropped, the stream
+  // reset; and a 204 loses any Content-Length (RFC 9110 §8.6: never sent with a 204), which a lax client would
+  // take as a body to read.
+  const bodyless = head.method === "HEAD" || res.status === 204 || res.status === 304;
+  if (bodyless && res.body !== null) res.discard();
+  const framing = bodyless ? NO_BODY : framingFor(resHeaders, res.body !== null, head.version === "HTTP/1.1");
   const out: ResponseHead = {
     version: "HTTP/1.1",
     status: res.status,
     reason: reasonPhrase(res.status),
-    headers: resHeaders.filter(([n]) => n !== "transfer-encoding"),
+    headers: resHeaders.filter(([n]) => n !== "transfer-encoding" && !(res.status === 204 && n === "content-length")),
   };
   // An HTTP/2 answer that ended with its headers (a trailers-only gRPC status) has an empty body, which
   // HTTP/1.1 must frame: without a length, the client would read to the connection's close.
-  const bodyless = head.method === "HEAD" || res.status === 204 || res.status === 304;
   if (res.body === null && !bodyless && headerValue(resHeaders, "content-length") === undefined) {
     out.headers.push(["content-length", "0"]);
   }
   if (!clientKeeps || framing.kind === "close") out.headers.push(["connection", "close"]);
-  conn.writeHead(out, framing);
+  try {
+    conn.writeHead(out, framing);
+  } catch (error) {
+    // A field value HTTP/2 allows and HTTP/1.1 cannot carry (a control byte, RFC 9110 §5.5): the head is refused
+    // whole before a byte of it is written, the endpoint's answer dropped, and the client told so, as Envoy answers
+    // an upstream protocol error (502, UPE).
+    ctx.log.info({ path: path.path, error: String(error) }, "endpoint's response head cannot be sent over HTTP/1.1");
+    if (!bodyless) res.discard();
+    handled.done();
+    done(502, "UPE", path.path, handled);
+    await conn.sendError(502);
+    return false;
+  }
   let complete = true;
   if (res.body && hasBody(framing)) {
     const writer = conn.bodyWriter(framing);

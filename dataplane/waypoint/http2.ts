@@ -82,7 +82,10 @@ export class Http2Upstream implements Upstream {
       [":authority", req.authority],
       [":path", req.target],
       // From an HTTP/1.1 client: what HTTP/2 forbids (RFC 9113 §8.2.2) is not sent; hop-by-hop fields are gone.
-      ...req.headers.filter(([n, v]) => !isConnectionSpecific(n) && (n !== "te" || v === "trailers")),
+      ...req.headers.filter(([n, v]) =>
+        !isConnectionSpecific(n) && (n !== "te" || v === "trailers") && n !== "content-length"
+      ),
+      ...singleLength(req.headers),
     ];
     const stream = conn.request(fields, { endStream: req.body === null });
     const abort = () => stream.reset(ErrorCode.CANCEL);
@@ -92,7 +95,9 @@ export class Http2Upstream implements Upstream {
       body.on("error", () => stream.reset(ErrorCode.CANCEL));
       // An HTTP/1.1 chunked body's trailer section goes on as HTTP/2 trailers.
       body.once("end", () => {
-        const trailers = req.trailers?.();
+        // Connection-specific fields are malformed in trailers too (§8.2.2): many servers take one for a
+        // connection error, which would end every other client's stream on this shared connection.
+        const trailers = req.trailers?.()?.filter(([n]) => !isConnectionSpecific(n) && n !== "te");
         if (trailers && trailers.length > 0) stream.endWithTrailers(trailers);
         else stream.end();
       });
@@ -120,6 +125,17 @@ export class Http2Upstream implements Upstream {
     for (const c of this.#conns.values()) c.then((conn) => conn.destroy(new Error("waypoint closing")), () => {});
     this.#conns.clear();
   }
+}
+
+/**
+ * The request's Content-Length as one field with one value. HTTP/1.1 accepts it repeated, or as a list, when
+ * every value is the same (RFC 9110 §8.6; the codec has refused any other), but HTTP/2 servers (nghttp2,
+ * python-h2) refuse both forms, some with a connection error that would end every other client's stream on this
+ * shared connection.
+ */
+function singleLength(headers: Headers): Headers {
+  const value = headers.find(([n]) => n === "content-length")?.[1];
+  return value === undefined ? [] : [["content-length", value.split(",")[0].trim()]];
 }
 
 /** gRPC status codes for local answers (Envoy's mapping of HTTP status to gRPC). */
@@ -183,7 +199,7 @@ async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams
     ? { error: "CONNECT inside a tunnel is not proxied" }
     : /[a-z]/.test(method)
     ? { error: `method ${JSON.stringify(method)} is not upper case` }
-    : normalizePath(rawPath);
+    : controlField(headers) ?? normalizePath(rawPath);
   const host = normalizeHost(authority);
   if ("error" in path || "error" in host) {
     const body = new TextEncoder().encode(
@@ -252,7 +268,7 @@ async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams
     if (!stream.remoteEnded) stream.reset(ErrorCode.NO_ERROR);
     return;
   }
-  const res = answer.response;
+  let res = answer.response;
   if (res.status < 200) {
     // A 101 from an HTTP/1.1 endpoint: HTTP/2 has no such switch (RFC 9113 §8.6), so it cannot be relayed.
     res.discard();
@@ -262,6 +278,12 @@ async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams
     return;
   }
   const out = applyHeaderModifier(res.headers.filter(([n]) => !isConnectionSpecific(n)), handled.responseHeaders);
+  // A response to HEAD, a 204 or a 304 has no content (RFC 9110 §6.4.1): DATA an endpoint sends after one is
+  // dropped and its stream reset, as the HTTP/1.1 side does (`http1.ts`), so both protocols answer alike.
+  if ((method === "HEAD" || res.status === 204 || res.status === 304) && res.body !== null) {
+    res.discard();
+    res = { ...res, body: null };
+  }
   stream.respond([[":status", String(res.status)], ...out], { endStream: res.body === null });
   let sent = 0;
   const finish = (flags: string) => {
@@ -299,6 +321,20 @@ async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams
   handled.deadline.removeEventListener("abort", onDeadline);
   // Cut short: by the client (DC), or by the endpoint or the deadline (UC).
   finish(body.readableEnded ? handled.flags : gone.signal.aborted ? "DC" : "UC");
+}
+
+/**
+ * Why a request's fields cannot go on, or null: a value with a control byte other than HTAB, or DEL. HTTP/2
+ * only makes NUL, CR and LF malformed (RFC 9113 §8.2.1), but field values never hold the others (RFC 9110 §5.5)
+ * and HTTP/1.1 cannot carry them; refused here, whichever protocol the backend speaks, a request is answered 400
+ * (`DPE`) as it arrived rather than 503 once a backend was chosen.
+ */
+export function controlField(headers: Headers): { error: string } | null {
+  for (const [name, value] of headers) {
+    // deno-lint-ignore no-control-regex
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) return { error: `field ${name} has a control byte in its value` };
+  }
+  return null;
 }
 
 /** Headers HTTP/2 forbids (RFC 9113 §8.2.2); an HTTP/1 endpoint may send them. */
