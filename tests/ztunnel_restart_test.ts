@@ -1,10 +1,10 @@
 /**
  * ztunnel restarted and upgraded under load, in network namespaces (issue 16): client pods on one node make 200 new
  * connections a second through HBONE to a server pod on another, each a small exchange, while a long-lived
- * connection stays open. The load comes from four client identities, 50 a second each: the inbound dial guard
- * (`dial_guard.ts`) answers 503 beyond 128 dials pending for one identity, which a single client at 200 a second
- * reaches after a 0.6 s stall of the server's ztunnel, such as the CPU a starting ztunnel takes on a busy 2-core
- * machine; that is the guard at work, not the restart. Each node's ztunnel is a real process taking its pods from the real handoff
+ * connection stays open. The load comes from four client identities, 50 a second each, as a node's pods would:
+ * the inbound dial guard (`dial_guard.ts`) counts pending dials per identity, and when it allowed 128 a single
+ * client at 200 a second reached that after a short stall of the server's ztunnel on a busy 2-core machine (the
+ * cap is 1,024 since, Envoy's circuit-breaker default). Each node's ztunnel is a real process taking its pods from the real handoff
  * server (cni/handoff_server.ts, run by the test in place of the node agent).
  *
  * 1. The server's node, as an operator would: a second ztunnel started beside the first, then SIGTERM to the old.

@@ -9,9 +9,12 @@
  * hands a stream to the application only when it accepts it and drops (and counts, `max_pending_accept_reset_streams`)
  * those reset before that; our codec hands streams over as they arrive, so the bound lives here, per identity:
  *
- * - At most 128 dials pending for one identity at once; beyond, 503 without dialling. This bounds a burst: a read
- *   of many HEADERS + RST_STREAM pairs starts its dials before any of the resets is seen. (Envoy's circuit
- *   breakers refuse the same way, `max_pending_requests`, flag UO.)
+ * - At most 1,024 dials pending for one identity at once; beyond, 503 without dialling. This bounds a burst: a
+ *   read of many HEADERS + RST_STREAM pairs starts its dials before any of the resets is seen. (Envoy's circuit
+ *   breakers refuse the same way, `max_pending_requests`, flag UO, and 1,024 is their default.) It is no lower
+ *   because a legitimate identity meets it too: after ztunnel's event loop stalls (a busy node, a successor
+ *   starting), the streams that queued meanwhile are all admitted at once; at 128, 10-34 of 200 new connections
+ *   a second from one client were refused after such a stall.
  * - Dials whose client was gone by the time the dial finished (reset, or the connection closed) are "cancelled".
  *   Once an identity's cancelled dials in a 10 s window reach 100 and at least half of its dials, its new streams
  *   are refused (503, no dial) for the rest of the window: Envoy's premature-reset rule (half of the streams, from
@@ -22,7 +25,7 @@
  */
 
 export const DIAL_LIMITS = {
-  pendingPerIdentity: 128,
+  pendingPerIdentity: 1024,
   cancelledPerWindow: 100,
   windowMs: 10_000,
 } as const;

@@ -16,10 +16,10 @@ function settle(g: DialGuard, who: string, n: number, cancelled: boolean, now = 
 
 Deno.test("DialGuard bounds what one identity makes us dial", async (t) => {
   const cases: [string, (g: DialGuard) => string | null, RegExp | null][] = [
-    ["128 dials pending at once, not 129", (g) => {
+    ["1,024 dials pending at once, not 1,025", (g) => {
       dial(g, A, DIAL_LIMITS.pendingPerIdentity);
       return g.admit(A, 0);
-    }, /^128 dials pending$/],
+    }, /^1024 dials pending$/],
     ["pending dials of one identity do not limit another", (g) => {
       dial(g, A, DIAL_LIMITS.pendingPerIdentity);
       return g.admit(B, 0);
