@@ -17,6 +17,7 @@ const MODES: Record<string, Mode> = {
   control: async (argv) => (await import("./control/mod.ts")).runControl(argv),
   ca: async (argv) => (await import("./certs/cli.ts")).runCaCommand(argv),
   "cni-agent": async (argv) => (await import("./cni/mod.ts")).runCniAgent(argv),
+  "unit-gate": async (argv) => (await import("./cni/unit_gate.ts")).runUnitGate(argv),
   ztunnel: async (argv) => (await import("./dataplane/mod.ts")).runZtunnel(argv),
   waypoint: async (argv) => (await import("./dataplane/mod.ts")).runWaypoint(argv),
   demo: async (argv) => (await import("./demo/mod.ts")).runDemo(argv),

@@ -19,7 +19,14 @@
  */
 
 import type { Logger } from "../mesh/log.ts";
-import { type AddAnswer, type AgentStatus, CNI_CODES, CniError, type PodEvent } from "../mesh/protocol/cni.ts";
+import {
+  type AddAnswer,
+  type AgentStatus,
+  CNI_CODES,
+  CniError,
+  type PodEvent,
+  type UnitGateAnswer,
+} from "../mesh/protocol/cni.ts";
 import { isHandoffNetnsPath } from "../mesh/protocol/handoff.ts";
 import type { NodePod, NodePodsView, NodeUnit } from "../mesh/protocol/node_pods.ts";
 import type { HandoffPod } from "./handoff_server.ts";
@@ -87,6 +94,7 @@ export interface AgentDeps {
     snapshot(): HandoffPod[];
     snapshotTaken(acked: ReadonlySet<string>): void;
     records(): UnitRecord[];
+    gate(cgroup: string, units: readonly NodeUnit[], node: string): Promise<UnitGateAnswer>;
   };
   /** The agent's own pod, when it runs as one (POD_NAMESPACE/POD_NAME): never enrolled. */
   self?: { namespace: string; name: string };
@@ -445,6 +453,45 @@ export class NodeAgent {
       } catch (error) {
         this.#deps.log.warn({ error: (error as Error).message }, "units not reconciled; will retry");
       }
+    });
+  }
+
+  /**
+   * `skiff unit-gate` from a unit's new cgroup (cni/host_units.ts): yes only with a view from this run, the
+   * unit's rules holding that cgroup, and a ztunnel connected that took the unit. Refusals are CniErrors: try
+   * again later while it may still come (the gate retries until its timeout), any other code when it cannot.
+   */
+  gateUnit(cgroup: string): Promise<UnitGateAnswer> {
+    return this.exclusive(async () => {
+      const units = this.#deps.units;
+      if (!units) {
+        throw new CniError(
+          CNI_CODES.notAvailable,
+          "unit gate: this node agent meshes no systemd units (it is not in the node's network namespace)",
+        );
+      }
+      if (!this.#view || !this.#viewFresh) {
+        throw new CniError(
+          CNI_CODES.tryAgainLater,
+          `unit gate: no view of node ${this.node} from the control plane yet`,
+        );
+      }
+      let answer: UnitGateAnswer;
+      try {
+        answer = await units.gate(cgroup, this.#view.units ?? [], this.node);
+      } catch (error) {
+        if (error instanceof CniError) throw error;
+        // Rules not written (iptables busy, say): the gate asks again until its timeout, the unit waits.
+        throw new CniError(CNI_CODES.tryAgainLater, `unit gate: host rules not written: ${(error as Error).message}`);
+      }
+      // A unit's state says ztunnel took it once; it must be there now too, or the unit's traffic is refused.
+      if (this.#deps.handoff.ready === 0) {
+        throw new CniError(
+          CNI_CODES.tryAgainLater,
+          `unit gate: ${answer.unit}: rules in place, no ztunnel is connected`,
+        );
+      }
+      return answer;
     });
   }
 

@@ -1,7 +1,7 @@
 /**
- * The node agent's API for the CNI plugin, HTTP over its unix socket (paths and bodies in
+ * The node agent's API for the CNI plugin and `skiff unit-gate`, HTTP over its unix socket (paths and bodies in
  * mesh/protocol/cni.ts). The socket is the node's root-only door into the agent: it is created 0600, as
- * upstream's `pluginevent.sock`. A refusal carries the CNI error the plugin is to print; a body that does not
+ * upstream's `pluginevent.sock` (a unit's gate runs as root: the drop-in's `ExecStartPre=+`). A refusal carries the CNI error the plugin is to print; a body that does not
  * decode is CNI error 6 naming the field.
  *
  * @module
@@ -9,7 +9,7 @@
 
 import { readBody } from "../mesh/http.ts";
 import type { Logger } from "../mesh/log.ts";
-import { AGENT_PATHS, CNI_CODES, CniError, decodePodEvent } from "../mesh/protocol/cni.ts";
+import { AGENT_PATHS, CNI_CODES, CniError, decodePodEvent, decodeUnitGateRequest } from "../mesh/protocol/cni.ts";
 import { Fields, ValidationError } from "../mesh/validate.ts";
 import type { NodeAgent } from "./agent.ts";
 
@@ -60,6 +60,8 @@ export function serveAgentApi(
         case AGENT_PATHS.check:
           await agent.check(pod(body));
           return Response.json({});
+        case AGENT_PATHS.unitGate:
+          return Response.json(await agent.gateUnit(decoded("unit gate", () => decodeUnitGateRequest(body)).cgroup));
         case AGENT_PATHS.gc:
           return Response.json({ dropped: await agent.gc(attachments(body)) });
         default:

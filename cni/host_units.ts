@@ -21,14 +21,23 @@
  * agent makes each unit's cgroup directory itself before the unit starts (systemd's `cg_create` in
  * `src/shared/cgroup-setup.c` returns 0 on EEXIST: it takes a directory that exists), notes its inode, and every
  * {@link UNIT_WATCH_INTERVAL_MS} looks again: a directory gone (the unit stopped) is made again at once, and one
- * with a new inode (made by someone else in between) gets the rule set written again. Left open: a unit restarted within that interval of its stop, into a directory its manager made,
- * runs uncaptured until the next look (at most {@link UNIT_WATCH_INTERVAL_MS}).
+ * with a new inode (made by someone else in between) gets the rule set written again.
+ *
+ * The gate. That look leaves a window: a unit restarted within the interval, into a directory systemd made anew,
+ * would run uncaptured (in plaintext) until the next look. So a meshed unit carries a drop-in
+ * (deploy/systemd/skiff-mesh.conf) whose `ExecStartPre=` runs `skiff unit-gate` (cni/unit_gate.ts): systemd makes
+ * the unit's cgroup, runs ExecStartPre= in it, and the main process only after it exits 0. The gate asks the agent
+ * ({@link HostUnits.gate}) for its own cgroup; the agent rewrites the rules when the directory's inode is not the
+ * one they were written for, and answers only once they were written for the inode there now and ztunnel holds the
+ * unit. The gate's process is in that cgroup while it asks, so the directory cannot be removed under the answer
+ * (the kernel refuses rmdir of a cgroup with processes). A unit without the drop-in keeps the window.
  *
  * @module
  */
 
 import { join } from "node:path";
 import type { Logger } from "../mesh/log.ts";
+import { CNI_CODES, CniError, type UnitGateAnswer } from "../mesh/protocol/cni.ts";
 import type { NodeUnit } from "../mesh/protocol/node_pods.ts";
 import type { HandoffPod } from "./handoff_server.ts";
 import type { HostUnit } from "./host_rules_linux.ts";
@@ -85,6 +94,31 @@ export function planUnits(
     }
   }
   return { accepted, refused };
+}
+
+/** What a unit gate's cgroup is: a meshed unit's (or below it, as systemd's `.control`), a refused unit's, or none. */
+export type GateTarget =
+  | { kind: "unit"; record: UnitRecord }
+  | { kind: "refused"; reason: string }
+  | { kind: "unknown"; reason: string };
+
+/**
+ * Which unit a gate asking from `cgroup` is for. Only the view's units are ever answered for, so no process on
+ * the node can have the agent capture or release a cgroup of its choosing. Pure.
+ */
+export function gateTarget(records: readonly UnitRecord[], cgroup: string, node: string): GateTarget {
+  const path = cgroup.replace(/^\/+/, "");
+  // The unit's own cgroup, or one below it: with Delegate=yes systemd runs ExecStartPre= in NAME.service/.control.
+  const r = records.find((r) => path === r.cgroup || path.startsWith(`${r.cgroup}/`));
+  if (r?.state === "refused") return { kind: "refused", reason: `unit gate: ${r.reason}` };
+  if (r) return { kind: "unit", record: r };
+  const known = records.filter((r) => r.state !== "refused").map((r) => r.cgroup);
+  return {
+    kind: "unknown",
+    reason: `unit gate: cgroup ${JSON.stringify(path)} is not a meshed unit's on node ${node} (meshed: ` +
+      `${known.length ? known.join(", ") : "none"}); declare its WorkloadEntry with skiff.io/node: ${node} and ` +
+      `skiff.io/unit, or remove the skiff-mesh.conf drop-in from the unit`,
+  };
 }
 
 /** The hands of {@link HostUnits}: real in `cni/mod.ts`, fakes in unit tests. */
@@ -226,6 +260,39 @@ export class HostUnits {
         return;
       }
     }
+  }
+
+  /**
+   * A unit gate from `cgroup` (cni/unit_gate.ts), with the view's units: the rules are written again when the
+   * unit's cgroup directory is not the one they hold, and the answer comes only once they hold the one there now
+   * and the unit is redirected. Throws a {@link CniError}: try again later (503) while that cannot hold yet, any
+   * other code when it never will (the cgroup is no meshed unit's).
+   */
+  async gate(cgroup: string, units: readonly NodeUnit[], node: string): Promise<UnitGateAnswer> {
+    if (!this.#installed || JSON.stringify(units) !== JSON.stringify(this.#wanted)) await this.sync(units);
+    const target = gateTarget(this.records(), cgroup, node);
+    if (target.kind !== "unit") throw new CniError(CNI_CODES.notAvailable, target.reason);
+    const u = target.record;
+    const dir = this.#dir(u);
+    const before = await this.#deps.inode(dir);
+    if (before === undefined) throw new CniError(CNI_CODES.tryAgainLater, `unit gate: ${dir} is gone`);
+    if (this.#installed?.inodes.get(u.cgroup) !== before || u.state !== "redirected") {
+      this.#deps.log.info({ unit: u.unit, cgroup: u.cgroup, inode: before }, "unit gate: host rules written again");
+      await this.sync(units);
+    }
+    const after = await this.#deps.inode(dir);
+    const held = this.#installed?.inodes.get(u.cgroup);
+    if (held !== after || after !== before) {
+      throw new CniError(
+        CNI_CODES.tryAgainLater,
+        `unit gate: ${dir} changed while its rules were written (inode ${before}, now ${after}, rules ${held})`,
+      );
+    }
+    const now = this.#records.get(keyOf(u));
+    if (now?.state !== "redirected") {
+      throw new CniError(CNI_CODES.tryAgainLater, `unit gate: ${u.unit}: ${now?.reason ?? "not meshed yet"}`);
+    }
+    return { entry: keyOf(u), unit: u.unit, cgroup: u.cgroup, inode: after };
   }
 
   /** Whether the view's units are all settled (none pending): the periodic reconcile retries those that are not. */

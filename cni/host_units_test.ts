@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import pino from "pino";
 import type { NodeUnit } from "../mesh/protocol/node_pods.ts";
-import { HostUnits, planUnits, unitUid } from "./host_units.ts";
+import { gateTarget, HostUnits, planUnits, type UnitRecord, unitUid } from "./host_units.ts";
 
 const unit = (name: string, address = "10.0.0.12", sa = name, cgroup = `system.slice/${name}.service`): NodeUnit => ({
   namespace: "shop",
@@ -188,4 +188,76 @@ Deno.test("HostUnits: a refused unit gets no rule and no listener; it is meshed 
     "rules system.slice/worker.service",
     "add unit/shop/worker worker /proc/1/ns/net",
   ]);
+});
+
+Deno.test("gateTarget() answers only for the view's units: their cgroup or below it", async (t) => {
+  const records: UnitRecord[] = [
+    { ...unit("billing"), state: "redirected", reason: "" },
+    { ...unit("worker", "10.0.0.12", "worker", "work.slice/worker.service"), state: "refused", reason: "one per node" },
+  ];
+  const cases: { name: string; cgroup: string; kind: string; match?: RegExp }[] = [
+    { name: "the unit's cgroup", cgroup: "system.slice/billing.service", kind: "unit" },
+    { name: "with the leading slash /proc prints", cgroup: "/system.slice/billing.service", kind: "unit" },
+    { name: "systemd's control group (Delegate=yes)", cgroup: "system.slice/billing.service/.control", kind: "unit" },
+    {
+      name: "another unit's",
+      cgroup: "system.slice/sshd.service",
+      kind: "unknown",
+      match:
+        /cgroup "system\.slice\/sshd\.service" is not a meshed unit's on node n1 \(meshed: system\.slice\/billing\.service\)/,
+    },
+    { name: "a name that only starts alike", cgroup: "system.slice/billing.service2", kind: "unknown" },
+    { name: "the slice above", cgroup: "system.slice", kind: "unknown" },
+    {
+      name: "a refused unit's: its reason",
+      cgroup: "work.slice/worker.service",
+      kind: "refused",
+      match: /one per node/,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, () => {
+      const target = gateTarget(records, c.cgroup, "n1");
+      assert.equal(target.kind, c.kind);
+      if (target.kind === "unit") assert.equal(target.record.name, "billing");
+      else if (c.match) assert.match(target.reason, c.match);
+    });
+  }
+});
+
+Deno.test("HostUnits.gate(): a new cgroup gets the rules written for it before the yes; the same one, none", async () => {
+  const { units, log, dirs } = harness();
+  await units.sync([unit("billing")]);
+  log.length = 0;
+  const same = await units.gate("/system.slice/billing.service", [unit("billing")], "n1");
+  assert.deepEqual(log, [], "rules already hold this cgroup");
+  assert.equal(same.inode, 7);
+  dirs.set("/cg/system.slice/billing.service", 9); // systemd made it anew for the unit's start
+  const answer = await units.gate("/system.slice/billing.service", [unit("billing")], "n1");
+  assert.deepEqual(log, ["rules system.slice/billing.service"]);
+  assert.deepEqual(answer, {
+    entry: "shop/billing",
+    unit: "billing.service",
+    cgroup: "system.slice/billing.service",
+    inode: 9,
+  });
+  log.length = 0;
+  await units.watch();
+  assert.deepEqual(log, [], "the watch finds the rules current");
+});
+
+Deno.test("HostUnits.gate(): refuses what is not meshed at once, and waits (503) while ztunnel has not the unit", async () => {
+  const { units, state } = harness({ ztunnel: false });
+  await units.sync([unit("billing")]);
+  await assert.rejects(
+    units.gate("system.slice/other.service", [unit("billing")], "n1"),
+    (e: Error & { code?: number }) => e.code === 50 && /not a meshed unit's on node n1/.test(e.message),
+  );
+  await assert.rejects(
+    units.gate("system.slice/billing.service", [unit("billing")], "n1"),
+    (e: Error & { code?: number }) =>
+      e.code === 11 && /billing\.service: rules in place, ztunnel not reached/.test(e.message),
+  );
+  state.ztunnel = true;
+  assert.equal((await units.gate("system.slice/billing.service", [unit("billing")], "n1")).inode, 7);
 });

@@ -6,7 +6,7 @@
  * node's probe rules (node_rules.ts), the saved state (state.ts), and a reconcile every
  * {@link RECONCILE_INTERVAL_MS} that forgets pods whose network namespace is gone. The node's meshed systemd units
  * (host_units.ts, host_rules_linux.ts) follow the same view, with their cgroups looked at every
- * {@link UNIT_WATCH_INTERVAL_MS}.
+ * {@link UNIT_WATCH_INTERVAL_MS} (`--unit-watch-interval`) and at each start of a unit by its gate (unit_gate.ts).
  *
  * @module
  */
@@ -63,6 +63,14 @@ export const CNI_AGENT_OPTIONS = {
     help: "where the cgroup v2 hierarchy is mounted, for meshed systemd units (skiff.io/unit)",
     parser: parsers.string("a directory path"),
     default: "/sys/fs/cgroup",
+  }),
+  unitWatchInterval: option({
+    flag: "unit-watch-interval",
+    env: "SKIFF_UNIT_WATCH_INTERVAL",
+    help: "how often meshed units' cgroups are looked at for a restart (units without the skiff-mesh.conf gate " +
+      "run uncaptured for up to this long after one)",
+    parser: parsers.duration(),
+    default: UNIT_WATCH_INTERVAL_MS,
   }),
 };
 
@@ -163,7 +171,7 @@ export async function runCniAgent(argv: string[]): Promise<number> {
     },
   });
   const timer = setInterval(() => agent.reconcile().catch(() => {}), RECONCILE_INTERVAL_MS);
-  const unitTimer = setInterval(() => agent.watchUnits(), UNIT_WATCH_INTERVAL_MS);
+  const unitTimer = setInterval(() => agent.watchUnits(), values.unitWatchInterval);
 
   await new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
   log.info("shutting down; the pods' rules stay in place (their traffic waits for ztunnel)");

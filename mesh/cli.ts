@@ -23,6 +23,7 @@ Modes:
   control      control plane: sources, workload model, config stream, CA service
   ca           certificate authority: 'ca init', 'ca issue' (standalone service: 'ca serve')
   cni-agent    node agent: in-pod redirection for enrolled pods, handoff to ztunnel
+  unit-gate    a meshed systemd unit's ExecStartPre=: start only once its capture is in place
   ztunnel      node L4 proxy: capture, HBONE, L4 authorization, telemetry
   waypoint     L7 proxy: HTTP routing and authorization
   demo         a whole demo cluster on this machine

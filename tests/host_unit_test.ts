@@ -3,8 +3,8 @@
  * cni/host_rules_linux.ts), end to end: a real `skiff control`, and on each of two nodes a real `skiff cni-agent`
  * and `skiff ztunnel`. These machines do not run systemd, so a "unit" is what systemd would make of one: processes
  * in a cgroup v2 directory (`<root>/skiff-test-<rand>.slice/NAME.service`, made by the test before they start), in
- * the node's network namespace. `billing` (node 1) serves 8080 and 8081; `frontend` (node 2) serves 9090; each
- * calls the other. Beside them, an "sshd" on node 1 (port 2222) and callers on both nodes outside every cgroup.
+ * the node's network namespace (tests/harness/units.ts). `billing` (node 1) serves 8080 and 8081; `frontend`
+ * (node 2) serves 9090; each calls the other. Beside them, an "sshd" on node 1 (port 2222) and callers on both nodes outside every cgroup.
  */
 
 import assert from "node:assert/strict";
@@ -14,39 +14,9 @@ import { checkHostRules } from "../cni/host_rules_linux.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { SkiffNode } from "./harness/cni.ts";
 import { IS_ROOT, must, NetnsCluster, netnsTest, run } from "./harness/netns.ts";
+import { call, cgroup2Root, server, until } from "./harness/units.ts";
 
 if (IS_ROOT) loadSocketSupport();
-
-const APP = new URL("./apps/unit_app.py", import.meta.url).pathname;
-
-/** The cgroup v2 hierarchy: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a hybrid one. */
-async function cgroup2Root(): Promise<string> {
-  const mounts = await Deno.readTextFile("/proc/self/mounts");
-  const line = mounts.split("\n").find((l) => l.split(" ")[2] === "cgroup2");
-  if (!line) throw new Error("host unit test: no cgroup2 hierarchy is mounted");
-  return line.split(" ")[1];
-}
-
-/** Polls until `fn` resolves truthy. */
-async function until<T>(
-  what: string,
-  fn: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 const manifests = (n1: string, a1: string, n2: string, a2: string, slice?: string) => {
   const unit = (name: string) => slice ? `, skiff.io/unit: ${slice}/${name}.service` : "";
@@ -73,60 +43,6 @@ spec:
   rules: [{ from: [{ source: { principals: [cluster.local/ns/shop/sa/frontend] } }], to: [{ operation: { ports: ["8081"] } }] }]
 `;
 };
-
-/** A process of the stand-in app in `netns`, in the cgroup directory `cgroup` when given (before it runs). */
-function spawn(netns: string, cgroup: string | undefined, args: string[]): Deno.ChildProcess {
-  const enter = cgroup ? `echo $$ > "${cgroup}/cgroup.procs" && ` : "";
-  // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own, hiding the cgroup hierarchy.
-  return new Deno.Command("sh", {
-    args: ["-c", `${enter}exec nsenter --net=/var/run/netns/${netns} python3 -u ${APP} "$@"`, "sh", ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-}
-
-/** One call from `netns` (in `cgroup` when given): the answer, or `failed: …`. */
-async function call(netns: string, cgroup: string | undefined, ip: string, port: number, msg: string) {
-  const out = await spawn(netns, cgroup, ["call", ip, String(port), msg]).output();
-  return new TextDecoder().decode(out.stdout).trim() || `failed: ${new TextDecoder().decode(out.stderr).trim()}`;
-}
-
-/** A long-running server of the stand-in app; `peers` fills as it accepts. */
-async function server(netns: string, cgroup: string | undefined, name: string, addr: string, ports: number[]) {
-  const child = spawn(netns, cgroup, ["serve", name, addr, ...ports.map(String)]);
-  const peers: string[] = [];
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  const ready = (async () => {
-    for (;;) {
-      const { value, done } = await lines.read();
-      if (done) throw new Error(`${name}: exited before it was ready`);
-      buffer += value;
-      if (buffer.includes("ready\n")) break;
-    }
-    (async () => {
-      for (;;) {
-        const { value, done } = await lines.read();
-        if (done) return;
-        buffer += value;
-        const parts = buffer.split("\n");
-        buffer = parts.pop()!;
-        for (const p of parts) if (p.startsWith("peer ")) peers.push(p.slice(5));
-      }
-    })().catch(() => {});
-  })();
-  await ready;
-  return {
-    peers,
-    async [Symbol.asyncDispose]() {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await child.status;
-      await child.stderr.cancel().catch(() => {});
-    },
-  };
-}
 
 /** The node's netfilter and policy routing, counters aside: what the agent may add and must take away again. */
 async function netState(netns: string): Promise<string> {

@@ -90,3 +90,32 @@ Deno.test("install.sh --systemd with an unknown role stops before doing anything
   assert.equal(r.code, 1);
   assert.match(r.stderr, /unknown role "ztunnel" \(control or node\)/);
 });
+
+Deno.test("the meshed unit drop-in (skiff-mesh.conf) passes systemd-analyze verify on a unit, and gates its start", async () => {
+  const dropIn = await Deno.readTextFile(join(DEPLOY, "skiff-mesh.conf"));
+  // "+": as root whatever the unit's User= (the agent's socket is root's), still in the unit's cgroup.
+  assert.deepEqual([...dropIn.matchAll(/^ExecStartPre=(.*)$/gm)].map((m) => m[1]), [
+    "+/usr/local/bin/skiff unit-gate",
+  ]);
+  const dir = await Deno.makeTempDir({ prefix: "skiff-dropin-" });
+  try {
+    // A unit as an operator has it (an unprivileged user), with the drop-in where systemd reads it.
+    await Deno.writeTextFile(
+      join(dir, "billing.service"),
+      "[Unit]\nDescription=billing\n\n[Service]\nExecStart=/bin/sleep infinity\nDynamicUser=yes\n",
+    );
+    await Deno.mkdir(join(dir, "billing.service.d"));
+    const verify = async (text: string) => {
+      await Deno.writeTextFile(join(dir, "billing.service.d", "skiff-mesh.conf"), text);
+      return await run(["systemd-analyze", "verify", join(dir, "billing.service")]);
+    };
+    const r = await verify(dropIn);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(`${r.stdout}${r.stderr}`.trim(), "", "systemd-analyze printed warnings");
+    // verify reads the drop-in: a key it does not know is reported.
+    const broken = await verify(dropIn.replace(/^ExecStartPre=/m, "ExecStartPree="));
+    assert.match(`${broken.stdout}${broken.stderr}`, /skiff-mesh\.conf:\d+: Unknown key 'ExecStartPree'/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

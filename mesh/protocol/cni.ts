@@ -11,6 +11,7 @@
  * POST /v1/cni/check  {"containerId","netns","ifname","podNamespace","podName"}
  * POST /v1/cni/gc     {"validAttachments":[{"containerId","ifname"}]}
  * GET  /v1/status     the agent's state: ready, control plane, ztunnels, pods
+ * POST /v1/unit/gate  {"cgroup"}: `skiff unit-gate` (cni/unit_gate.ts), a meshed unit's capture for its cgroup now
  * ```
  *
  * Success is 200 with a JSON body; a failure is a non-2xx answer whose body is `{"code","msg","details"}`, the
@@ -283,7 +284,41 @@ export const AGENT_PATHS = {
   check: "/v1/cni/check",
   gc: "/v1/cni/gc",
   status: "/v1/status",
+  unitGate: "/v1/unit/gate",
 } as const;
+
+/** `POST /v1/unit/gate`: the cgroup v2 path (below the hierarchy's root) the asking process is in. */
+export interface UnitGateRequest {
+  cgroup: string;
+}
+
+/** The agent's yes to a unit gate: the unit's rules hold the cgroup that is at its path now, and ztunnel the unit. */
+export interface UnitGateAnswer {
+  /** The WorkloadEntry, `NAMESPACE/NAME`. */
+  entry: string;
+  unit: string;
+  cgroup: string;
+  /** The inode of the unit's cgroup directory the rules were written for (the cgroup the kernel matches). */
+  inode: number;
+}
+
+/**
+ * Decodes a unit gate body.
+ * @throws {ValidationError} naming the field.
+ */
+export function decodeUnitGateRequest(value: unknown): UnitGateRequest {
+  const f = Fields.of(value, "");
+  const cgroup = f.string("cgroup", {
+    nonEmpty: true,
+    max: 1024,
+    check: (v) =>
+      v.replace(/^\//, "").split("/").some((s) => s === "" || s === "." || s === "..") || v.includes("\0")
+        ? "expected a cgroup path such as system.slice/billing.service"
+        : undefined,
+  });
+  f.done();
+  return { cgroup };
+}
 
 /** A pod event from the plugin. */
 export interface PodEvent {
