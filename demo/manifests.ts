@@ -1,9 +1,9 @@
 /**
  * What the demo declares, stage by stage, as one manifests file the control plane watches: the two nodes with
  * their pod ranges (so the control plane holds each node agent's report to its own range, control/reports.ts),
- * the sample apps in namespace `demo` (pods scheduled on the two nodes, services), then the namespace enrolled,
- * then an L4 DENY policy for one client, then a waypoint with an HTTPRoute that splits the echo service 90/10
- * between versions.
+ * the sample apps in namespace `demo` (pods scheduled on the two nodes, a systemd unit on node2, services), then
+ * the namespace enrolled, then an L4 DENY policy for one client, then a waypoint with an HTTPRoute that splits the
+ * echo service 90/10 between versions.
  *
  * @module
  */
@@ -14,7 +14,27 @@ import { NODES } from "./cluster.ts";
 export const NS = "demo";
 
 /** Services' addresses. */
-export const VIPS = { echo: "10.96.10.10", v1: "10.96.10.11", v2: "10.96.10.12", tcp: "10.96.10.20" };
+export const VIPS = {
+  echo: "10.96.10.10",
+  v1: "10.96.10.11",
+  v2: "10.96.10.12",
+  tcp: "10.96.10.20",
+  billing: "10.96.10.30",
+};
+
+/**
+ * The demo's systemd unit, run as systemd would run `billing.service` in `skiff-demo.slice` (demo/unit.ts): a
+ * process in its own cgroup, in node2's own network namespace on node2's address, no pod around it. A
+ * WorkloadEntry declares it with `skiff.io/node` and `skiff.io/unit` (docs/vm-install.md §4), and service
+ * `billing` selects it, so pods reach it as `billing.demo.svc.cluster.local`.
+ */
+export const UNIT = {
+  name: "billing",
+  node: "node2",
+  port: 8090,
+  cgroup: "skiff-demo.slice/billing.service",
+  address: NODES.find((n) => n.name === "node2")!.address,
+} as const;
 
 /** The pods: where they run and what they are. */
 export const PODS = [
@@ -63,6 +83,14 @@ export function manifests(stage: Stage): string {
     service("echo-v1", VIPS.v1, { version: "v1" }, 80, 8080),
     service("echo-v2", VIPS.v2, { version: "v2" }, 80, 8080),
     service("tcp-echo", VIPS.tcp, { app: "tcp-echo" }, 9000, 9000),
+    `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: ${UNIT.name}
+  namespace: ${NS}
+  annotations: { skiff.io/node: ${UNIT.node}, skiff.io/unit: ${UNIT.cgroup} }
+spec: { address: ${UNIT.address}, serviceAccount: ${UNIT.name}, labels: { app: ${UNIT.name} }, ports: { http: ${UNIT.port} } }`,
+    service(UNIT.name, VIPS.billing, { app: UNIT.name }, 80, UNIT.port),
   ];
   if (at("deny")) {
     docs.push(`apiVersion: security.istio.io/v1

@@ -3,11 +3,13 @@
  * network namespaces on this machine, starts the control plane, a node agent and a ztunnel per node, makes pods
  * through the reference CNI plugins with `skiff` chained, runs sample apps, and walks a tour with a verdict per
  * step: plaintext before enrolment, mTLS with both SPIFFE identities after, an L4 DENY for one client, a 90/10
- * HTTPRoute split through a waypoint, and a metrics snapshot. The cluster stays up: `skiff demo status`,
+ * HTTPRoute split through a waypoint, a systemd unit in node2's own namespace called by its DNS name (demo/unit.ts),
+ * and a metrics snapshot. The cluster stays up: `skiff demo status`,
  * `skiff demo exec POD -- CMD`, `skiff demo down` (everything it made, safe twice and after a crash).
  *
- * Everything lives in {@link DEMO_DIR} (state, logs, the control plane's data) and in namespaces named `skd-*`;
- * processes are found again by their pid files.
+ * Everything lives in {@link DEMO_DIR} (state, logs, the control plane's data), in namespaces named `skd-*`, in
+ * the pods' `/etc/netns/skd-*` and in the unit's cgroup (`skiff-demo.slice`); processes are found again by their
+ * pid files.
  *
  * @module
  */
@@ -16,7 +18,7 @@ import { join } from "node:path";
 import { UsageError } from "../mesh/config.ts";
 import { runApp } from "./apps.ts";
 import { addPod, buildNetwork, type DemoPod, NODES, REFERENCE_PLUGINS, writePluginShim } from "./cluster.ts";
-import { manifests, NS, PODS, type Stage, VIPS } from "./manifests.ts";
+import { manifests, NS, PODS, type Stage, UNIT, VIPS } from "./manifests.ts";
 import {
   alive,
   DEMO_DIR,
@@ -33,6 +35,15 @@ import {
   stop,
   until,
 } from "./system.ts";
+import {
+  agentUnits,
+  cgroup2Root,
+  removePodResolvConfs,
+  removeUnitCgroup,
+  startUnit,
+  unitCgroupDir,
+  writePodResolvConf,
+} from "./unit.ts";
 
 export const DEMO_USAGE = `Usage:
   skiff demo [up]                 build the demo cluster on this machine (root) and walk the tour
@@ -155,16 +166,30 @@ async function up(): Promise<number> {
     return false;
   };
   for (
-    const [cmd, pkg] of [["ip", "iproute2"], ["iptables-save", "iptables"], ["sysctl", "procps"], ["curl", "curl"]]
+    const [cmd, pkg] of [
+      ["ip", "iproute2"],
+      ["iptables-save", "iptables"],
+      ["sysctl", "procps"],
+      ["curl", "curl"],
+      ["nsenter", "util-linux"],
+    ]
   ) {
     if (!(await onPath(cmd))) {
       console.error(`skiff demo: ${cmd} is not on PATH: the demo needs Debian's ${pkg} (bash install.sh installs it)`);
       return 1;
     }
   }
+  // The unit is meshed by its cgroup v2 path (iptables' `-m cgroup --path`): no cgroup2 hierarchy, no unit.
+  const cgroupRoot = await cgroup2Root();
+  if (!cgroupRoot) {
+    console.error(
+      "skiff demo: no cgroup v2 hierarchy is mounted (/proc/self/mounts): the demo's systemd unit needs one",
+    );
+    return 1;
+  }
   say("skiff demo: a two-node mesh in network namespaces on this machine");
   try {
-    const pods = await build();
+    const pods = await build(cgroupRoot);
     const verdicts = await tour(pods);
     say("");
     say(verdicts.every(Boolean) ? "Every step passed." : "Some steps FAILED: see above, and the logs in " + DEMO_DIR);
@@ -179,7 +204,7 @@ async function up(): Promise<number> {
 }
 
 /** Builds the cluster; returns the pods by name. */
-async function build(): Promise<Map<string, DemoPod>> {
+async function build(cgroupRoot: string): Promise<Map<string, DemoPod>> {
   for (const d of ["pids", "logs", "manifests", "data"]) await Deno.mkdir(join(DEMO_DIR, d), { recursive: true });
   runId = crypto.randomUUID();
   await Deno.writeTextFile(join(DEMO_DIR, "run-id"), `${runId}\n`);
@@ -217,6 +242,7 @@ async function build(): Promise<Map<string, DemoPod>> {
         ...source,
         `--run-dir=${run}`,
         `--node-netns=/var/run/netns/${node.netns}`,
+        `--cgroup-root=${cgroupRoot}`,
       ]);
       await logged(`cni-agent-${node.name}`, "listening", (l) => l.msg === "listening for the CNI plugin");
       const [admin, metrics, readiness] = PORTS[node.name];
@@ -238,6 +264,7 @@ async function build(): Promise<Map<string, DemoPod>> {
       for (const p of PODS) {
         const node = NODES.find((n) => n.name === p.node)!;
         pods.set(p.name, await addPod(node, DEMO_DIR, NS, p.name));
+        await writePodResolvConf(p.name);
       }
     },
   );
@@ -251,6 +278,18 @@ async function build(): Promise<Map<string, DemoPod>> {
       });
     }
   });
+  await step(
+    `unit: ${UNIT.name} on ${UNIT.node} (${UNIT.address}:${UNIT.port}), in cgroup ${unitCgroupDir(cgroupRoot)}`,
+    async () => {
+      const name = `app-${UNIT.name}`;
+      const env = { [RUN_VARIABLE]: runId };
+      await startUnit(cgroupRoot, { log: logFile(name), pidFile: pidFile(name), env });
+      await until(`${name} listening (log: ${logFile(name)})`, 30_000, async () => {
+        const text = await Deno.readTextFile(logFile(name)).catch(() => "");
+        return text.includes("listening") ? true : undefined;
+      });
+    },
+  );
   return pods;
 }
 
@@ -365,7 +404,9 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
     `100 requests to ${VIPS.echo}: ${100 - toV2} to v1, ${toV2} to v2, all through the waypoint`,
   ));
 
-  say("  5. Metrics snapshot");
+  results.push(await unitStep(client));
+
+  say("  6. Metrics snapshot");
   const text = async (port: number) =>
     (await sh(["curl", "-sS", `http://127.0.0.1:${port}/metrics`])).stdout.split("\n");
   const tcp = (await text(PORTS.node2[1])).filter((l) => l.startsWith("istio_tcp_connections_opened_total{"));
@@ -379,6 +420,57 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
   for (const l of http.slice(0, 4)) say(`     istio_requests_total ${short(l)}`);
   results.push(verdict(tcp.length > 0 && http.length > 0, "ztunnel and waypoint report Istio's standard metrics"));
   return results;
+}
+
+/**
+ * The unit: client calls it by its service's DNS name, from inside the pod as any app would (`ip netns exec`, so
+ * the pod's resolv.conf applies), and node2's ztunnel logs the call inbound to the unit with both identities.
+ */
+async function unitStep(client: DemoPod): Promise<boolean> {
+  const host = `${UNIT.name}.${NS}.svc.cluster.local`;
+  const node = NODES.find((n) => n.name === UNIT.node)!;
+  say(`  5. A systemd unit on ${node.name}, no pod: ${UNIT.name} in cgroup ${UNIT.cgroup}, in ${node.name}'s own`);
+  say(`     namespace on ${UNIT.address}:${UNIT.port}; client calls it by name: curl http://${host}/`);
+  const zt = `ztunnel-${node.name}`;
+  const redirected = await until("the node agent to mesh the unit", 20_000, async () => {
+    const units = await agentUnits(join(DEMO_DIR, node.name, "run"));
+    return units.find((u) => u.name === UNIT.name && u.state === "redirected");
+  }).catch(() => undefined);
+  if (!redirected) return verdict(false, `${node.name}'s agent has not meshed the unit (its status, its log)`);
+  let answer: { body: string; ip: string } | undefined;
+  const inbound = await until("a call to the unit over mTLS", 20_000, async () => {
+    const mark = (await logLines(zt)).length;
+    const r = await sh([
+      "ip",
+      "netns",
+      "exec",
+      client.netns,
+      "curl",
+      "-sS",
+      "--max-time",
+      "5",
+      "-w",
+      "\n%{remote_ip}",
+      `http://${host}/`,
+    ]);
+    // The body, then what `-w` adds: a newline and the address curl connected to (what the name resolved to).
+    const cut = r.stdout.lastIndexOf("\n");
+    const [body, ip] = [r.stdout.slice(0, cut), r.stdout.slice(cut + 1)];
+    if (r.code !== 0 || body !== `${UNIT.name} /\n`) return undefined;
+    answer = { body, ip };
+    await sleep(300);
+    return (await logLines(zt)).slice(mark).find((l) =>
+      l.msg === "connection complete" && l.direction === "inbound" &&
+      l["dst.addr"] === `${UNIT.address}:${UNIT.port}` && l["src.identity"] !== undefined
+    );
+  }).catch(() => undefined);
+  return verdict(
+    inbound !== undefined && answer?.ip === VIPS.billing,
+    inbound && answer
+      ? `${host} → ${answer.ip} (ztunnel's DNS proxy), answered ${JSON.stringify(answer.body)} over mTLS: ` +
+        `${inbound["src.identity"]} → ${inbound["dst.identity"]} (${node.name}'s ztunnel, inbound to the unit)`
+      : `no mTLS call to the unit seen in ${node.name}'s ztunnel log (last answer: ${JSON.stringify(answer)})`,
+  );
 }
 
 async function status(): Promise<number> {
@@ -403,7 +495,24 @@ async function status(): Promise<number> {
       : undefined;
     say(`  ${p.name.padEnd(10)} ${p.node}  ${addr ?? "(no sandbox)"}`);
   }
-  say(`Services: echo ${VIPS.echo}:80, echo-v1 ${VIPS.v1}:80, echo-v2 ${VIPS.v2}:80, tcp-echo ${VIPS.tcp}:9000`);
+  say("Units (systemd, in the node's own namespace; from the node agent's status):");
+  const root = await cgroup2Root();
+  const dir = root ? unitCgroupDir(root) : undefined;
+  const procs = dir ? (await Deno.readTextFile(join(dir, "cgroup.procs")).catch(() => "")).trim() : "";
+  const units = await agentUnits(join(DEMO_DIR, UNIT.node, "run")).catch((e: Error) => e);
+  if (units instanceof Error) {
+    say(`  ${UNIT.name.padEnd(10)} ${UNIT.node}  (agent not answering: ${units.message})`);
+  }
+  for (const u of units instanceof Error ? [] : units) {
+    say(`  ${u.name.padEnd(10)} ${UNIT.node}  ${u.address}:${u.ports.join(",")}  ${u.cgroup}  ${u.state}: ${u.reason}`);
+  }
+  say(
+    `    cgroup ${dir ?? "(no cgroup v2 hierarchy)"}: ${procs ? `pids ${procs.split("\n").join(" ")}` : "no process"}`,
+  );
+  say(
+    `Services: echo ${VIPS.echo}:80, echo-v1 ${VIPS.v1}:80, echo-v2 ${VIPS.v2}:80, tcp-echo ${VIPS.tcp}:9000, ` +
+      `billing ${VIPS.billing}:80 (${UNIT.name}.${NS}.svc.cluster.local)`,
+  );
   say(`Control plane status: curl -s http://127.0.0.1:${MONITORING_PORT}/status; logs in ${DEMO_DIR}/logs`);
   return 0;
 }
@@ -448,15 +557,20 @@ async function down(): Promise<number> {
       console.error(`skiff demo down: ip netns del ${ns}: ${r.stderr.trim()}`);
     }
   }
+  // The unit's rules were in node2's namespace and went with it; its cgroup is the host's, emptied by the stop.
+  const root = await cgroup2Root();
+  const cgroupsLeft = root ? await removeUnitCgroup(root) : [];
+  await removePodResolvConfs();
   await Deno.remove(DEMO_DIR, { recursive: true }).catch((e) => {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   });
   const left = await demoNamespaces();
   say(
-    `skiff demo down: stopped ${stopped} processes, removed ${namespaces.length} namespaces (with their links and rules) and ${DEMO_DIR}`,
+    `skiff demo down: stopped ${stopped} processes, removed ${namespaces.length} namespaces (with their links and ` +
+      `rules), the unit's cgroup and ${DEMO_DIR}`,
   );
-  if (left.length > 0) {
-    console.error(`skiff demo down: still there: ${left.join(", ")}`);
+  if (left.length > 0 || cgroupsLeft.length > 0) {
+    console.error(`skiff demo down: still there: ${[...left, ...cgroupsLeft].join(", ")}`);
     return 1;
   }
   return 0;

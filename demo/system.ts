@@ -68,13 +68,23 @@ export async function demoNamespaces(): Promise<string[]> {
  */
 export async function spawnDetached(
   cmd: string[],
-  opts: { log: string; pidFile: string; env: Record<string, string> },
+  opts: { log: string; pidFile: string; env: Record<string, string>; cgroup?: string },
 ): Promise<number> {
   await Deno.remove(opts.pidFile).catch(() => {});
-  const script = 'echo $$ > "$0"; exec "$@" >>"$LOG" 2>&1 </dev/null';
+  // With `cgroup` (a cgroup v2 directory), the shell moves itself there before it execs, as systemd places a
+  // unit's main process before exec: every socket `cmd` opens is the cgroup's from its first one. A failed move
+  // leaves no pid file, and the reason in the log.
+  const script = 'exec >>"$LOG" 2>&1 </dev/null; [ -z "$CGROUP" ] || echo $$ > "$CGROUP/cgroup.procs" || exit 1; ' +
+    'echo $$ > "$0"; exec "$@"';
   const child = new Deno.Command("setsid", {
     args: ["-f", "bash", "-c", script, opts.pidFile, ...cmd],
-    env: { ...opts.env, LOG: opts.log, RUST_BACKTRACE: "0", DENO_NO_UPDATE_CHECK: "1" },
+    env: {
+      ...opts.env,
+      LOG: opts.log,
+      CGROUP: opts.cgroup ?? "",
+      RUST_BACKTRACE: "0",
+      DENO_NO_UPDATE_CHECK: "1",
+    },
     stdin: "null",
     stdout: "null",
     stderr: "null",
@@ -86,7 +96,7 @@ export async function spawnDetached(
     if (/^\d+\s*$/.test(text)) return Number(text);
     await sleep(20);
   }
-  throw new DemoError(`${cmd.join(" ")} did not start (no pid in ${opts.pidFile})`);
+  throw new DemoError(`${cmd.join(" ")} did not start (no pid in ${opts.pidFile}; log: ${opts.log})`);
 }
 
 /** The variable every process of one demo run carries, `SKIFF_DEMO_RUN=<id>`: how `down` knows its own. */

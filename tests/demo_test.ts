@@ -1,12 +1,13 @@
 /**
  * `skiff demo` end to end, as a user runs it: up (the cluster and the tour, each step's verdict), status, exec,
  * down twice, and nothing left behind: no `skd-` namespace, no host link or iptables rule that was not there
- * before, no process the demo started, no state directory. It uses the demo's own fixed names, ports and
+ * before, no process the demo started, no state directory, no pod resolv.conf, no cgroup of the demo's unit. It uses the demo's own fixed names, ports and
  * directory, so it refuses to run beside a demo someone left up rather than tear theirs down.
  */
 
 import assert from "node:assert/strict";
 import { DEMO_DIR, demoNamespaces } from "../demo/system.ts";
+import { cgroup2Root } from "../demo/unit.ts";
 import { netnsTest, run } from "./harness/netns.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -45,13 +46,22 @@ netnsTest(
       await t.step("up: every step of the tour passes", async () => {
         const r = await skiff(["demo"]);
         assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-        assert.equal(r.stdout.match(/^ {5}PASS /gm)?.length, 5, r.stdout);
+        assert.equal(r.stdout.match(/^ {5}PASS /gm)?.length, 6, r.stdout);
         assert.doesNotMatch(r.stdout, /FAIL/);
         assert.match(
           r.stdout,
           /spiffe:\/\/cluster\.local\/ns\/demo\/sa\/client → spiffe:\/\/cluster\.local\/ns\/demo\/sa\/echo-v1/,
         );
         assert.match(r.stdout, /100 requests to 10\.96\.10\.10: \d+ to v1, \d+ to v2, all through the waypoint/);
+        // The unit, by its DNS name: node2's ztunnel logged it inbound with the caller's and the unit's identity.
+        assert.match(
+          r.stdout,
+          new RegExp(
+            String.raw`PASS  billing\.demo\.svc\.cluster\.local → 10\.96\.10\.30 \(ztunnel's DNS proxy\), ` +
+              String.raw`answered "billing /\\n" over mTLS: spiffe://cluster\.local/ns/demo/sa/client → ` +
+              String.raw`spiffe://cluster\.local/ns/demo/sa/billing \(node2's ztunnel, inbound to the unit\)`,
+          ),
+        );
       });
 
       await t.step("up again refuses and names the command that cleans up", async () => {
@@ -70,6 +80,11 @@ netnsTest(
           assert.match(r.stdout, new RegExp(`^  ${name} +pid \\d+ +running$`, "m"));
         }
         assert.match(r.stdout, /^ {2}client +node1 +10\.244\.1\.\d+$/m);
+        assert.match(
+          r.stdout,
+          /^ {2}billing +node2 +172\.31\.0\.2:8090 +skiff-demo\.slice\/billing\.service +redirected:/m,
+        );
+        assert.match(r.stdout, /^ {4}cgroup \S+\/skiff-demo\.slice\/billing\.service: pids \d+$/m);
       });
 
       await t.step("exec runs a command inside a pod, through the mesh", async () => {
@@ -99,6 +114,11 @@ netnsTest(
       assert.deepEqual(after.rules, before.rules);
       const ps = await run(["pgrep", "-af", `${DEMO_DIR}|main.ts demo app`]);
       assert.equal(ps.stdout.trim(), "");
+      const root = await cgroup2Root();
+      assert.ok(root);
+      assert.equal(await Deno.stat(`${root}/skiff-demo.slice`).then(() => true, () => false), false);
+      const etc = await Array.fromAsync(Deno.readDir("/etc/netns")).catch(() => []);
+      assert.deepEqual(etc.map((e) => e.name).filter((n) => n.startsWith("skd-")), []);
     });
   },
 );
