@@ -7,7 +7,8 @@
  * the older ones (`release`: they stop accepting for it only now that the new one's listeners are up, and drain
  * what they hold), so a restart or an upgrade loses no connection; every message waits for its answer, at most
  * {@link ANSWER_TIMEOUT_MS}; a ztunnel that does not answer in time is disconnected, since its answers could no
- * longer be matched to questions.
+ * longer be matched to questions. A ztunnel that goes away holding pods it took from older ones (a successor that
+ * crashed mid-handoff) has them handed back to the newest ztunnel still connected.
  *
  * @module
  */
@@ -57,6 +58,8 @@ class ZtunnelConn {
   #queue: Promise<unknown> = Promise.resolve();
   /** Whether the snapshot was sent and answered: only then does it take adds. */
   ready = false;
+  /** Pods it acknowledged and was not told to release or delete since. */
+  readonly held = new Set<string>();
   /** Settles when the connection ends. */
   readonly done: Promise<void>;
   #ended!: () => void;
@@ -172,6 +175,8 @@ export class HandoffServer {
   readonly #conns: ZtunnelConn[] = [];
   /** Every accepted connection, ready or not, so that close() ends them all. */
   readonly #accepted = new Set<ZtunnelConn>();
+  /** Pods the agent wants served (each snapshot's, each add; less each del), for handing back after a crash. */
+  readonly #pods = new Map<string, HandoffPod>();
   #closed = false;
   #nextId = 1;
   #accepting: Promise<void>;
@@ -240,6 +245,7 @@ export class HandoffServer {
       this.#conns.splice(this.#conns.indexOf(conn), 1);
       log.warn({ ztunnel: conn.id }, "ztunnel disconnected");
       this.#opts.onChange?.(this.ready);
+      await this.#handBack(conn);
     }
   }
 
@@ -248,9 +254,11 @@ export class HandoffServer {
     return this.#opts.snapshot(async (pods) => {
       const acked = new Set<string>();
       for (const p of pods) {
+        this.#pods.set(p.uid, p);
         const answer = await conn.ask({ type: "add", uid: p.uid, workload: p.workload, netns: p.netns });
         if (answer.type === "ack") {
           acked.add(p.uid);
+          conn.held.add(p.uid);
           await this.#release(p.uid, conn);
         } else {log.warn(
             { ztunnel: conn.id, uid: p.uid, reason: answer.reason },
@@ -276,7 +284,7 @@ export class HandoffServer {
         const answer = await old.ask({ type: "release", uid });
         if (answer.type === "nack") {
           this.#opts.log.warn({ ztunnel: old.id, uid, reason: answer.reason }, "release refused");
-        }
+        } else old.held.delete(uid);
       } catch (error) {
         this.#opts.log.warn({ ztunnel: old.id, uid, error: (error as Error).message }, "release not delivered");
       }
@@ -287,12 +295,38 @@ export class HandoffServer {
   async add(pod: HandoffPod): Promise<void> {
     const conn = this.#conns.findLast((c) => c.ready && !c.closed);
     if (!conn) throw new HandoffError("no ztunnel is connected to the node agent");
+    this.#pods.set(pod.uid, pod);
     const answer = await conn.ask({ type: "add", uid: pod.uid, workload: pod.workload, netns: pod.netns });
     if (answer.type === "nack") throw new HandoffError(`ztunnel refused the pod: ${answer.reason}`);
+    conn.held.add(pod.uid);
+  }
+
+  /**
+   * A ztunnel went away. Each pod it took from an older one, which released it then, would be served by no one
+   * (its traffic refused, fail-closed, but for good): a successor that crashed mid-handoff, or after its snapshot
+   * while its predecessor is still connected. Such pods go back to the newest ztunnel still connected.
+   */
+  async #handBack(gone: ZtunnelConn): Promise<void> {
+    for (const uid of gone.held) {
+      // Checked just before the ask is queued: a del that came since is not undone, one that comes later follows it.
+      const pod = this.#pods.get(uid);
+      if (!pod || this.#conns.some((c) => !c.closed && c.held.has(uid))) continue;
+      const to = this.#conns.findLast((c) => c.ready && !c.closed);
+      if (!to) return; // none left: the next ztunnel's snapshot carries the pod
+      try {
+        const answer = await to.ask({ type: "add", uid, workload: pod.workload, netns: pod.netns });
+        if (answer.type === "ack") to.held.add(uid);
+        else this.#opts.log.warn({ ztunnel: to.id, uid, reason: answer.reason }, "pod not taken back");
+      } catch (error) {
+        this.#opts.log.warn({ ztunnel: to.id, uid, error: (error as Error).message }, "pod not taken back");
+      }
+    }
   }
 
   /** Tells every connected ztunnel to drop a pod; failures are logged, not thrown. */
   async del(uid: string): Promise<void> {
+    this.#pods.delete(uid);
+    for (const c of this.#conns) c.held.delete(uid);
     await Promise.all(
       this.#conns.filter((c) => c.ready && !c.closed).map(async (c) => {
         try {

@@ -150,3 +150,28 @@ Deno.test("a ztunnel that refuses the snapshot or answers garbage is disconnecte
     }
   });
 });
+
+Deno.test("a successor that dies mid-handoff: the pods it took go back to the ztunnel still connected", async () => {
+  await withServer([pod("a"), pod("b")], async (server, path) => {
+    const old = ztunnel(path);
+    await old.isReady;
+    await until(() => server.ready === 1);
+    // The successor acknowledges the first pod (so the old one releases it), then crashes before the second.
+    const successor = await Deno.connect({ transport: "unix", path });
+    await successor.write(new TextEncoder().encode('{"type":"hello","version":1}\n'));
+    const buf = new Uint8Array(1024);
+    const n = await successor.read(buf);
+    assert.match(new TextDecoder().decode(buf.subarray(0, n!)), /"type":"add","uid":"a"/);
+    await successor.write(new TextEncoder().encode('{"type":"ack"}\n'));
+    await until(() => old.events.includes("release a"));
+    successor.close();
+    // Pod a is served by no one unless the agent hands it back; pod b was never released.
+    await until(() =>
+      old.events.includes("add a") && old.events.lastIndexOf("add a") > old.events.indexOf("release a")
+    );
+    assert.deepEqual(old.events.slice(3), ["release a", "add a"]);
+    await server.del("a");
+    assert.deepEqual(old.events.slice(5), ["del a"]);
+    await old.stop();
+  });
+});

@@ -99,6 +99,39 @@ function adminHandler(src: AdminSources) {
   };
 }
 
+/**
+ * The uids owning sockets that listen (state 0A) on TCP `port`, any local address, in the text of
+ * `/proc/net/tcp` and `/proc/net/tcp6` (proc(5): `local_address` is HEXIP:HEXPORT, `uid` the eighth column).
+ */
+export function listenerUids(tables: readonly string[], port: number): number[] {
+  const uids: number[] = [];
+  for (const table of tables) {
+    for (const line of table.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 8 || f[3] !== "0A") continue;
+      if (parseInt(f[1].slice(f[1].lastIndexOf(":") + 1), 16) === port) uids.push(Number(f[7]));
+    }
+  }
+  return uids;
+}
+
+/**
+ * Who else listens on `port`: uids other than ours. Any local user may bind 15000, 15020 or 15021 before ztunnel
+ * does; a port held by the ztunnel being replaced (our uid) is waited for, one held by a stranger is not, or it
+ * would answer ztunnel's readiness probe for as long as it liked.
+ */
+function strangersOn(port: number): number[] {
+  const tables = ["/proc/net/tcp", "/proc/net/tcp6"].map((path) => {
+    try {
+      return Deno.readTextFileSync(path);
+    } catch {
+      return "";
+    }
+  });
+  const ours = Deno.uid();
+  return listenerUids(tables, port).filter((uid) => uid !== ours);
+}
+
 /** Starts the three listeners; they stop when `signal` aborts. */
 export function serveAdmin(src: AdminSources, addrs: AdminAddresses, signal: AbortSignal): AdminServers {
   const start = (
@@ -117,12 +150,20 @@ export function serveAdmin(src: AdminSources, addrs: AdminAddresses, signal: Abo
       return listen();
     } catch (error) {
       if (!(error instanceof Deno.errors.AddrInUse) || port === 0) throw error;
+      const strangers = strangersOn(port);
+      if (strangers.length > 0) {
+        throw new Error(
+          `listen on ${hostname}:${port}: held by uid ${strangers.join(", ")}, not by a ztunnel (uid ${Deno.uid()})`,
+          { cause: error },
+        );
+      }
     }
     src.log.warn(
       { listener: name, address: `${hostname}:${port}` },
       "port in use (by the ztunnel this one replaces?); taking it over once it is released",
     );
     const finished = (async () => {
+      let warned = false;
       while (!signal.aborted) {
         await sleep(TAKEOVER_RETRY_MS, signal);
         if (signal.aborted) return;
@@ -131,6 +172,13 @@ export function serveAdmin(src: AdminSources, addrs: AdminAddresses, signal: Abo
         } catch (error) {
           if (!(error instanceof Deno.errors.AddrInUse)) {
             src.log.error({ listener: name, error: (error as Error).message }, "listener failed; retrying");
+          } else if (!warned && strangersOn(port).length > 0) {
+            // Taken in the moment the ztunnel we replace let it go: say so, loudly, once; keep trying.
+            warned = true;
+            src.log.error(
+              { listener: name, address: `${hostname}:${port}`, uids: strangersOn(port) },
+              "port taken by another user, not a ztunnel; retrying",
+            );
           }
         }
       }

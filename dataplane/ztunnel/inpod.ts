@@ -89,8 +89,13 @@ export interface PodDns {
 
 export class PodManager implements PodHandler {
   #pods = new Map<string, ServedPod>();
-  /** Pods a newer ztunnel serves now, whose open connections this one keeps until they end or the deadline. */
+  /**
+   * Pods a newer ztunnel serves now, whose open connections this one keeps until they end or the deadline. Keyed
+   * per release, not per uid: a pod handed back (its successor died, cni/handoff_server.ts) and released again
+   * drains twice at once.
+   */
   #draining = new Map<string, ServedPod>();
+  #releases = 0;
   #proxy: ProxyContext;
   #network: PodNetwork;
   #certs: RotationManager<WorkloadCert>;
@@ -198,19 +203,28 @@ export class PodManager implements PodHandler {
   }
 
   async del(uid: string): Promise<void> {
-    const pod = this.#pods.get(uid) ?? this.#draining.get(uid);
-    if (!pod) return;
+    const ending: ServedPod[] = [];
+    const served = this.#pods.get(uid);
+    if (served) ending.push(served);
     this.#pods.delete(uid);
-    this.#draining.delete(uid);
-    pod.outbound.close();
-    pod.plaintext.close();
-    pod.dns?.close();
-    const hboneClosed = pod.hbone.close();
+    for (const [key, pod] of this.#draining) {
+      if (pod.ctx.uid !== uid) continue;
+      ending.push(pod);
+      this.#draining.delete(key);
+    }
+    if (ending.length === 0) return;
     const reason = new Error("pod removed");
-    for (const open of [...pod.ctx.open]) open.destroy(reason);
+    const closing: Promise<unknown>[] = [];
+    for (const pod of ending) {
+      pod.outbound.close();
+      pod.plaintext.close();
+      pod.dns?.close();
+      closing.push(pod.hbone.close());
+      for (const open of [...pod.ctx.open]) open.destroy(reason);
+    }
     this.#proxy.connections.closeWorkload(uid, "pod removed");
-    await Promise.all([hboneClosed, pod.ctx.pool.close()]);
-    const identity = pod.ctx.identity.toString();
+    await Promise.all([...closing, ...ending.map((pod) => pod.ctx.pool.close())]);
+    const identity = ending[0].ctx.identity.toString();
     if (!this.usesIdentity(identity) && !this.#retain(identity)) this.#certs.forget(identity);
     this.#proxy.log.info({ uid }, "pod removed: listeners closed, certificate forgotten, connections ended");
   }
@@ -223,7 +237,7 @@ export class PodManager implements PodHandler {
     const pod = this.#pods.get(uid);
     if (!pod) return Promise.resolve();
     this.#pods.delete(uid);
-    this.#draining.set(uid, pod);
+    this.#draining.set(`${uid}#${++this.#releases}`, pod);
     pod.outbound.close();
     pod.plaintext.close();
     pod.dns?.close();
@@ -260,7 +274,8 @@ export class PodManager implements PodHandler {
   /** Ends everything: every pod's listeners and connections, served or draining. */
   async close(): Promise<void> {
     clearInterval(this.#refresh);
-    for (const uid of [...this.#pods.keys(), ...this.#draining.keys()]) await this.del(uid);
+    const uids = new Set([...this.#pods.keys(), ...[...this.#draining.values()].map((p) => p.ctx.uid)]);
+    for (const uid of uids) await this.del(uid);
   }
 
   #applyRotated() {

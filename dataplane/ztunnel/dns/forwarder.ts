@@ -11,7 +11,7 @@
  * wait goes on. Servers are tried in `resolv.conf` order, each for its `options timeout:` (5 s by default, as
  * glibc's), and all failing is SERVFAIL to the client, as upstream answers a forwarding error.
  *
- * Answers are cached by (name lower-cased, type, class, transport), for their smallest TTL capped at 5 minutes, at
+ * Answers are cached by (name lower-cased, type, class, transport, CD), for their smallest TTL capped at 5 minutes, at
  * most {@link DEFAULT_CACHE_ENTRIES} entries (hickory's default 4096 in upstream), the least recently used evicted.
  * Truncated answers and SERVFAIL are never cached.
  *
@@ -29,6 +29,12 @@ export const MAX_CACHE_TTL_SECONDS = 300;
 export const DEFAULT_TIMEOUT_MS = 5_000;
 /** At most this many upstream queries in flight per ztunnel; past it, SERVFAIL at once. */
 export const MAX_IN_FLIGHT = 256;
+/**
+ * At most this many of them for one pod: a pod asking for names its resolver never answers (each held up to three
+ * servers' timeouts) would otherwise take all {@link MAX_IN_FLIGHT} and every other pod on the node would get
+ * SERVFAIL. A quarter: it takes four such pods, not one, to fill the node's share.
+ */
+export const MAX_IN_FLIGHT_PER_CLIENT = MAX_IN_FLIGHT / 4;
 /** glibc reads at most three `nameserver` lines (`MAXNS`). */
 const MAXNS = 3;
 
@@ -108,9 +114,18 @@ export class AnswerCache {
   }
 }
 
-/** The cache key of a question. */
-export function cacheKey(name: string, type: number, klass: number, transport: "udp" | "tcp"): string {
-  return `${name.toLowerCase()}\0${type}\0${klass}\0${transport}`;
+/**
+ * The cache key of a question. CD is part of it: a validating resolver answers a CD query with data that failed
+ * DNSSEC validation (RFC 4035 §3.2.2), which must not reach a client that asked for validated data.
+ */
+export function cacheKey(
+  name: string,
+  type: number,
+  klass: number,
+  transport: "udp" | "tcp",
+  checkingDisabled = false,
+): string {
+  return `${name.toLowerCase()}\0${type}\0${klass}\0${transport}${checkingDisabled ? "\0cd" : ""}`;
 }
 
 /** Sends questions upstream and caches the answers. */
@@ -118,6 +133,7 @@ export class Forwarder {
   #upstream: () => UpstreamConfig;
   readonly cache: AnswerCache;
   #inFlight = 0;
+  readonly #inFlightBy = new Map<string, number>();
   /** Queries sent upstream, for tests and metrics (`istio_dns_upstream_requests_total`). */
   upstreamRequests = 0;
   upstreamFailures = 0;
@@ -129,23 +145,38 @@ export class Forwarder {
 
   /**
    * Forwards `query` (the client's bytes) and returns the answer with the client's id. `question` is the
-   * query's question section, `key` its {@link cacheKey}.
+   * query's question section, `key` its {@link cacheKey}, `client` the pod asking (bounded by
+   * {@link MAX_IN_FLIGHT_PER_CLIENT}).
    */
   async forward(
     query: Uint8Array,
     question: Uint8Array,
     key: string,
     transport: "udp" | "tcp",
+    client = "",
   ): Promise<Uint8Array> {
     const clientId = (query[0] << 8) | query[1];
     const cached = this.cache.get(key);
-    if (cached) return withId(cached, clientId);
+    if (cached && sameShape(cached, question)) {
+      // The question as this client wrote it: a 0x20 resolver checks its own case comes back; the answers'
+      // owner names, compressed to point at it, follow.
+      const answer = withId(cached, clientId);
+      answer.set(question, 12);
+      return answer;
+    }
     const { servers, timeoutMs, port = 53 } = this.#upstream();
     if (servers.length === 0) throw new DnsForwardError("forward DNS query: no IPv4 nameserver in resolv.conf");
     if (this.#inFlight >= MAX_IN_FLIGHT) {
       throw new DnsForwardError(`forward DNS query: ${MAX_IN_FLIGHT} upstream queries already in flight`);
     }
+    const mine = this.#inFlightBy.get(client) ?? 0;
+    if (mine >= MAX_IN_FLIGHT_PER_CLIENT) {
+      throw new DnsForwardError(
+        `forward DNS query: ${MAX_IN_FLIGHT_PER_CLIENT} upstream queries of this pod already in flight`,
+      );
+    }
     this.#inFlight++;
+    this.#inFlightBy.set(client, mine + 1);
     try {
       const errors: string[] = [];
       for (const server of servers) {
@@ -169,7 +200,20 @@ export class Forwarder {
       throw new DnsForwardError(`forward DNS query: no server answered (${errors.join("; ")})`);
     } finally {
       this.#inFlight--;
+      const left = this.#inFlightBy.get(client)! - 1;
+      if (left === 0) this.#inFlightBy.delete(client);
+      else this.#inFlightBy.set(client, left);
     }
+  }
+}
+
+/** Whether `response`'s question is `question` but for case (so as long); another spelling of the name is a miss. */
+function sameShape(response: Uint8Array, question: Uint8Array): boolean {
+  try {
+    parseResponse(response, question);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -28,7 +28,8 @@ import { inNetns } from "../../../mesh/netns_linux.ts";
 import { transparentListenerFd } from "../../sockets_linux.ts";
 import { cacheKey, Forwarder, parseResolvConf, type UpstreamConfig } from "./forwarder.ts";
 import { DEFAULT_CLUSTER_DOMAIN, type MeshNames, resolveMesh } from "./resolver.ts";
-import { buildAnswer, DnsWireError, parseQuery, RCODE, truncateForUdp, udpLimit } from "./wire.ts";
+import { TcpFrames } from "./tcp_frames.ts";
+import { buildAnswer, DnsWireError, MAX_MESSAGE, parseQuery, RCODE, truncateForUdp, udpLimit } from "./wire.ts";
 
 /** The DNS proxy's port in each pod (upstream's `DNSCapturePort`). */
 export const DNS_PORT = 15053;
@@ -81,6 +82,8 @@ export class DnsProxy {
   #domain: string;
   #log: Logger;
   readonly forwarder: Forwarder;
+  /** Listener sets opened so far: each pod's gets its own name for the forwarder's per-pod bound. */
+  #served = 0;
   /** Queries answered, by how (`mesh`, `forwarded`, `servfail`, `formerr`, `notimp`, `dropped`), for tests. */
   readonly counts = new Map<string, number>();
 
@@ -108,9 +111,15 @@ export class DnsProxy {
   }
 
   /**
-   * The answer to one query message from a pod in `namespace`, or undefined to drop it. Never throws.
+   * The answer to one query message from a pod in `namespace`, or undefined to drop it. Never throws. `client`
+   * names the pod's listeners (the namespace unless given), whose upstream queries share one bound.
    */
-  async answer(message: Uint8Array, namespace: string, transport: "udp" | "tcp"): Promise<Uint8Array | undefined> {
+  async answer(
+    message: Uint8Array,
+    namespace: string,
+    transport: "udp" | "tcp",
+    client: string = namespace,
+  ): Promise<Uint8Array | undefined> {
     let query;
     try {
       query = parseQuery(message);
@@ -132,8 +141,8 @@ export class DnsProxy {
       return fit(buildAnswer(query, { rcode: RCODE.NOERROR, authoritative: true, answers: decided.records }));
     }
     try {
-      const key = cacheKey(query.name, query.type, query.class, transport);
-      const response = await this.forwarder.forward(message, query.questionBytes, key, transport);
+      const key = cacheKey(query.name, query.type, query.class, transport, query.checkingDisabled);
+      const response = await this.forwarder.forward(message, query.questionBytes, key, transport, client);
       this.#count("forwarded");
       return fit(response);
     } catch (error) {
@@ -147,12 +156,13 @@ export class DnsProxy {
   async serve(bind: DnsBind, namespace: string): Promise<DnsListeners> {
     const host = bind.host ?? "127.0.0.1";
     const port = bind.port ?? DNS_PORT;
+    const client = `${namespace}#${++this.#served}`;
     const makeUdp = () => Deno.listenDatagram({ transport: "udp", hostname: host, port, reuseAddress: true });
     const udp = bind.netns ? inNetns(bind.netns, makeUdp) : makeUdp();
     let tcp: net.Server;
     try {
       const fd = transparentListenerFd({ netnsPath: bind.netns, address: host, port, reusePort: true, backlog: 128 });
-      tcp = net.createServer((s) => this.#serveTcp(s, namespace));
+      tcp = net.createServer((s) => this.#serveTcp(s, namespace, client));
       tcp.maxConnections = MAX_TCP_CONNECTIONS;
       await new Promise<void>((resolve, reject) => {
         tcp.once("error", reject);
@@ -166,7 +176,7 @@ export class DnsProxy {
       throw error;
     }
     let closed = false;
-    void this.#serveUdp(udp, namespace, () => closed);
+    void this.#serveUdp(udp, namespace, client, () => closed);
     return {
       udpPort: (udp.addr as Deno.NetAddr).port,
       tcpPort: (tcp.address() as net.AddressInfo).port,
@@ -179,7 +189,7 @@ export class DnsProxy {
     };
   }
 
-  async #serveUdp(conn: Deno.DatagramConn, namespace: string, closed: () => boolean): Promise<void> {
+  async #serveUdp(conn: Deno.DatagramConn, namespace: string, client: string, closed: () => boolean): Promise<void> {
     let pending = 0;
     let failures = 0;
     while (!closed()) {
@@ -200,32 +210,29 @@ export class DnsProxy {
         continue;
       }
       pending++;
-      void this.answer(message, namespace, "udp").then(async (reply) => {
+      void this.answer(message, namespace, "udp", client).then(async (reply) => {
         if (reply && !closed()) await conn.send(reply, from).catch(() => {});
       }).finally(() => pending--);
     }
   }
 
-  #serveTcp(socket: net.Socket, namespace: string): void {
-    let buffered = new Uint8Array(0);
+  #serveTcp(socket: net.Socket, namespace: string, client: string): void {
+    const frames = new TcpFrames();
     let chain = Promise.resolve();
     let queued = 0;
     socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
     socket.on("error", () => socket.destroy());
-    socket.on("data", (chunk: Uint8Array) => {
-      const next = new Uint8Array(buffered.length + chunk.length);
-      next.set(buffered);
-      next.set(chunk, buffered.length);
-      buffered = next;
-      while (buffered.length >= 2) {
-        const length = (buffered[0] << 8) | buffered[1];
-        if (buffered.length < 2 + length) break;
-        const message = buffered.slice(2, 2 + length);
-        buffered = buffered.slice(2 + length);
-        // In order, one at a time: answers go back in the order asked; a client that queues more stops being read.
-        if (++queued >= MAX_TCP_QUEUED) socket.pause();
+    // Messages are taken off the stream only while fewer than MAX_TCP_QUEUED wait, and answered in order, one at a
+    // time (RFC 7766 §6.2.1); a client that pipelines thousands in one write is read no further until they are
+    // answered, and nothing is answered once the connection is over.
+    const pump = () => {
+      while (queued < MAX_TCP_QUEUED && !socket.destroyed) {
+        const message = frames.next();
+        if (!message) break;
+        queued++;
         chain = chain.then(async () => {
-          const reply = await this.answer(message, namespace, "tcp");
+          if (socket.destroyed) return;
+          const reply = await this.answer(message, namespace, "tcp", client);
           if (socket.destroyed) return;
           if (!reply) return void socket.destroy();
           const framed = new Uint8Array(2 + reply.length);
@@ -234,9 +241,18 @@ export class DnsProxy {
           framed.set(reply, 2);
           socket.write(framed);
         }).finally(() => {
-          if (--queued < MAX_TCP_QUEUED && socket.isPaused()) socket.resume();
+          queued--;
+          pump();
         });
       }
+      if (socket.destroyed) return;
+      // Stop reading while the queue is full or a whole message is buffered ahead of it; read on once it drains.
+      if (queued >= MAX_TCP_QUEUED || frames.buffered > 2 + MAX_MESSAGE) socket.pause();
+      else if (socket.isPaused()) socket.resume();
+    };
+    socket.on("data", (chunk: Uint8Array) => {
+      frames.push(chunk);
+      pump();
     });
   }
 }

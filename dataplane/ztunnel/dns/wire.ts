@@ -29,6 +29,19 @@ export const MAX_MESSAGE = 65535;
 const HEADER = 12;
 const MAX_NAME = 255;
 const MAX_LABEL = 63;
+/**
+ * Most compression pointers one name may take. Pointing backwards rules out loops but not chains: 8,000 pointers
+ * each to the one before, read as the owner of 4,000 records, fill one 64 KB message and cost 32 million reads
+ * (87 ms of the event loop every pod shares). A name of 255 octets has at most 127 labels, so a name that needs
+ * more pointers than that is not one a server wrote.
+ */
+const MAX_POINTERS = 127;
+/**
+ * Most authority and additional records a query may carry: an OPT, a TSIG or SIG(0), a few for UPDATE or NOTIFY.
+ * More is no resolver's query, and each owner name, however compressed, can cost 255 octets to read: 5,300 records
+ * naming one long name fill a 64 KB message and took 9 to 20 ms to parse.
+ */
+const MAX_QUERY_RECORDS = 16;
 
 /** A message that is not well-formed DNS. `id` is set when the header could be read, so FORMERR can be sent. */
 export class DnsWireError extends Error {
@@ -78,11 +91,13 @@ export function readName(buf: Uint8Array, at: number, id?: number): { name: stri
   let length = 0;
   let pos = at;
   let next = -1;
+  let pointers = 0;
   for (;;) {
     if (pos >= buf.length) throw new DnsWireError("DNS name: runs past the end of the message", id);
     const len = buf[pos];
     if ((len & 0xc0) === 0xc0) {
       if (pos + 1 >= buf.length) throw new DnsWireError("DNS name: truncated compression pointer", id);
+      if (++pointers > MAX_POINTERS) throw new DnsWireError(`DNS name: over ${MAX_POINTERS} compression pointers`, id);
       const target = u16(buf, pos) & 0x3fff;
       if (target >= pos) throw new DnsWireError("DNS name: compression pointer does not point backwards", id);
       if (next < 0) next = pos + 2;
@@ -155,6 +170,9 @@ export function parseQuery(buf: Uint8Array): DnsQuery {
   const arcount = u16(buf, 10);
   if (qdcount !== 1) throw new DnsWireError(`DNS query: ${qdcount} questions, expected 1`, id);
   if (ancount !== 0) throw new DnsWireError(`DNS query: ${ancount} answers in a query`, id);
+  if (nscount + arcount > MAX_QUERY_RECORDS) {
+    throw new DnsWireError(`DNS query: ${nscount + arcount} records, over ${MAX_QUERY_RECORDS}`, id);
+  }
   const { name, next } = readName(buf, HEADER, id);
   if (next + 4 > buf.length) throw new DnsWireError("DNS query: truncated question", id);
   const questionBytes = buf.slice(HEADER, next + 4);
