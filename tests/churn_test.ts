@@ -23,6 +23,7 @@ import { IN_CI, IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/net
 import { SkiffProcess } from "./harness/process.ts";
 import { dialFrom, roundTrip } from "./harness/tcp.ts";
 import { echoApp, podUid, ZtunnelProcess } from "./harness/ztunnel.ts";
+import { freePortBase } from "./harness/ports.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -188,7 +189,7 @@ spec:
       assert.equal((await z.snapshotSent()).type, "ack");
       await z.waitForLog((l) => String(l.msg).startsWith("ready"));
     }
-    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    const base = freePortBase(3);
     await using waypoint = new SkiffProcess("waypoint", [
       "waypoint",
       "--name=waypoint",

@@ -22,6 +22,7 @@ import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
 import { SkiffProcess } from "./harness/process.ts";
 import { call, dialFrom, roundTrip } from "./harness/tcp.ts";
 import { echoApp, ZtunnelProcess } from "./harness/ztunnel.ts";
+import { freePortBase } from "./harness/ports.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -217,7 +218,7 @@ spec: { clusterIP: ${WEB}, selector: { app: web }, ports: [{ name: http, port: 8
     });
     assert.equal(added.type, "ack");
     for (const z of [zA, zB]) await z.waitForLog((l) => String(l.msg).startsWith("ready"));
-    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    const base = freePortBase(3);
     await using waypoint = new SkiffProcess("waypoint", [
       "waypoint",
       "--name=waypoint",

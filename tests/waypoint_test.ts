@@ -16,6 +16,7 @@ import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
 import { SkiffProcess } from "./harness/process.ts";
 import { call } from "./harness/tcp.ts";
 import { echoApp, ZtunnelProcess } from "./harness/ztunnel.ts";
+import { freePortBase } from "./harness/ports.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -130,7 +131,7 @@ ${DENY_ADMIN}`,
   await zB.enroll(v1, "shop");
   await zB.add(`Kubernetes//Pod/shop/${v2.name}`, v2, { name: v2.name, namespace: "shop", serviceAccount: v2.name });
   for (const z of [zA, zB]) await z.waitForLog((l) => String(l.msg).startsWith("ready"));
-  const base = 20_000 + Math.floor(Math.random() * 40_000);
+  const base = freePortBase(3);
   await using waypoint = new SkiffProcess(
     "waypoint",
     [

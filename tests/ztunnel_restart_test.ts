@@ -37,6 +37,7 @@ import { SkiffProcess } from "./harness/process.ts";
 import { dialFrom, roundTrip } from "./harness/tcp.ts";
 import { echoApp, hboneWorkload, meshDir, podUid } from "./harness/ztunnel.ts";
 import { type LoadCounts, newConnectionLoad } from "./harness/load.ts";
+import { freePortBase } from "./harness/ports.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -185,7 +186,7 @@ netnsTest("ztunnel restart and reload under load: no new connection lost, old co
   await using _app = echoApp(server, APP_PORT);
   await using agentA = agentFor(join(mesh.dir, "agent-a.sock"), clients);
   await using agentB = agentFor(join(mesh.dir, "agent-b.sock"), [server]);
-  const base = 20_000 + Math.floor(Math.random() * 20_000);
+  const base = freePortBase(13);
   const argsA = ztunnelArgs(mesh, join(mesh.dir, "agent-a.sock"), base);
   const argsB = ztunnelArgs(mesh, join(mesh.dir, "agent-b.sock"), base + 10);
 

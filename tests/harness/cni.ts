@@ -16,6 +16,7 @@ import { AGENT_PATHS } from "../../mesh/protocol/cni.ts";
 import { SkiffProcess } from "./process.ts";
 import { type Node, run } from "./netns.ts";
 import { skiffConflist } from "../../demo/cluster.ts";
+import { freePortBase } from "./ports.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 /** Where Debian installs the reference plugins. */
@@ -185,7 +186,7 @@ export class SkiffNode implements AsyncDisposable {
     dir: string,
   ) {
     this.runDir = join(dir, `run-${node.name}`);
-    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    const base = freePortBase(3);
     this.ports = { admin: base, metrics: base + 1, readiness: base + 2 };
   }
 

@@ -9,12 +9,13 @@ import { ControlConnection } from "../../mesh/control_client.ts";
 import { REGISTRATIONS_PATH } from "../../mesh/protocol/config_stream.ts";
 import type { Pod } from "./netns.ts";
 import { SkiffProcess } from "./process.ts";
+import { freePortBase } from "./ports.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 export class ControlProcess implements AsyncDisposable {
   process: SkiffProcess;
-  readonly port = 20_000 + Math.floor(Math.random() * 40_000);
+  readonly port = freePortBase(2);
   readonly monitoringPort = this.port + 1;
   readonly dataDir: string;
   readonly manifests: string;

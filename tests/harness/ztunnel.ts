@@ -11,6 +11,7 @@ import { AgentConn } from "./agent.ts";
 import type { Pod } from "./netns.ts";
 import { SkiffProcess } from "./process.ts";
 import { listenIn } from "./tcp.ts";
+import { freePortBase } from "./ports.ts";
 
 /** A directory with a fresh root CA (the cacerts layout) and a local config file; disposing removes it. */
 export async function meshDir() {
@@ -71,7 +72,7 @@ export class ZtunnelProcess implements AsyncDisposable {
   static async start(name: string, opts: { dir: string } & ZtunnelSource, env: Record<string, string> = {}) {
     const socket = join(opts.dir, `${name}.sock`);
     const listener = Deno.listen({ transport: "unix", path: socket });
-    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    const base = freePortBase(3);
     const ports = { admin: base, metrics: base + 1, readiness: base + 2 };
     const source = "control" in opts
       ? [`--control=${opts.control}`, `--token-file=${opts.tokenFile}`]
