@@ -64,6 +64,12 @@ export const H2_DEFAULTS = {
   pingTimeoutMs: 20_000,
 } as const;
 
+/**
+ * Bytes the socket may hold before streams wait for its `drain`: four default DATA chunks. It bounds what a
+ * connection buffers for a slow peer on top of the HTTP/2 windows, which still bound the rest.
+ */
+const SOCKET_QUEUE_BYTES = 256 * 1024;
+
 interface PendingBlock {
   streamId: number;
   endStream: boolean;
@@ -695,13 +701,18 @@ export class H2Connection implements StreamHost {
       queueMicrotask(this.#uncork);
     }
     if (kind === "payload") {
-      if (!this.#socket.write(bytes)) this.#blocked = true;
-      return;
+      this.#socket.write(bytes);
+    } else {
+      const over = this.#flood.frameQueued(kind === "control");
+      this.#socket.write(bytes, kind === "control" ? this.#controlSent : this.#frameSent);
+      // The GOAWAY that closes the connection for it is the one frame allowed past the limit.
+      if (kind !== "goaway" && this.#flooded(over)) return;
     }
-    const over = this.#flood.frameQueued(kind === "control");
-    if (!this.#socket.write(bytes, kind === "control" ? this.#controlSent : this.#frameSent)) this.#blocked = true;
-    // The GOAWAY that closes the connection for it is the one frame allowed past the limit.
-    if (kind !== "goaway") this.#flooded(over);
+    // Not `write() === false`: a socket says so past its 64 KiB high-water mark, so each 64 KiB DATA frame went
+    // out alone and waited for `drain`, a write and a wait per frame. Up to SOCKET_QUEUE_BYTES, frames leave in
+    // batches (docs/benchmarks.md, "Where the CPU goes"); past it (`write()` has said false by then, so `drain`
+    // will come) streams wait.
+    if (this.#socket.writableLength >= SOCKET_QUEUE_BYTES) this.#blocked = true;
   }
 
   /** Frames the peer made us send (RST_STREAM, SETTINGS and PING acks): a tighter limit applies to them. */
