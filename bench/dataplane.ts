@@ -86,12 +86,17 @@ async function throughput(t: Target, streams: number): Promise<number> {
   const deadline = start + SECONDS * 1000;
   const counts = await Promise.all(Array.from({ length: streams }, async () => {
     const conn = await dialFrom(t.from.netnsPath, t.ip, t.sinkPort);
-    while (performance.now() < deadline) await writeAll(conn, chunk);
-    await conn.closeWrite();
-    const buf = new Uint8Array(64);
-    const n = await conn.read(buf);
-    conn.close();
-    return Number(new TextDecoder().decode(buf.subarray(0, n ?? 0)));
+    try {
+      while (performance.now() < deadline) await writeAll(conn, chunk);
+      await conn.closeWrite();
+      const buf = new Uint8Array(64);
+      const n = await conn.read(buf);
+      return Number(new TextDecoder().decode(buf.subarray(0, n ?? 0)));
+    } catch (error) {
+      throw new Error(`throughput through ${t.name} on ${streams} streams: ${error}`, { cause: error });
+    } finally {
+      conn.close();
+    }
   }));
   const seconds = (performance.now() - start) / 1000;
   return counts.reduce((a, b) => a + b, 0) / seconds / 1e6;
