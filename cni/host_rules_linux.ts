@@ -10,9 +10,15 @@
  *  1. ztunnel's own packets (0x539): untouched.
  *  2. A unit's replies on connections ztunnel dialled to it (connmark 0x111): restore the mark, so they route
  *     through table 100 back to ztunnel's transparent socket; then leave them.
- *  3. Anything through `lo` or to 127/8 (the unit calling the node's own addresses): not captured, as in a pod.
- *  4. TCP to port 53: not captured (no DNS proxy for units yet).
- *  5. Per unit: TCP it originates (`-m cgroup --path <its cgroup v2 path>`, conntrack ORIGINAL) gets 0x111 and is
+ *  3. Per unit: TCP to its ports on any of the node's addresses (127/8 too) from outside its cgroup and the
+ *     cgroups below it: dropped (the caller's connect times out; mangle has no REJECT). Such a caller (any local
+ *     user's process) meets the unit through `lo`, which PREROUTING does not capture, so it would reach the unit
+ *     in plaintext around ztunnel and its policy: a pod's loopback has only the pod behind it, the node's has
+ *     every process on the node. ztunnel's own dials to the unit left at rule 1. A node-local client of the unit
+ *     is to be a meshed unit itself, or call it from another node.
+ *  4. Anything else through `lo` or to 127/8 (the unit calling the node's own addresses): not captured, as in a pod.
+ *  5. TCP to port 53: not captured (no DNS proxy for units yet).
+ *  6. Per unit: TCP it originates (`-m cgroup --path <its cgroup v2 path>`, conntrack ORIGINAL) gets 0x111 and is
  *     rerouted through `lo` to PREROUTING rule 3. The cgroup match is the kernel's own record of which unit owns
  *     the socket (set when the socket is made), so no process can leave it short of leaving the cgroup.
  *
@@ -22,7 +28,7 @@
  *  2. A packet for a connection a transparent ztunnel socket holds: mark 0x111 and deliver it (SKIFF_HOST_DIVERT).
  *     `-m socket` ignores sockets bound to 0.0.0.0 (no `--nowildcard`), so traffic the node forwards to its
  *     pods is never taken by ztunnel's host listeners.
- *  3. A unit's new outbound connections, rerouted here by OUTPUT rule 5: TPROXY to 15001.
+ *  3. A unit's new outbound connections, rerouted here by OUTPUT rule 6: TPROXY to 15001.
  *  4. Anything else on `lo`: not captured.
  *  5. 15001 and 15006 from the network to the node: dropped. They are capture ports, and a caller reaching them
  *     directly would have ztunnel speak as the unit.
@@ -30,8 +36,13 @@
  *  7. Per unit: new TCP to its address and ports: TPROXY to 15006 (plaintext inbound). HBONE reaches ztunnel's
  *     15008 listener directly.
  *
+ * UDP is not captured, either way, as a pod's is not but for DNS (upstream ztunnel carries TCP only): a unit's
+ * UDP, DNS too (no DNS proxy for units yet), leaves and arrives in plaintext from and to the node's address, with
+ * no mesh identity and no policy applied.
+ *
  * ip6tables mangle, the same chain names: the unit's IPv6 is dropped but loopback, out by its cgroup and in to its
- * ports ({@link hostChains6}), as a pod's is; the host's other IPv6 is untouched.
+ * ports ({@link hostChains6}), as a pod's is, and node-local callers of its ports (`::1` too) as OUTPUT rule 3; the
+ * host's other IPv6 is untouched.
  *
  * With ztunnel away, TPROXY finds no listener and drops the packet: the unit's captured connections fail, in
  * both directions, and never leave in plaintext. The policy route (`fwmark 0x111/0xfff lookup 100`, table 100
@@ -71,6 +82,14 @@ export const HOST_JUMPS: readonly (readonly [string, string])[] = [
 /** What the rules need of a unit. */
 export type HostUnit = Pick<NodeUnit, "cgroup" | "address" | "ports">;
 
+/**
+ * The rule refusing a node-local caller outside `u`'s cgroup (or below it: the match takes descendants) the unit's
+ * ports on any of the node's addresses: through `lo` it would reach the unit uncaptured (OUTPUT rule 3).
+ */
+const localDrop = (chain: string, u: HostUnit) =>
+  `-A ${chain} -p tcp -m addrtype --dst-type LOCAL -m multiport --dports ${u.ports.join(",")} ` +
+  `-m cgroup ! --path "${u.cgroup}" -j DROP`;
+
 /** The chains for `units`, as `iptables-save` prints them (so a check compares text). Pure. */
 export function hostChains(units: readonly HostUnit[]): Record<string, string[]> {
   const sorted = [...units].sort((a, b) => (a.cgroup < b.cgroup ? -1 : a.cgroup > b.cgroup ? 1 : 0));
@@ -83,6 +102,7 @@ export function hostChains(units: readonly HostUnit[]): Record<string, string[]>
       `-A SKIFF_HOST_OUTPUT -m mark --mark ${MARK} -j RETURN`,
       `-A SKIFF_HOST_OUTPUT -m connmark --mark ${TMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
       `-A SKIFF_HOST_OUTPUT -m mark --mark ${TMARK} -j RETURN`,
+      ...sorted.map((u) => localDrop("SKIFF_HOST_OUTPUT", u)),
       `-A SKIFF_HOST_OUTPUT -o lo -j RETURN`,
       `-A SKIFF_HOST_OUTPUT -d 127.0.0.0/8 -j RETURN`,
       `-A SKIFF_HOST_OUTPUT -p tcp -m tcp --dport 53 -j RETURN`,
@@ -117,6 +137,7 @@ export function hostChains6(units: readonly HostUnit[]): Record<string, string[]
   const sorted = [...units].sort((a, b) => (a.cgroup < b.cgroup ? -1 : a.cgroup > b.cgroup ? 1 : 0));
   return {
     SKIFF_HOST_OUTPUT: [
+      ...sorted.map((u) => localDrop("SKIFF_HOST_OUTPUT", u)),
       "-A SKIFF_HOST_OUTPUT -o lo -j RETURN",
       ...sorted.map((u) => `-A SKIFF_HOST_OUTPUT -m cgroup --path "${u.cgroup}" -j DROP`),
     ],
