@@ -54,10 +54,11 @@
  * @module
  */
 
+import { inNs, INPOD_MARK } from "../mesh/inpod.ts";
 import { HBONE_PORT } from "../mesh/workload.ts";
 
-/** The mark on every socket ztunnel opens in a pod; the rules never capture it. */
-export const INPOD_MARK = 0x539;
+// INPOD_MARK and inNs live in mesh/inpod.ts, shared with ztunnel and the demo; re-exported for this role.
+export { inNs, INPOD_MARK };
 /** The mark that routes a packet through table 100 to a local (transparent) socket. */
 export const TPROXY_MARK = 0x111;
 /** The mask both marks are compared under. */
@@ -193,32 +194,6 @@ export class RedirectError extends Error {
 /** What {@link checkRedirect} found missing or wrong; empty when all is in place. */
 export interface RedirectProblems {
   problems: string[];
-}
-
-/**
- * Runs a command inside the network namespace at `netnsPath` (through nsenter), or in this process's own
- * namespace when `netnsPath` is undefined; never throws for a failing command.
- */
-export async function inNs(
-  netnsPath: string | undefined,
-  cmd: string[],
-  stdin?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const [program, ...args] = netnsPath === undefined ? cmd : ["nsenter", `--net=${netnsPath}`, "--", ...cmd];
-  const child = new Deno.Command(program, {
-    args,
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
 /** {@link inNs}, throwing a {@link RedirectError} with the command's stderr when it fails. */

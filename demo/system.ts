@@ -8,7 +8,7 @@
  * @module
  */
 
-import { inNs } from "../cni/redirect_linux.ts";
+import { inNs } from "../mesh/inpod.ts";
 
 /** Where the demo keeps its state, logs and data. */
 export const DEMO_DIR = "/var/lib/skiff-demo";

@@ -7,6 +7,7 @@
  */
 
 import assert from "node:assert/strict";
+import { asOriginalDst } from "../dataplane/proxy/addr.ts";
 import { installRedirect } from "../cni/redirect_linux.ts";
 import { DEFAULT_SETTINGS } from "../control/build/common.ts";
 import { buildMesh } from "../control/build/mod.ts";
@@ -74,7 +75,7 @@ function ztunnelPicks(state: MeshState, n: number): Record<string, number> {
   const client = state.workloads.byUid("Kubernetes//Pod/shop/client")!;
   const counts: Record<string, number> = {};
   for (let i = 0; i < n; i++) {
-    const r = buildRequest(client, { ip: "10.96.0.1", port: 80 }, state, { random: () => i / n });
+    const r = buildRequest(client, asOriginalDst({ ip: "10.96.0.1", port: 80 }), state, { random: () => i / n });
     const who = r.kind === "refused" ? r.reason : r.kind === "passthrough" ? "passthrough" : r.destinationWorkload.name;
     counts[who] = (counts[who] ?? 0) + 1;
   }
@@ -112,7 +113,7 @@ Deno.test("a pod whose manifest says it is not Ready takes no service traffic at
   await t.step("a call to the unready pod's own address still finds its workload (identity, policy)", () => {
     const state = stateOf(RUNNING, RUNNING + READY(false));
     const client = state.workloads.byUid("Kubernetes//Pod/shop/client")!;
-    const r = buildRequest(client, { ip: "10.0.1.4", port: 8080 }, state, { random: () => 0 });
+    const r = buildRequest(client, asOriginalDst({ ip: "10.0.1.4", port: 8080 }), state, { random: () => 0 });
     assert.ok(r.kind === "tcp", JSON.stringify(r));
     assert.equal(r.destinationWorkload.name, "web-2");
   });

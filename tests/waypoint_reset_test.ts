@@ -4,7 +4,7 @@
  * accepts, and a raw HTTP/2 client that opens CONNECT streams and resets each at once. A tunnel whose client is
  * gone must cost no upstream dial: the waypoint answers 200 before it sniffs the first bytes and dials, so
  * without a check each reset stream was dialled anyway (after the 1 s sniff timeout, or at once for a Service
- * port whose `appProtocol` is `tcp`). ztunnel's inbound bounds the same thing with `ztunnel/dial_guard.ts`.
+ * port whose `appProtocol` is `tcp`). ztunnel's inbound bounds the same thing with `proxy/dial_guard.ts`.
  */
 
 import assert from "node:assert/strict";
@@ -18,7 +18,7 @@ import type { WaypointContext } from "../dataplane/waypoint/exchange.ts";
 import { Http1Upstream } from "../dataplane/waypoint/http1.ts";
 import { Http2Upstream } from "../dataplane/waypoint/http2.ts";
 import { handleTunnel, SNIFF_TIMEOUT_MS } from "../dataplane/waypoint/server.ts";
-import { DIAL_LIMITS } from "../dataplane/ztunnel/dial_guard.ts";
+import { DIAL_LIMITS } from "../dataplane/proxy/dial_guard.ts";
 import type { WaypointSelf } from "../dataplane/waypoint/session.ts";
 import { WaypointMetrics } from "../dataplane/waypoint/telemetry.ts";
 import { Balancer, dialTcp, Tunnels } from "../dataplane/waypoint/upstream.ts";

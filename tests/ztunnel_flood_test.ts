@@ -1,7 +1,7 @@
 /**
  * Rapid reset spread over many HBONE connections, against a real `skiff ztunnel` in network namespaces. Each
  * connection stays under the codec's per-connection limit (250 early resets of 500), so only a bound across one
- * peer identity's connections (`dataplane/ztunnel/dial_guard.ts`) keeps ztunnel from dialling the app once per
+ * peer identity's connections (`dataplane/proxy/dial_guard.ts`) keeps ztunnel from dialling the app once per
  * reset stream. The app is a TCP listener that counts what reaches it; the test asserts on that count.
  */
 
@@ -13,7 +13,7 @@ import { loadSocketSupport, transparentConnect } from "../dataplane/sockets_linu
 import { encodeHeaders, encodeRstStream, ErrorCode, FrameType } from "../dataplane/h2/frame.ts";
 import { H2Connection } from "../dataplane/h2/connection.ts";
 import { clientTlsOptions } from "../dataplane/hbone/tls.ts";
-import { DIAL_LIMITS } from "../dataplane/ztunnel/dial_guard.ts";
+import { DIAL_LIMITS } from "../dataplane/proxy/dial_guard.ts";
 import { certificatesToPem } from "../certs/x509.ts";
 import { SpiffeId } from "../mesh/identity.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";

@@ -31,7 +31,8 @@ import type { WaypointDrain } from "./drain.ts";
 import type { Session, WaypointSelf } from "./session.ts";
 import type { WaypointMetrics } from "./telemetry.ts";
 import { type Balancer, ConnectFailure, type Endpoint, type Tunnels } from "./upstream.ts";
-import { workloadIdentity } from "../ztunnel/route.ts";
+import type { ResponseFlags } from "../proxy/flags.ts";
+import { workloadIdentity } from "../proxy/identity.ts";
 import type { HeaderModifier, L7Policy, RouteRule } from "../../mesh/l7.ts";
 import { sleep } from "../../mesh/abort.ts";
 import type { SpiffeId } from "../../mesh/identity.ts";
@@ -128,7 +129,7 @@ export type Answer =
 /** The outcome of an exchange, for the adapter to write and telemetry to record. */
 export interface Handled {
   answer: Answer;
-  flags: string;
+  flags: ResponseFlags;
   attempts: number;
   facts: ConnectionFacts;
   route?: string;
@@ -209,6 +210,119 @@ export class RequestBodyError extends Error {
   }
 }
 
+/** The parts of a request the plan reads. */
+export type PlanRequest = Pick<Exchange, "method" | "path" | "query" | "host" | "headers">;
+
+/**
+ * What to do with one request, decided without I/O ({@link planExchange}): answer locally (denied, no route, no
+ * backend), or forward to a fixed endpoint (a workload destination) or to an endpoint of a backend service, which
+ * the balancer picks per attempt (round robin, ejection and retries are state, so they stay with the I/O).
+ */
+export type ExchangePlan =
+  & { dryRun: { policy: string; wouldAllow: boolean }[] }
+  & (
+    | {
+      kind: "answer";
+      status: number;
+      message: string;
+      flags: ResponseFlags;
+      route?: string;
+      log?: { level: "debug" | "warn"; fields: Record<string, unknown>; message: string };
+    }
+    | {
+      kind: "forward";
+      rule?: RouteRule;
+      route?: string;
+      backend: { kind: "endpoint"; endpoint: Endpoint } | { kind: "service"; service: Service; port: number };
+      /** The service port the request goes to (the backend's when a route chose one). */
+      servicePort: number;
+      /** The backend port's declared protocol, which picks the upstream codec. */
+      appProtocol?: string;
+    }
+  );
+
+/**
+ * Authorizes and routes one request: the L7 policies (dry-run ones only reported), then for a service
+ * destination the route rule (only routes with a parent on this very port; a port no route attaches to routes to
+ * itself) and its weighted backend. Pure: `random` is the only input beside its arguments.
+ */
+export function planExchange(
+  session: Session,
+  x: PlanRequest,
+  policies: readonly L7Policy[],
+  state: MeshState,
+  random: () => number,
+): ExchangePlan {
+  const dest = session.destination;
+  let dryRun: ExchangePlan["dryRun"] = [];
+  if (policies.length > 0) {
+    const decision = authorizeRequest(policies, {
+      ...peerAttributes(session),
+      method: x.method,
+      path: x.path,
+      host: x.host,
+      headers: x.headers,
+    });
+    dryRun = decision.dryRun;
+    if (!decision.allowed) {
+      const fields = { policy: decision.policy, path: x.path, method: x.method };
+      const log = { level: "debug" as const, fields, message: "request denied" };
+      return { dryRun, kind: "answer", status: 403, message: "RBAC: access denied", flags: "RBAC", log };
+    }
+  }
+  if (dest.kind === "workload") {
+    const w = dest.workload;
+    const endpoint: Endpoint = { workload: w, ip: dest.ip, port: dest.port, hbone: w.tunnelProtocol === "HBONE" };
+    return {
+      dryRun,
+      kind: "forward",
+      backend: { kind: "endpoint", endpoint },
+      servicePort: dest.port,
+      appProtocol: dest.appProtocol,
+    };
+  }
+  const key = serviceKey(dest.service);
+  const routes = state.routes.forService(key).filter((r) =>
+    r.parents.some((p) => p.service === key && (p.port === undefined || p.port === dest.port))
+  );
+  let rule: RouteRule | undefined;
+  let route: string | undefined;
+  let service = dest.service;
+  let port = dest.port;
+  if (routes.length > 0) {
+    const selected = selectRule(
+      routes,
+      { method: x.method, path: x.path, query: x.query, headers: x.headers },
+      dest.port,
+      key,
+    );
+    if (!selected) return { dryRun, kind: "answer", status: 404, message: "route not found", flags: "NR" };
+    rule = selected.rule;
+    route = `${selected.route.namespace}/${selected.route.name}`;
+    const backend = pickBackend(rule, random);
+    if (!backend) {
+      return { dryRun, kind: "answer", status: 500, message: "no backend for this route", flags: "NR", route };
+    }
+    const svc = backend.problem ? undefined : state.services.byKey(backend.service);
+    if (!svc) {
+      const fields = { route, backend: backend.service, problem: backend.problem };
+      const log = { level: "warn" as const, fields, message: "route backend not found" };
+      return { dryRun, kind: "answer", status: 500, message: "route backend not found", flags: "NR", route, log };
+    }
+    service = svc;
+    port = backend.port;
+  }
+  return {
+    dryRun,
+    kind: "forward",
+    rule,
+    route,
+    backend: { kind: "service", service, port },
+    servicePort: port,
+    appProtocol: service.ports.find((p) => p.port === port)?.appProtocol,
+  };
+}
+
 /**
  * Authorizes, routes and forwards one request. `upstream` is the one to use, or picks one by the backend port's
  * declared protocol (the port the chosen route's backend names, else the destination's).
@@ -228,75 +342,28 @@ export async function handleExchange(
     headers: withClientCert(x.headers, ctx.self.identity, session.peer.identity),
     trailers: clientTrailers && (() => clientTrailers()?.filter(([n]) => n !== "x-forwarded-client-cert")),
   };
-  const dest = session.destination;
   const facts = sessionFacts(session);
   const deadline = new AbortController();
   const timers: ReturnType<typeof setTimeout>[] = [];
   const base = { attempts: 0, facts, deadline: deadline.signal, done: () => timers.forEach(clearTimeout) };
 
-  const policies = policiesFor(session, ctx);
-  if (policies.length > 0) {
-    const decision = authorizeRequest(policies, {
-      ...peerAttributes(session),
-      method: x.method,
-      path: x.path,
-      host: x.host,
-      headers: x.headers,
-    });
-    for (const d of decision.dryRun) {
-      ctx.log.info({ policy: d.policy, wouldAllow: d.wouldAllow, path: x.path }, "dry-run policy evaluated");
-    }
-    if (!decision.allowed) {
-      ctx.log.debug({ policy: decision.policy, path: x.path, method: x.method }, "request denied");
-      return { ...base, answer: local(403, "RBAC: access denied"), flags: "RBAC" };
-    }
-  }
-
   const state = ctx.state();
-  let rule: RouteRule | undefined;
-  let routeName: string | undefined;
+  const plan = planExchange(session, x, policiesFor(session, ctx), state, ctx.random);
+  for (const d of plan.dryRun) {
+    ctx.log.info({ policy: d.policy, wouldAllow: d.wouldAllow, path: x.path }, "dry-run policy evaluated");
+  }
+  if (plan.kind === "answer") {
+    if (plan.log) ctx.log[plan.log.level](plan.log.fields, plan.log.message);
+    const answer = { ...base, answer: local(plan.status, plan.message), flags: plan.flags };
+    return plan.route === undefined ? answer : { ...answer, route: plan.route };
+  }
+  const { rule, route: routeName, servicePort, appProtocol, backend } = plan;
   let endpointFor: (tried: ReadonlySet<string>) => Endpoint | undefined;
-  let servicePort = dest.port;
-  let appProtocol = dest.appProtocol;
-  if (dest.kind === "workload") {
-    const w = dest.workload;
-    const fixed: Endpoint = { workload: w, ip: dest.ip, port: dest.port, hbone: w.tunnelProtocol === "HBONE" };
-    endpointFor = () => fixed;
+  if (backend.kind === "endpoint") {
+    endpointFor = () => backend.endpoint;
   } else {
-    // Only routes with a parent on this very port apply; a port no route attaches to routes to itself.
-    const key = serviceKey(dest.service);
-    const routes = state.routes.forService(key).filter((r) =>
-      r.parents.some((p) => p.service === key && (p.port === undefined || p.port === dest.port))
-    );
-    let backendService = dest.service;
-    let backendPort = dest.port;
-    if (routes.length > 0) {
-      const selected = selectRule(
-        routes,
-        { method: x.method, path: x.path, query: x.query, headers: x.headers },
-        dest.port,
-        serviceKey(dest.service),
-      );
-      if (!selected) return { ...base, answer: local(404, "route not found"), flags: "NR" };
-      rule = selected.rule;
-      routeName = `${selected.route.namespace}/${selected.route.name}`;
-      const backend = pickBackend(rule, ctx.random);
-      if (!backend) return { ...base, answer: local(500, "no backend for this route"), flags: "NR", route: routeName };
-      const svc = backend.problem ? undefined : state.services.byKey(backend.service);
-      if (!svc) {
-        ctx.log.warn(
-          { route: routeName, backend: backend.service, problem: backend.problem },
-          "route backend not found",
-        );
-        return { ...base, answer: local(500, "route backend not found"), flags: "NR", route: routeName };
-      }
-      backendService = svc;
-      backendPort = backend.port;
-    }
-    facts.service = backendService;
-    servicePort = backendPort;
-    appProtocol = backendService.ports.find((p) => p.port === backendPort)?.appProtocol;
-    endpointFor = (tried) => ctx.balancer.pick(state, backendService, backendPort, ctx.self.network, tried);
+    facts.service = backend.service;
+    endpointFor = (tried) => ctx.balancer.pick(state, backend.service, backend.port, ctx.self.network, tried);
   }
 
   const headers = applyHeaderModifier([...x.headers], rule?.requestHeaders);
@@ -306,7 +373,7 @@ export async function handleExchange(
   const codes = new Set(retry?.codes ?? []);
   const backoff = retry?.backoffMs ?? DEFAULT_BACKOFF_MS;
   let body: { replay: Uint8Array } | { stream: Readable } | null = x.body ? { stream: x.body } : null;
-  const refused = () => ({ ...base, route: routeName, answer: local(400, "Bad Request"), flags: "DPE" });
+  const refused = () => ({ ...base, route: routeName, answer: local(400, "Bad Request"), flags: "DPE" as const });
   if (x.body && codes.size > 0 && retries > 0) {
     try {
       body = await holdForReplay(x.body);
@@ -318,7 +385,13 @@ export async function handleExchange(
   if (rule?.timeoutMs) timers.push(setTimeout(() => deadline.abort(new Error("request timeout")), rule.timeoutMs));
   const tried = new Set<string>();
   const via = typeof upstream === "function" ? upstream(appProtocol) : upstream;
-  const cancelled = () => ({ ...base, ...extra, attempts: sent, answer: { kind: "cancelled" as const }, flags: "DC" });
+  const cancelled = () => ({
+    ...base,
+    ...extra,
+    attempts: sent,
+    answer: { kind: "cancelled" as const },
+    flags: "DC" as const,
+  });
   let sent = 0;
   const extra = { route: routeName, service: facts.service, servicePort, responseHeaders: rule?.responseHeaders };
   let lastFailure = "";

@@ -36,7 +36,7 @@ import {
   stripHopByHop,
   UNTIL_CLOSE,
 } from "../http1/mod.ts";
-import { relay } from "../ztunnel/relay.ts";
+import { relay } from "../proxy/relay.ts";
 import { upstreamHttpVersion } from "./protocol.ts";
 import type { Upstreams } from "./server.ts";
 import {

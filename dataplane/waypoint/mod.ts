@@ -31,9 +31,9 @@ import net from "node:net";
 import { HboneServer } from "../hbone/server.ts";
 import { loadSocketSupport, transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
 import { loadNetnsSupport } from "../../mesh/netns_linux.ts";
-import { serveAdmin } from "../ztunnel/admin.ts";
-import { ZTUNNEL_OPTIONS } from "../ztunnel/mod.ts";
-import type { WorkloadCert } from "../ztunnel/inpod.ts";
+import { serveAdmin } from "../proxy/admin.ts";
+import { PROXY_OPTIONS } from "../proxy/options.ts";
+import type { WorkloadCert } from "../proxy/identity.ts";
 import type { WaypointContext } from "./exchange.ts";
 import { Http1Upstream } from "./http1.ts";
 import { Http2Upstream } from "./http2.ts";
@@ -62,8 +62,8 @@ export const WAYPOINT_OPTIONS = {
     parser: parsers.string("a service account name"),
   }),
   ...CONTROL_CLIENT_OPTIONS,
-  caAddress: ZTUNNEL_OPTIONS.caAddress,
-  trustDomain: ZTUNNEL_OPTIONS.trustDomain,
+  caAddress: PROXY_OPTIONS.caAddress,
+  trustDomain: PROXY_OPTIONS.trustDomain,
   network: option({
     flag: "network",
     env: "SKIFF_NETWORK",
@@ -100,10 +100,10 @@ export const WAYPOINT_OPTIONS = {
     default: DEFAULT_DRAIN_DEADLINE_MS,
   }),
   // As ztunnel's: the same flags, variables and defaults.
-  certTtl: ZTUNNEL_OPTIONS.certTtl,
-  adminPort: ZTUNNEL_OPTIONS.adminPort,
-  metricsPort: ZTUNNEL_OPTIONS.metricsPort,
-  readinessPort: ZTUNNEL_OPTIONS.readinessPort,
+  certTtl: PROXY_OPTIONS.certTtl,
+  adminPort: PROXY_OPTIONS.adminPort,
+  metricsPort: PROXY_OPTIONS.metricsPort,
+  readinessPort: PROXY_OPTIONS.readinessPort,
 };
 
 export const WAYPOINT_USAGE =

@@ -7,7 +7,7 @@
 import { type Handled, type Headers, sessionFacts, type WaypointContext } from "./exchange.ts";
 import type { Session } from "./session.ts";
 import type { RequestRecord } from "./telemetry.ts";
-import { formatAddr } from "../ztunnel/pod.ts";
+import { formatAddr } from "../proxy/addr.ts";
 
 /** What an adapter reports at the end of a request: the record's own fields, and what the rest comes from. */
 export type Completed =

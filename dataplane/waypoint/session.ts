@@ -9,8 +9,8 @@
  */
 
 import { field, type HeaderField } from "../h2/fields.ts";
-import { parseAuthority } from "../ztunnel/inbound_check.ts";
-import { workloadIdentity } from "../ztunnel/route.ts";
+import { parseAuthority } from "../proxy/addr.ts";
+import { workloadIdentity } from "../proxy/identity.ts";
 import type { SpiffeId } from "../../mesh/identity.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import type { GatewayAddress, Service, Workload } from "../../mesh/workload.ts";

@@ -12,9 +12,9 @@ import { authorizeRequest } from "./authz.ts";
 import { peerAttributes, policiesFor, sessionFacts, type WaypointContext } from "./exchange.ts";
 import type { Session } from "./session.ts";
 import { ConnectFailure, type Endpoint } from "./upstream.ts";
-import { DialGuard } from "../ztunnel/dial_guard.ts";
-import { relay } from "../ztunnel/relay.ts";
-import { workloadIdentity } from "../ztunnel/route.ts";
+import { DialGuard } from "../proxy/dial_guard.ts";
+import { relay } from "../proxy/relay.ts";
+import { workloadIdentity } from "../proxy/identity.ts";
 import type { L7Operation, L7Policy, L7Rule } from "../../mesh/l7.ts";
 import { tcpLabels } from "../../mesh/metrics.ts";
 
@@ -50,7 +50,7 @@ export function tcpPolicies(policies: readonly L7Policy[]): L7Policy[] {
 
 /**
  * What each client identity may make this waypoint dial at L4, across all its HBONE connections: the bound
- * `ztunnel/dial_guard.ts` gives ztunnel's inbound, for the same reason (streams reset after their dial began,
+ * `proxy/dial_guard.ts` gives ztunnel's inbound, for the same reason (streams reset after their dial began,
  * spread over many connections, each under the codec's per-connection limit). One per process, as in ztunnel:
  * a waypoint process is one waypoint.
  */

@@ -13,8 +13,9 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import { type HboneDialer, HbonePool } from "../hbone/pool.ts";
 import type { WorkloadCredentials } from "../hbone/tls.ts";
-import { baggage } from "../ztunnel/outbound.ts";
-import { targetPort, workloadIdentity } from "../ztunnel/route.ts";
+import { baggage } from "../proxy/headers.ts";
+import { eligibleEndpoints } from "../proxy/endpoint.ts";
+import { workloadIdentity } from "../proxy/identity.ts";
 import type { Logger } from "../../mesh/log.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import { HBONE_PORT, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
@@ -70,17 +71,16 @@ export class Balancer {
   }
 
   #candidates(state: MeshState, service: Service, port: number, network: string): Endpoint[] {
-    if (!service.ports.some((p) => p.port === port)) return [];
-    const allowUnhealthy = service.loadBalancing?.healthPolicy === "ALLOW_ALL";
-    const out: Endpoint[] = [];
-    for (const w of state.workloads.endpointsOf(serviceKey(service))) {
-      const ip = w.addresses[0];
-      if (ip === undefined || w.network !== network || w.capacity <= 0) continue;
-      if (!allowUnhealthy && w.status !== "HEALTHY") continue;
-      const tp = targetPort(service, port, w);
-      if (tp === undefined) continue;
-      out.push({ workload: w, service, ip, port: tp, hbone: w.tunnelProtocol === "HBONE" });
-    }
+    // Capacity 0 never takes a turn of the round robin (ztunnel's weightedPick never picks it either).
+    const out: Endpoint[] = eligibleEndpoints(service, port, state, network)
+      .filter(({ workload: w }) => w.capacity > 0)
+      .map(({ workload: w, targetPort }) => ({
+        workload: w,
+        service,
+        ip: w.addresses[0],
+        port: targetPort,
+        hbone: w.tunnelProtocol === "HBONE",
+      }));
     return out.sort((a, b) => (a.workload.uid < b.workload.uid ? -1 : a.workload.uid > b.workload.uid ? 1 : 0));
   }
 

@@ -9,7 +9,7 @@
 
 import type { SpiffeId } from "../../mesh/identity.ts";
 import type { Service, Workload } from "../../mesh/workload.ts";
-import type { SocketAddr } from "./route.ts";
+import type { SocketAddr } from "../proxy/addr.ts";
 
 /** What is known about a finished connection. */
 export interface ConnectionRecord {

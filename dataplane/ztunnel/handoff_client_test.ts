@@ -1,6 +1,6 @@
 /**
  * The handoff client against a scripted node agent (a unix listener the test drives, so that malformed and
- * out-of-order messages can be sent); cni/handoff_server_test.ts runs it against the real agent's server.
+ * out-of-order messages can be sent); tests/handoff_test.ts runs it against the real agent's server.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";

@@ -23,19 +23,12 @@ import { type ConnectionFacts, tcpLabels } from "../../mesh/metrics.ts";
 import type { Workload } from "../../mesh/workload.ts";
 import { checkInbound } from "./inbound_check.ts";
 import { authorize, type ConnectionAttributes } from "./rbac.ts";
-import {
-  abortOnClose,
-  formatAddr,
-  type PodContext,
-  type ProxyContext,
-  recordFinished,
-  recordRefused,
-  responseFlag,
-  socketEnds,
-} from "./pod.ts";
-import { relay } from "./relay.ts";
-import { ILLEGAL_PORTS, type SocketAddr } from "./route.ts";
-import { baggage } from "./outbound.ts";
+import { abortOnClose, type PodContext, type ProxyContext, recordFinished, recordRefused, socketEnds } from "./pod.ts";
+import { responseFlag } from "../proxy/flags.ts";
+import { relay } from "../proxy/relay.ts";
+import { formatAddr, type SocketAddr } from "../proxy/addr.ts";
+import { baggage } from "../proxy/headers.ts";
+import { ILLEGAL_PORTS } from "./route.ts";
 
 function sourceWorkload(ctx: ProxyContext, local: Workload | undefined, ip: string): Workload | undefined {
   const found = ctx.state().lookupAddress(local?.network ?? "", ip);

@@ -24,7 +24,10 @@ import type { SpiffeId } from "../../mesh/identity.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import type { Workload } from "../../mesh/workload.ts";
 import { authorize } from "./rbac.ts";
-import { ILLEGAL_PORTS, type SocketAddr, targetPort } from "./route.ts";
+import { parseAuthority, type SocketAddr } from "../proxy/addr.ts";
+import type { ResponseFlag } from "../proxy/flags.ts";
+import { targetPort } from "../proxy/endpoint.ts";
+import { ILLEGAL_PORTS } from "./route.ts";
 
 /** The pseudo-headers of an inbound request that the check reads. */
 export interface InboundRequest {
@@ -53,7 +56,7 @@ export interface InboundRefusal {
   ok: false;
   status: 400 | 401 | 503;
   reason: string;
-  flag: "" | "DENY" | "SELF_CALL" | "NO_ROUTE";
+  flag: "" | Extract<ResponseFlag, "DENY" | "SELF_CALL" | "NO_ROUTE">;
 }
 
 /** Accepted: the upstream to dial, and the policy that allowed it (for logs). */
@@ -61,24 +64,6 @@ export interface InboundAccept {
   ok: true;
   upstream: SocketAddr;
   policy?: string;
-}
-
-/** Parses an authority `ip:port`, `[v6]:port` or `host:port`; undefined when it is none of them. */
-export function parseAuthority(authority: string): { host: string; ip?: string; port: number } | undefined {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(authority);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) return undefined;
-  if (m[1] !== undefined) {
-    const ip = canonicalIp(m[1]);
-    return ip && ip.includes(":") ? { host: ip, ip, port } : undefined;
-  }
-  const host = m[2];
-  const ip = canonicalIp(host);
-  if (ip) return ip.includes(":") ? undefined : { host: ip, ip, port };
-  return /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(host) && host.length <= 253
-    ? { host: host.toLowerCase(), port }
-    : undefined;
 }
 
 const refuse = (

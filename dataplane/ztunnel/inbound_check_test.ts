@@ -3,7 +3,7 @@ import { decodeAuthorization } from "../../mesh/authorization.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
 import { MeshState } from "../../mesh/store.ts";
 import { decodeService, decodeWorkload } from "../../mesh/workload.ts";
-import { checkInbound, type InboundContext, type InboundRequest, parseAuthority } from "./inbound_check.ts";
+import { checkInbound, type InboundContext, type InboundRequest } from "./inbound_check.ts";
 
 const POD = decodeWorkload({
   uid: "u-web",
@@ -31,31 +31,6 @@ function ctx(extra: Partial<InboundContext> = {}, policies: unknown[] = []): Inb
   return { arrivedOn: "10.0.1.2", srcIp: "10.0.2.2", peer: PEER, local: POD, state, ...extra };
 }
 const CONNECT = (authority: string): InboundRequest => ({ method: "CONNECT", authority });
-
-Deno.test("parseAuthority() takes ip:port, [v6]:port and host:port, and nothing else", async (t) => {
-  const good: [string, ReturnType<typeof parseAuthority>][] = [
-    ["10.0.1.2:8080", { host: "10.0.1.2", ip: "10.0.1.2", port: 8080 }],
-    ["[FD00::1]:443", { host: "fd00::1", ip: "fd00::1", port: 443 }],
-    ["Web.Shop.svc.cluster.local:80", { host: "web.shop.svc.cluster.local", port: 80 }],
-  ];
-  for (const [text, want] of good) await t.step(text, () => assert.deepEqual(parseAuthority(text), want));
-  for (
-    const bad of [
-      "10.0.1.2",
-      "10.0.1.2:0",
-      "10.0.1.2:65536",
-      "fd00::1:80",
-      "[10.0.1.2]:80",
-      ":80",
-      "host:80/x",
-      "a b:80",
-      "10.0.1.2:80:80",
-      "",
-    ]
-  ) {
-    await t.step(`rejects ${JSON.stringify(bad)}`, () => assert.equal(parseAuthority(bad), undefined));
-  }
-});
 
 Deno.test("checkInbound() accepts a CONNECT to this pod's own address and port", () => {
   assert.deepEqual(checkInbound(CONNECT("10.0.1.2:8080"), ctx()), {

@@ -18,24 +18,20 @@ import net from "node:net";
 import type { PodInfo } from "../../mesh/protocol/handoff.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
 import type { RotationManager } from "../../certs/rotation_manager.ts";
-import type { CertTimes } from "../../certs/rotation.ts";
-import { INPOD_MARK } from "../../cni/redirect_linux.ts";
+import { INPOD_MARK } from "../../mesh/inpod.ts";
 import { enableListenerMigration, transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
 import { HbonePool } from "../hbone/pool.ts";
 import { HboneServer } from "../hbone/server.ts";
-import type { WorkloadCredentials } from "../hbone/tls.ts";
 import { HBONE_PORT } from "../../mesh/workload.ts";
 import type { PodHandler } from "./handoff_client.ts";
 import type { PodContext, ProxyContext } from "./pod.ts";
 import { handleOutbound } from "./outbound.ts";
 import { handleHboneInbound, handlePlaintextInbound } from "./inbound.ts";
-import type { SocketAddr } from "./route.ts";
+import type { SocketAddr } from "../proxy/addr.ts";
+import type { WorkloadCert } from "../proxy/identity.ts";
 
 export const OUTBOUND_PORT = 15001;
 export const INBOUND_PLAINTEXT_PORT = 15006;
-
-/** A workload certificate as the rotation manager keeps it. */
-export type WorkloadCert = WorkloadCredentials & CertTimes;
 
 /** How listeners and dials are made; Linux namespaces in production, loopback in in-process tests. */
 export interface PodNetwork {

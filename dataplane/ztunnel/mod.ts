@@ -19,16 +19,7 @@ import { RotationManager } from "../../certs/rotation_manager.ts";
 import { certificatesToPem } from "../../certs/x509.ts";
 import { hostname } from "node:os";
 import { requestCertificate } from "../../certs/ca_client.ts";
-import {
-  describeOptions,
-  loggable,
-  option,
-  parsers,
-  readConfig,
-  trustDomainOption,
-  UsageError,
-  type Values,
-} from "../../mesh/config.ts";
+import { describeOptions, loggable, option, parsers, readConfig, UsageError, type Values } from "../../mesh/config.ts";
 import {
   ClientConfig,
   CONTROL_CLIENT_OPTIONS,
@@ -45,18 +36,17 @@ import { DEFAULT_HANDOFF_SOCKET } from "../../mesh/protocol/handoff.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import { loadSocketSupport } from "../sockets_linux.ts";
 import { accessLogFields, type ConnectionRecord } from "./access_log.ts";
-import { ADMIN_PORT, METRICS_PORT, READINESS_PORT, serveAdmin } from "./admin.ts";
+import { serveAdmin } from "../proxy/admin.ts";
+import { PROXY_OPTIONS } from "../proxy/options.ts";
 import { ConnectionManager } from "./connection_manager.ts";
-import { DialGuard } from "./dial_guard.ts";
+import { DialGuard } from "../proxy/dial_guard.ts";
 import { DEFAULT_DRAIN_DEADLINE_MS, drainConnections, startSuccessor, takeOverFromPredecessor } from "./drain.ts";
 import { runHandoffClient } from "./handoff_client.ts";
 import { DNS_OPTIONS, DnsProxy } from "./dns/mod.ts";
-import { linuxPodNetwork, PodManager, type WorkloadCert } from "./inpod.ts";
+import type { WorkloadCert } from "../proxy/identity.ts";
+import { linuxPodNetwork, PodManager } from "./inpod.ts";
 import { readLocalConfig, stateOf } from "./local_config.ts";
 import { nodeIdentities, prefetchPlan } from "./prefetch.ts";
-
-const port = (flag: string, env: string, fallback: number, help: string) =>
-  option({ flag, env, help, parser: parsers.int(0, 65535), default: fallback });
 
 export const ZTUNNEL_OPTIONS = {
   localConfig: option({
@@ -72,19 +62,14 @@ export const ZTUNNEL_OPTIONS = {
     parser: parsers.string("a directory path"),
   }),
   ...CONTROL_CLIENT_OPTIONS,
-  caAddress: option({
-    flag: "ca-address",
-    env: "CA_ADDRESS",
-    help: "the CA service when it runs apart (skiff ca serve); default: the --control URL",
-    parser: parsers.string("a URL such as https://10.0.0.2:15012"),
-  }),
+  caAddress: PROXY_OPTIONS.caAddress,
   nodeName: option({
     flag: "node-name",
     env: "NODE_NAME",
     help: "this node's name in the mesh (default: the node token's, else the host name)",
     parser: parsers.string("a node name"),
   }),
-  trustDomain: trustDomainOption,
+  trustDomain: PROXY_OPTIONS.trustDomain,
   handoffSocket: option({
     flag: "handoff-socket",
     env: "SKIFF_HANDOFF_SOCKET",
@@ -92,13 +77,7 @@ export const ZTUNNEL_OPTIONS = {
     parser: parsers.string("a socket path"),
     default: DEFAULT_HANDOFF_SOCKET,
   }),
-  certTtl: option({
-    flag: "cert-ttl",
-    env: "SKIFF_CERT_TTL",
-    help: "lifetime of workload certificates",
-    parser: parsers.duration(),
-    default: 24 * 3_600_000,
-  }),
+  certTtl: PROXY_OPTIONS.certTtl,
   drainDeadline: option({
     flag: "drain-deadline",
     env: "CONNECTION_TERMINATION_DEADLINE",
@@ -106,9 +85,9 @@ export const ZTUNNEL_OPTIONS = {
     parser: parsers.duration(),
     default: DEFAULT_DRAIN_DEADLINE_MS,
   }),
-  adminPort: port("admin-port", "SKIFF_ADMIN_PORT", ADMIN_PORT, "admin (localhost): /config_dump, /logging"),
-  metricsPort: port("metrics-port", "SKIFF_METRICS_PORT", METRICS_PORT, "Prometheus /metrics"),
-  readinessPort: port("readiness-port", "SKIFF_READINESS_PORT", READINESS_PORT, "/healthz/ready"),
+  adminPort: PROXY_OPTIONS.adminPort,
+  metricsPort: PROXY_OPTIONS.metricsPort,
+  readinessPort: PROXY_OPTIONS.readinessPort,
   ...DNS_OPTIONS,
 };
 

@@ -8,48 +8,14 @@
 
 import type net from "node:net";
 import type { Duplex } from "node:stream";
-import type { HeaderField } from "../h2/fields.ts";
-import type { Service, Workload } from "../../mesh/workload.ts";
 import { tcpLabels } from "../../mesh/metrics.ts";
-import { buildRequest, type SocketAddr, workloadIdentity } from "./route.ts";
-import {
-  abortOnClose,
-  formatAddr,
-  type PodContext,
-  type ProxyContext,
-  recordFinished,
-  recordRefused,
-  responseFlag,
-  socketEnds,
-} from "./pod.ts";
-import { relay } from "./relay.ts";
-
-/** Upstream's baggage (`src/baggage.rs`): who is calling, for the other side's telemetry. Empty values left out. */
-export function baggage(w: Workload): string {
-  const type = w.workloadType.toLowerCase();
-  const parts: [string, string | undefined][] = [
-    ["k8s.cluster.name", w.clusterId],
-    ["k8s.namespace.name", w.namespace],
-    [`k8s.${type}.name`, w.workloadName || w.name],
-    ["service.name", w.canonicalName],
-    ["service.version", w.canonicalRevision],
-    ["cloud.region", w.locality?.region],
-    ["cloud.availability_zone", w.locality?.zone],
-  ];
-  return parts.filter(([, v]) => v).map(([k, v]) => `${k}=${v}`).join(",");
-}
-
-/** A random W3C traceparent, one per connection as upstream sends it. */
-export function traceparent(random = crypto.getRandomValues.bind(crypto)): string {
-  const hex = (n: number) => [...random(new Uint8Array(n))].map((b) => b.toString(16).padStart(2, "0")).join("");
-  return `00-${hex(16)}-${hex(8)}-00`;
-}
-
-/** The headers of an outbound CONNECT besides `:method` and `:authority`. */
-export function hboneHeaders(source: Workload, client: SocketAddr, service: Service | undefined): HeaderField[] {
-  const forwarded = `for="${formatAddr(client)}"${service ? `;host=${service.hostname}` : ""}`;
-  return [["forwarded", forwarded], ["baggage", baggage(source)], ["traceparent", traceparent()]];
-}
+import { asOriginalDst, formatAddr, type SocketAddr } from "../proxy/addr.ts";
+import { hboneHeaders } from "../proxy/headers.ts";
+import { workloadIdentity } from "../proxy/identity.ts";
+import { buildRequest } from "./route.ts";
+import { abortOnClose, type PodContext, type ProxyContext, recordFinished, recordRefused, socketEnds } from "./pod.ts";
+import { responseFlag } from "../proxy/flags.ts";
+import { relay } from "../proxy/relay.ts";
 
 /** Serves one captured outbound connection to its end (`originalDst`: see `PodNetwork.originalDst`). */
 export async function handleOutbound(
@@ -67,7 +33,7 @@ export async function handleOutbound(
     socket.destroy();
     return;
   }
-  const req = buildRequest(source, dst, ctx.state(), { random: ctx.random });
+  const req = buildRequest(source, asOriginalDst(dst), ctx.state(), { random: ctx.random });
   if (req.kind === "refused") {
     ctx.log.info({ src: formatAddr(src), dst: formatAddr(dst), reason: req.reason }, `refused: ${req.detail}`);
     socket.resetAndDestroy();

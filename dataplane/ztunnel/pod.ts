@@ -13,10 +13,10 @@ import type { MeshState } from "../../mesh/store.ts";
 import type { Workload } from "../../mesh/workload.ts";
 import type { HbonePool } from "../hbone/pool.ts";
 import type { ConnectionManager } from "./connection_manager.ts";
-import type { DialGuard } from "./dial_guard.ts";
+import type { DialGuard } from "../proxy/dial_guard.ts";
 import type { ConnectionRecord } from "./access_log.ts";
-import type { SocketAddr } from "./route.ts";
-import type { RelayResult } from "./relay.ts";
+import type { SocketAddr } from "../proxy/addr.ts";
+import type { RelayResult } from "../proxy/relay.ts";
 import { type ConnectionFacts, tcpLabels, type TcpLabelSet } from "../../mesh/metrics.ts";
 
 /** Node-wide parts every pod uses. */
@@ -46,29 +46,6 @@ export interface PodContext {
   dial(source: string, target: SocketAddr, signal?: AbortSignal): Promise<net.Socket>;
   /** Sockets and streams open for this pod; destroyed when the pod is removed. */
   open: Set<{ destroy(error?: Error): void }>;
-}
-
-/** Istio's response flag for a failure, in one place (reference §7 metrics). */
-export function responseFlag(error: unknown): string {
-  const code = (error as { code?: string })?.code;
-  switch (code) {
-    case "TIMEOUT":
-      return "NETWORK_POLICY";
-    case "TLS":
-      return "TLS_FAILURE";
-    case "IDENTITY":
-      return "IDENTITY_ERROR";
-    case "STREAM":
-      return "H2_HANDSHAKE_FAILURE";
-    case "DENY":
-      return "DENY";
-    default:
-      return "CONNECT";
-  }
-}
-
-export function formatAddr(a: SocketAddr): string {
-  return a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`;
 }
 
 export function stripV4Mapped(ip: string | undefined): string {

@@ -22,23 +22,20 @@
 
 import { SpiffeId } from "../../mesh/identity.ts";
 import type { MeshState } from "../../mesh/store.ts";
+import { type GatewayAddress, HBONE_PORT, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
 import {
-  type GatewayAddress,
-  HBONE_PORT,
-  type RoutingScope,
-  type Service,
-  serviceKey,
-  type Workload,
-} from "../../mesh/workload.ts";
+  asAuthority,
+  asHboneAddr,
+  type Authority,
+  type HboneAddr,
+  type OriginalDst,
+  type SocketAddr,
+} from "../proxy/addr.ts";
+import { pickEndpoint, weightedPick } from "../proxy/endpoint.ts";
+import { workloadIdentity } from "../proxy/identity.ts";
 
 /** ztunnel's own ports in a pod; never a destination (upstream `illegal_ports`). */
 export const ILLEGAL_PORTS: ReadonlySet<number> = new Set([15001, 15006, HBONE_PORT]);
-
-/** An address and port. */
-export interface SocketAddr {
-  ip: string;
-  port: number;
-}
 
 /** Why a connection is refused, as upstream names it. */
 export type RefusalReason = "SelfCall" | "NoHealthyUpstream" | "UnknownWaypoint" | "UnreachableNetwork";
@@ -48,9 +45,9 @@ export type OutboundRequest =
   | {
     kind: "hbone";
     /** Where to open (or reuse) the HBONE connection: the destination's or waypoint's ip:15008. */
-    hboneAddr: SocketAddr;
+    hboneAddr: HboneAddr;
     /** The CONNECT `:authority`. */
-    authority: SocketAddr;
+    authority: Authority;
     /** Identities the server certificate may carry (upstream SANs). */
     expectedIdentities: SpiffeId[];
     destinationWorkload: Workload;
@@ -59,18 +56,13 @@ export type OutboundRequest =
     viaWaypoint: boolean;
   }
   | { kind: "tcp"; target: SocketAddr; destinationWorkload: Workload; destinationService?: Service }
-  | { kind: "passthrough"; target: SocketAddr }
+  | { kind: "passthrough"; target: OriginalDst }
   | { kind: "refused"; reason: RefusalReason; detail: string };
 
 /** Inputs beside the state: the source's network, and randomness for endpoint choice. */
 export interface RouteOptions {
   /** Returns a number in [0, 1). */
   random: () => number;
-}
-
-/** The identity a workload's certificate carries. */
-export function workloadIdentity(w: Workload): SpiffeId {
-  return SpiffeId.of(w.trustDomain, w.namespace, w.serviceAccount);
 }
 
 function isLoopback(ip: string): boolean {
@@ -82,7 +74,12 @@ function refused(reason: RefusalReason, detail: string): OutboundRequest {
 }
 
 /** Decides where an outbound connection from `source` to `dst` goes. */
-export function buildRequest(source: Workload, dst: SocketAddr, state: MeshState, opts: RouteOptions): OutboundRequest {
+export function buildRequest(
+  source: Workload,
+  dst: OriginalDst,
+  state: MeshState,
+  opts: RouteOptions,
+): OutboundRequest {
   if (isLoopback(dst.ip) && ILLEGAL_PORTS.has(dst.port)) {
     return refused("SelfCall", `${dst.ip}:${dst.port} is one of ztunnel's own ports`);
   }
@@ -131,8 +128,8 @@ function direct(source: Workload, w: Workload, port: number, service?: Service):
   }
   return {
     kind: "hbone",
-    hboneAddr: { ip, port: HBONE_PORT },
-    authority: { ip, port },
+    hboneAddr: asHboneAddr(ip, HBONE_PORT),
+    authority: asAuthority({ ip, port }),
     expectedIdentities: expected(w, service),
     destinationWorkload: w,
     destinationService: service,
@@ -161,7 +158,7 @@ function expected(w: Workload, service?: Service): SpiffeId[] {
 function throughWaypoint(
   source: Workload,
   gw: GatewayAddress,
-  dst: SocketAddr,
+  dst: OriginalDst,
   state: MeshState,
   opts: RouteOptions,
   service?: Service,
@@ -175,8 +172,8 @@ function throughWaypoint(
   }
   return {
     kind: "hbone",
-    hboneAddr: { ip, port: gw.hboneMtlsPort },
-    authority: dst,
+    hboneAddr: asHboneAddr(ip, gw.hboneMtlsPort),
+    authority: asAuthority(dst),
     expectedIdentities: expected(waypoint, resolved.service),
     destinationWorkload: waypoint,
     destinationService: service,
@@ -211,76 +208,4 @@ function resolveGateway(
     w.addresses.length > 0 && w.status === "HEALTHY" && w.network === source.network
   );
   return { candidates, chosen: weightedPick(usable, opts.random), service };
-}
-
-/** The port of `service` port `port` on endpoint `w`, or undefined when the endpoint does not serve it. */
-export function targetPort(service: Service, port: number, w: Workload): number | undefined {
-  const own = w.services[serviceKey(service)]?.find((m) => m.servicePort === port);
-  if (own) return own.targetPort === 0 ? undefined : own.targetPort;
-  const sp = service.ports.find((p) => p.port === port);
-  if (!sp || sp.targetPort === 0) return undefined; // a named port this endpoint did not resolve
-  return sp.targetPort;
-}
-
-/** Chooses an endpoint of `service` for `port`, as ztunnel's `load_balance`. */
-export function pickEndpoint(
-  source: Workload,
-  service: Service,
-  port: number,
-  state: MeshState,
-  opts: RouteOptions,
-): { workload: Workload; targetPort: number } | undefined {
-  if (!service.ports.some((p) => p.port === port)) return undefined;
-  const allowUnhealthy = service.loadBalancing?.healthPolicy === "ALLOW_ALL";
-  let options = state.workloads.endpointsOf(serviceKey(service))
-    .filter((w) => w.addresses.length > 0 && w.network === source.network)
-    .filter((w) => allowUnhealthy || w.status === "HEALTHY")
-    .map((w) => ({ workload: w, targetPort: targetPort(service, port, w) }))
-    .filter((o): o is { workload: Workload; targetPort: number } => o.targetPort !== undefined);
-  const prefs = service.loadBalancing?.routingPreference ?? [];
-  if (prefs.length > 0 && options.length > 0) {
-    const ranked = options.map((o) => ({ o, rank: localityRank(source, o.workload, prefs) }));
-    if (service.loadBalancing?.mode === "STRICT") {
-      options = ranked.filter((r) => r.rank === prefs.length).map((r) => r.o);
-    } else {
-      const best = Math.max(...ranked.map((r) => r.rank));
-      options = ranked.filter((r) => r.rank === best).map((r) => r.o);
-    }
-  }
-  const chosen = weightedPick(options.map((o) => o.workload), opts.random);
-  return chosen && options.find((o) => o.workload === chosen);
-}
-
-/** How many of the preferred scopes, in order, the endpoint shares with the source before the first miss. */
-export function localityRank(source: Workload, w: Workload, prefs: readonly RoutingScope[]): number {
-  let rank = 0;
-  for (const scope of prefs) {
-    const same = scope === "REGION"
-      ? source.locality?.region === w.locality?.region
-      : scope === "ZONE"
-      ? source.locality?.zone === w.locality?.zone
-      : scope === "SUBZONE"
-      ? source.locality?.subzone === w.locality?.subzone
-      : scope === "NODE"
-      ? source.node === w.node
-      : scope === "CLUSTER"
-      ? source.clusterId === w.clusterId
-      : source.network === w.network;
-    if (!same) break;
-    rank++;
-  }
-  return rank;
-}
-
-/** A random element, weighted by capacity; capacity 0 is never chosen. */
-export function weightedPick(ws: readonly Workload[], random: () => number): Workload | undefined {
-  const total = ws.reduce((s, w) => s + w.capacity, 0);
-  if (total <= 0) return undefined;
-  let r = random() * total;
-  for (const w of ws) {
-    if (w.capacity <= 0) continue;
-    if (r < w.capacity) return w;
-    r -= w.capacity;
-  }
-  return ws.findLast((w) => w.capacity > 0);
 }

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
+import { asOriginalDst } from "../proxy/addr.ts";
 import pino from "pino";
 import { ClientConfig } from "../../mesh/control_client.ts";
 import type { StreamMessage } from "../../mesh/protocol/config_stream.ts";
 import { MeshState } from "../../mesh/store.ts";
 import { decodeService, decodeWorkload, type Service, type Workload } from "../../mesh/workload.ts";
-import { buildRequest, localityRank, type OutboundRequest, weightedPick } from "./route.ts";
+import { localityRank, weightedPick } from "../proxy/endpoint.ts";
+import { buildRequest, type OutboundRequest } from "./route.ts";
 
 const SVC_HOST = "web.shop.svc.cluster.local";
 const SVC_KEY = `shop/${SVC_HOST}`;
@@ -51,28 +53,35 @@ function hbone(r: OutboundRequest) {
 Deno.test("buildRequest() refuses loopback to ztunnel's own ports as SelfCall, and passes other loopback ports", async (t) => {
   for (const port of [15001, 15006, 15008]) {
     await t.step(`127.0.0.1:${port}`, () => {
-      const r = buildRequest(client, { ip: "127.0.0.1", port }, meshOf(client), fixed(0));
+      const r = buildRequest(client, asOriginalDst({ ip: "127.0.0.1", port }), meshOf(client), fixed(0));
       assert.deepEqual([r.kind, r.kind === "refused" && r.reason], ["refused", "SelfCall"]);
     });
   }
   await t.step(
     "[::1]:15008",
-    () => assert.equal(buildRequest(client, { ip: "::1", port: 15008 }, meshOf(), fixed(0)).kind, "refused"),
+    () =>
+      assert.equal(buildRequest(client, asOriginalDst({ ip: "::1", port: 15008 }), meshOf(), fixed(0)).kind, "refused"),
   );
   await t.step(
     "127.0.0.1:8080 passes through",
-    () => assert.equal(buildRequest(client, { ip: "127.0.0.1", port: 8080 }, meshOf(), fixed(0)).kind, "passthrough"),
+    () =>
+      assert.equal(
+        buildRequest(client, asOriginalDst({ ip: "127.0.0.1", port: 8080 }), meshOf(), fixed(0)).kind,
+        "passthrough",
+      ),
   );
 });
 
 Deno.test("buildRequest() passes an unknown address through to the original destination", () => {
-  const r = buildRequest(client, { ip: "192.0.2.7", port: 443 }, meshOf(client), fixed(0));
+  const r = buildRequest(client, asOriginalDst({ ip: "192.0.2.7", port: 443 }), meshOf(client), fixed(0));
   assert.deepEqual(r, { kind: "passthrough", target: { ip: "192.0.2.7", port: 443 } });
 });
 
 Deno.test("buildRequest() sends an in-mesh pod HBONE to podIP:15008 with authority podIP:port and its identity", () => {
   const server = workload("server", "10.0.2.2");
-  const r = hbone(buildRequest(client, { ip: "10.0.2.2", port: 8080 }, meshOf(client, server), fixed(0)));
+  const r = hbone(
+    buildRequest(client, asOriginalDst({ ip: "10.0.2.2", port: 8080 }), meshOf(client, server), fixed(0)),
+  );
   assert.deepEqual(r.hboneAddr, { ip: "10.0.2.2", port: 15008 });
   assert.deepEqual(r.authority, { ip: "10.0.2.2", port: 8080 });
   assert.deepEqual(r.expectedIdentities.map(String), ["spiffe://cluster.local/ns/shop/sa/server"]);
@@ -81,7 +90,7 @@ Deno.test("buildRequest() sends an in-mesh pod HBONE to podIP:15008 with authori
 
 Deno.test("buildRequest() sends an out-of-mesh pod plain TCP", () => {
   const legacy = workload("legacy", "10.0.2.3", { tunnelProtocol: "NONE" });
-  const r = buildRequest(client, { ip: "10.0.2.3", port: 5432 }, meshOf(client, legacy), fixed(0));
+  const r = buildRequest(client, asOriginalDst({ ip: "10.0.2.3", port: 5432 }), meshOf(client, legacy), fixed(0));
   assert.equal(r.kind, "tcp");
   assert.deepEqual(r.kind === "tcp" && r.target, { ip: "10.0.2.3", port: 5432 });
 });
@@ -89,7 +98,9 @@ Deno.test("buildRequest() sends an out-of-mesh pod plain TCP", () => {
 Deno.test("buildRequest() load-balances a service VIP to an endpoint's target port, with the service's SANs", () => {
   const a = endpoint("a", "10.0.2.2");
   const svc = service({ subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/legacy-web", "not-a-spiffe-id"] });
-  const r = hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, meshOf(client, a, svc), fixed(0)));
+  const r = hbone(
+    buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), meshOf(client, a, svc), fixed(0)),
+  );
   assert.deepEqual(r.hboneAddr, { ip: "10.0.2.2", port: 15008 });
   assert.deepEqual(r.authority, { ip: "10.0.2.2", port: 8080 }, "the target port, not the service port");
   assert.deepEqual(r.expectedIdentities.map(String), [
@@ -105,7 +116,9 @@ Deno.test("buildRequest() spreads a service over its endpoints, weighted by capa
   const state = meshOf(client, a, b, service());
   const count = new Map<string, number>();
   for (let i = 0; i < 400; i++) {
-    const r = hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, state, { random: () => (i + 0.5) / 400 }));
+    const r = hbone(
+      buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), state, { random: () => (i + 0.5) / 400 }),
+    );
     count.set(r.destinationWorkload.name, (count.get(r.destinationWorkload.name) ?? 0) + 1);
   }
   assert.deepEqual(Object.fromEntries(count), { a: 100, b: 300 });
@@ -114,7 +127,9 @@ Deno.test("buildRequest() spreads a service over its endpoints, weighted by capa
 Deno.test("buildRequest() resolves a named port per endpoint", () => {
   const svc = service({ ports: [{ port: 80, targetPortName: "http" }] });
   const a = workload("a", "10.0.2.2", { services: { [SVC_KEY]: [{ servicePort: 80, targetPort: 9000 }] } });
-  const r = hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, meshOf(client, a, svc), fixed(0)));
+  const r = hbone(
+    buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), meshOf(client, a, svc), fixed(0)),
+  );
   assert.equal(r.authority.port, 9000);
 });
 
@@ -150,7 +165,7 @@ Deno.test("buildRequest() skips endpoints that cannot serve, and refuses with No
     await t.step(c.name, () => {
       const r = buildRequest(
         client,
-        { ip: "10.96.0.10", port: c.port ?? 80 },
+        asOriginalDst({ ip: "10.96.0.10", port: c.port ?? 80 }),
         meshOf(client, c.svc ?? service(), ...c.endpoints),
         fixed(0.99),
       );
@@ -165,7 +180,12 @@ Deno.test("buildRequest() sends service traffic to its waypoint, with the VIP as
   const wp = workload("waypoint", "10.0.5.5");
   const svc = service({ waypoint: { address: { address: "10.0.5.5" } } });
   const r = hbone(
-    buildRequest(client, { ip: "10.96.0.10", port: 80 }, meshOf(client, wp, svc, endpoint("a", "10.0.2.2")), fixed(0)),
+    buildRequest(
+      client,
+      asOriginalDst({ ip: "10.96.0.10", port: 80 }),
+      meshOf(client, wp, svc, endpoint("a", "10.0.2.2")),
+      fixed(0),
+    ),
   );
   assert.equal(r.viaWaypoint, true);
   assert.deepEqual(r.hboneAddr, { ip: "10.0.5.5", port: 15008 });
@@ -186,7 +206,9 @@ Deno.test("buildRequest() finds a waypoint by hostname among its service's endpo
     services: { [`shop/${wpHost}`]: [{ servicePort: 15008, targetPort: 15008 }] },
   });
   const svc = service({ waypoint: { hostname: { namespace: "shop", hostname: wpHost } } });
-  const r = hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, meshOf(client, wp, wpSvc, svc), fixed(0)));
+  const r = hbone(
+    buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), meshOf(client, wp, wpSvc, svc), fixed(0)),
+  );
   assert.equal(r.destinationWorkload.name, "waypoint");
   assert.equal(r.viaWaypoint, true);
 });
@@ -195,7 +217,12 @@ Deno.test("buildRequest() lets the waypoint itself go on to the service's endpoi
   const wp = workload("waypoint", "10.0.5.5");
   const svc = service({ waypoint: { address: { address: "10.0.5.5" } } });
   const r = hbone(
-    buildRequest(wp, { ip: "10.96.0.10", port: 80 }, meshOf(wp, svc, endpoint("a", "10.0.2.2")), fixed(0)),
+    buildRequest(
+      wp,
+      asOriginalDst({ ip: "10.96.0.10", port: 80 }),
+      meshOf(wp, svc, endpoint("a", "10.0.2.2")),
+      fixed(0),
+    ),
   );
   assert.equal(r.viaWaypoint, false);
   assert.equal(r.destinationWorkload.name, "a");
@@ -205,10 +232,10 @@ Deno.test("buildRequest() sends traffic for a pod with a waypoint through it, un
   const wp = workload("waypoint", "10.0.5.5");
   const server = workload("server", "10.0.2.2", { waypoint: { address: { address: "10.0.5.5" } } });
   const state = meshOf(client, wp, server);
-  const via = hbone(buildRequest(client, { ip: "10.0.2.2", port: 8080 }, state, fixed(0)));
+  const via = hbone(buildRequest(client, asOriginalDst({ ip: "10.0.2.2", port: 8080 }), state, fixed(0)));
   assert.equal(via.viaWaypoint, true);
   assert.deepEqual(via.authority, { ip: "10.0.2.2", port: 8080 });
-  const onward = hbone(buildRequest(wp, { ip: "10.0.2.2", port: 8080 }, state, fixed(0)));
+  const onward = hbone(buildRequest(wp, asOriginalDst({ ip: "10.0.2.2", port: 8080 }), state, fixed(0)));
   assert.equal(onward.viaWaypoint, false);
   assert.deepEqual(onward.hboneAddr, { ip: "10.0.2.2", port: 15008 });
 });
@@ -217,7 +244,7 @@ Deno.test("buildRequest() refuses rather than skip a waypoint it cannot find", (
   const svc = service({ waypoint: { address: { address: "10.0.5.5" } } });
   const r = buildRequest(
     client,
-    { ip: "10.96.0.10", port: 80 },
+    asOriginalDst({ ip: "10.96.0.10", port: 80 }),
     meshOf(client, svc, endpoint("a", "10.0.2.2")),
     fixed(0),
   );
@@ -228,7 +255,7 @@ Deno.test("buildRequest() sends a PASSTHROUGH service to the original destinatio
   const svc = service({ loadBalancing: { mode: "PASSTHROUGH" } });
   const r = buildRequest(
     client,
-    { ip: "10.96.0.10", port: 80 },
+    asOriginalDst({ ip: "10.96.0.10", port: 80 }),
     meshOf(client, svc, endpoint("a", "10.0.2.2")),
     fixed(0),
   );
@@ -250,17 +277,32 @@ Deno.test("locality preference keeps the best-ranked endpoints; STRICT keeps onl
     for (const r of [0, 0.5, 0.99]) {
       assert.equal(
         hbone(
-          buildRequest(here, { ip: "10.96.0.10", port: 80 }, meshOf(here, svc, sameZone, sameRegion, far), fixed(r)),
+          buildRequest(
+            here,
+            asOriginalDst({ ip: "10.96.0.10", port: 80 }),
+            meshOf(here, svc, sameZone, sameRegion, far),
+            fixed(r),
+          ),
         ).destinationWorkload.name,
         "same-zone",
       );
     }
-    const r = buildRequest(here, { ip: "10.96.0.10", port: 80 }, meshOf(here, svc, sameRegion, far), fixed(0.99));
+    const r = buildRequest(
+      here,
+      asOriginalDst({ ip: "10.96.0.10", port: 80 }),
+      meshOf(here, svc, sameRegion, far),
+      fixed(0.99),
+    );
     assert.equal(hbone(r).destinationWorkload.name, "same-region");
   });
   await t.step("STRICT refuses when no endpoint matches every scope", () => {
     const svc = service({ loadBalancing: { routingPreference: ["REGION", "ZONE"], mode: "STRICT" } });
-    const r = buildRequest(here, { ip: "10.96.0.10", port: 80 }, meshOf(here, svc, sameRegion, far), fixed(0));
+    const r = buildRequest(
+      here,
+      asOriginalDst({ ip: "10.96.0.10", port: 80 }),
+      meshOf(here, svc, sameRegion, far),
+      fixed(0),
+    );
     assert.equal(r.kind, "refused");
   });
 });
@@ -304,28 +346,34 @@ Deno.test("buildRequest() refuses rather than go around a waypoint an update it 
   await t.step("a service whose update did not decode", () => {
     const config = held();
     assert.equal(config.apply(update(resource("Service", SVC_KEY, { ...svc, ...waypoint }))).refused, 1);
-    const r = buildRequest(client, { ip: "10.96.0.10", port: 80 }, config.state, fixed(0));
+    const r = buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), config.state, fixed(0));
     assert.deepEqual([r.kind, r.kind === "refused" && r.reason], ["refused", "UnknownWaypoint"], JSON.stringify(r));
     assert.match((r as { detail: string }).detail, /did not decode/);
     config.apply(update(resource("Service", SVC_KEY, { ...svc, waypoint: waypoint.waypoint })));
-    assert.equal(hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, config.state, fixed(0))).viaWaypoint, true);
+    assert.equal(
+      hbone(buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), config.state, fixed(0))).viaWaypoint,
+      true,
+    );
   });
   await t.step("a pod whose update did not decode", () => {
     const config = held();
     assert.equal(config.apply(update(resource("Workload", server.uid, { ...server, ...waypoint }))).refused, 1);
-    const r = buildRequest(client, { ip: "10.0.2.2", port: 8080 }, config.state, fixed(0));
+    const r = buildRequest(client, asOriginalDst({ ip: "10.0.2.2", port: 8080 }), config.state, fixed(0));
     assert.deepEqual([r.kind, r.kind === "refused" && r.reason], ["refused", "UnknownWaypoint"], JSON.stringify(r));
     config.apply({ type: "delta", version: 3, resources: [], removed: [{ kind: "Workload", name: server.uid }] });
-    assert.equal(buildRequest(client, { ip: "10.0.2.2", port: 8080 }, config.state, fixed(0)).kind, "passthrough");
+    assert.equal(
+      buildRequest(client, asOriginalDst({ ip: "10.0.2.2", port: 8080 }), config.state, fixed(0)).kind,
+      "passthrough",
+    );
   });
   await t.step("a service or pod that decodes is not refused", () => {
     const config = held();
     assert.equal(
-      hbone(buildRequest(client, { ip: "10.96.0.10", port: 80 }, config.state, fixed(0))).viaWaypoint,
+      hbone(buildRequest(client, asOriginalDst({ ip: "10.96.0.10", port: 80 }), config.state, fixed(0))).viaWaypoint,
       false,
     );
     assert.equal(
-      hbone(buildRequest(client, { ip: "10.0.2.2", port: 8080 }, config.state, fixed(0))).viaWaypoint,
+      hbone(buildRequest(client, asOriginalDst({ ip: "10.0.2.2", port: 8080 }), config.state, fixed(0))).viaWaypoint,
       false,
     );
   });

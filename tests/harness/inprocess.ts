@@ -30,16 +30,11 @@ import { MeshState } from "../../mesh/store.ts";
 import { decodeService, decodeWorkload, type Workload } from "../../mesh/workload.ts";
 import { accessLogFields } from "../../dataplane/ztunnel/access_log.ts";
 import { ConnectionManager } from "../../dataplane/ztunnel/connection_manager.ts";
-import { DialGuard } from "../../dataplane/ztunnel/dial_guard.ts";
-import {
-  INBOUND_PLAINTEXT_PORT,
-  OUTBOUND_PORT,
-  PodManager,
-  type PodNetwork,
-  type WorkloadCert,
-} from "../../dataplane/ztunnel/inpod.ts";
+import { DialGuard } from "../../dataplane/proxy/dial_guard.ts";
+import { INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PodManager, type PodNetwork } from "../../dataplane/ztunnel/inpod.ts";
+import type { WorkloadCert } from "../../dataplane/proxy/identity.ts";
 import { stripV4Mapped } from "../../dataplane/ztunnel/pod.ts";
-import type { SocketAddr } from "../../dataplane/ztunnel/route.ts";
+import type { SocketAddr } from "../../dataplane/proxy/addr.ts";
 import { TestPki } from "./pki.ts";
 
 /** How long a captured connection may wait for its original destination before ztunnel drops it. */

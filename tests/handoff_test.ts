@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import pino from "pino";
 import { type PodHandler, runHandoffClient } from "../dataplane/ztunnel/handoff_client.ts";
-import { HandoffError, type HandoffPod, HandoffServer } from "./handoff_server.ts";
+import { HandoffError, type HandoffPod, HandoffServer } from "../cni/handoff_server.ts";
 
 const log = pino({ level: "silent" });
 const pod = (uid: string): HandoffPod => ({

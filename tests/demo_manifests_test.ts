@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { formatCidr } from "../mesh/net.ts";
 import { podRangesOf } from "../control/build/nodes.ts";
 import { parseManifestFile } from "../control/sources/manifests.ts";
-import { NODES } from "./cluster.ts";
-import { manifests, PODS, type Stage } from "./manifests.ts";
+import { NODES } from "../demo/cluster.ts";
+import { manifests, PODS, type Stage } from "../demo/manifests.ts";
 
 Deno.test("manifests() declares each demo node with the pod range its IPAM gives, at every stage", async (t) => {
   for (const stage of ["plain", "enrolled", "deny", "waypoint"] as Stage[]) {

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import pino from "pino";
-import { authorize, type ConnectionAttributes } from "../../dataplane/ztunnel/rbac.ts";
-import { ClientConfig } from "../../mesh/control_client.ts";
-import { SpiffeId } from "../../mesh/identity.ts";
-import { decodeStreamMessage } from "../../mesh/protocol/config_stream.ts";
-import { Publisher } from "../push.ts";
-import { parseManifestFile } from "../sources/manifests.ts";
-import { DEFAULT_SETTINGS } from "./common.ts";
-import { buildMesh } from "./mod.ts";
+import { authorize, type ConnectionAttributes } from "../dataplane/ztunnel/rbac.ts";
+import { ClientConfig } from "../mesh/control_client.ts";
+import { SpiffeId } from "../mesh/identity.ts";
+import { decodeStreamMessage } from "../mesh/protocol/config_stream.ts";
+import { Publisher } from "../control/push.ts";
+import { parseManifestFile } from "../control/sources/manifests.ts";
+import { DEFAULT_SETTINGS } from "../control/build/common.ts";
+import { buildMesh } from "../control/build/mod.ts";
 
 const SERVER_IP = "10.0.1.2";
 

@@ -1,5 +1,5 @@
 /**
- * ztunnel's operator endpoints, as upstream serves them (reference §1): admin on localhost 15000
+ * Both proxies' operator endpoints, as upstream ztunnel serves them (reference §1): admin on localhost 15000
  * (`/config_dump`: workloads, services, policies and certificates as JSON; `/logging` to read or set the log
  * level), Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`), readiness on 15021
  * (`/healthz/ready`: 200 once ready, else 503). Plain HTTP on `Deno.serve`, which is fast and needs no client
