@@ -162,14 +162,16 @@ frame(4, 0, 0)
 request(1)
 while not goaways:
     time.sleep(0.01)
-sids = list(range(3, 43, 2))
+sids = list(range(3, 83, 2))
 for sid in sids:
     try:
         request(sid)
     except OSError:
         ended.setdefault(sid, "connection closed")
     time.sleep(0.1)
-time.sleep(0.5)
+deadline = time.time() + 5
+while len(goaways) < 2 and time.time() < deadline:
+    time.sleep(0.05)
 print(json.dumps({"goaways": goaways, "ended": [ended.get(sid, "nothing") for sid in sids]}), flush=True)
 `;
 
@@ -201,13 +203,14 @@ interopTest(
       assert.equal(await line(), "ready");
       drain.begin();
       const result = JSON.parse(await line());
-      // 20 streams opened over 2 s after the first GOAWAY: after the grace (300 ms) the final GOAWAY comes and
-      // none is served any more (refused with REFUSED_STREAM, or the connection ended).
+      // 40 streams opened over 4 s after the first GOAWAY: after the grace (300 ms) the final GOAWAY comes and
+      // none is served any more (refused with REFUSED_STREAM, or the connection ended). Half is the bound, so a
+      // busy machine that fires the grace timer late does not fail it.
       assert.equal(result.goaways.length, 2, JSON.stringify(result));
       assert.equal(result.goaways[0], 2 ** 31 - 1);
       assert.ok(result.goaways[1] < 2 ** 31 - 1);
       const served = result.ended.filter((e: string) => e === "answered").length;
-      assert.ok(served <= 10, `${served} of 20 streams opened after the drain began were served`);
+      assert.ok(served <= 20, `${served} of 40 streams opened after the drain began were served`);
     } finally {
       await reader.cancel();
       try {
