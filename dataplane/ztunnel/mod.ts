@@ -16,7 +16,6 @@
 
 import { CertificateAuthority } from "../../certs/ca.ts";
 import { RotationManager } from "../../certs/rotation_manager.ts";
-import { certificatesToPem } from "../../certs/x509.ts";
 import { hostname } from "node:os";
 import { requestCertificate } from "../../certs/ca_client.ts";
 import { describeOptions, loggable, option, parsers, readConfig, UsageError, type Values } from "../../mesh/config.ts";
@@ -43,7 +42,7 @@ import { DialGuard } from "../proxy/dial_guard.ts";
 import { DEFAULT_DRAIN_DEADLINE_MS, drainConnections, startSuccessor, takeOverFromPredecessor } from "./drain.ts";
 import { runHandoffClient } from "./handoff_client.ts";
 import { DNS_OPTIONS, DnsProxy } from "./dns/mod.ts";
-import type { WorkloadCert } from "../proxy/identity.ts";
+import { issueLocally, type WorkloadCert } from "../proxy/identity.ts";
 import { linuxPodNetwork, PodManager } from "./inpod.ts";
 import { readLocalConfig, stateOf } from "./local_config.ts";
 import { nodeIdentities, prefetchPlan } from "./prefetch.ts";
@@ -328,19 +327,6 @@ async function configSource(values: ZtunnelValues, log: Logger): Promise<ConfigS
     file,
     initial: stateOf(await readLocalConfig(file)),
     issue: (id) => issueLocally(ca, id, values.certTtl),
-  };
-}
-
-async function issueLocally(ca: CertificateAuthority, identity: string, ttlMs: number): Promise<WorkloadCert> {
-  const issued = await ca.issue(SpiffeId.parse(identity, "identity"), { ttlMs });
-  const leaf = issued.chain[0];
-  return {
-    identity: SpiffeId.parse(identity),
-    chainPem: certificatesToPem(issued.chain),
-    keyPem: issued.keyPem,
-    rootsPem: certificatesToPem(issued.roots),
-    notBefore: leaf.notBefore.getTime(),
-    notAfter: leaf.notAfter.getTime(),
   };
 }
 

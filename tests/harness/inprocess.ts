@@ -22,7 +22,6 @@
 import net from "node:net";
 import pino from "pino";
 import { RotationManager } from "../../certs/rotation_manager.ts";
-import { certificatesToPem } from "../../certs/x509.ts";
 import { decodeAuthorization } from "../../mesh/authorization.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
 import { TcpMetrics } from "../../mesh/metrics.ts";
@@ -32,7 +31,7 @@ import { accessLogFields } from "../../dataplane/ztunnel/access_log.ts";
 import { ConnectionManager } from "../../dataplane/ztunnel/connection_manager.ts";
 import { DialGuard } from "../../dataplane/proxy/dial_guard.ts";
 import { INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PodManager, type PodNetwork } from "../../dataplane/ztunnel/inpod.ts";
-import type { WorkloadCert } from "../../dataplane/proxy/identity.ts";
+import { issueLocally, type WorkloadCert } from "../../dataplane/proxy/identity.ts";
 import { stripV4Mapped } from "../../dataplane/ztunnel/pod.ts";
 import type { SocketAddr } from "../../dataplane/proxy/addr.ts";
 import { TestPki } from "./pki.ts";
@@ -316,17 +315,8 @@ export class InProcessMesh implements AsyncDisposable {
     await Promise.all(this.#servers.map((s) => new Promise((r) => s.close(r))));
   }
 
-  async #issue(identity: string): Promise<WorkloadCert> {
-    const issued = await this.pki.ca.issue(SpiffeId.parse(identity, "identity"), { ttlMs: 3_600_000 });
-    const leaf = issued.chain[0];
-    return {
-      identity: SpiffeId.parse(identity),
-      chainPem: certificatesToPem(issued.chain),
-      keyPem: issued.keyPem,
-      rootsPem: certificatesToPem(issued.roots),
-      notBefore: leaf.notBefore.getTime(),
-      notAfter: leaf.notAfter.getTime(),
-    };
+  #issue(identity: string): Promise<WorkloadCert> {
+    return issueLocally(this.pki.ca, identity, 3_600_000);
   }
 }
 
