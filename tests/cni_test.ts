@@ -15,6 +15,7 @@ import { CniRuntime, nodeNetwork, REFERENCE_PLUGINS, type Sandbox, SkiffNode, sk
 import { IS_ROOT, NetnsCluster, netnsTest, run } from "./harness/netns.ts";
 import { call } from "./harness/tcp.ts";
 import { echoApp } from "./harness/ztunnel.ts";
+import { until as pollUntil } from "./harness/assert.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -41,22 +42,9 @@ spec: { mtls: { mode: STRICT } }
 `;
 };
 
-/** Polls until `fn` resolves truthy. */
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Polls until `fn` resolves truthy, every 100 ms for 15 s unless told otherwise. */
+const until = <T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000) =>
+  pollUntil(what, fn, timeoutMs, 100);
 
 const tryCall = (from: string, ip: string, port: number, msg: string) =>
   call(from, ip, port, msg, 3000).catch((error) => `failed: ${(error as Error).message}`);

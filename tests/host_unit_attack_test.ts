@@ -12,7 +12,8 @@ import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { SkiffNode } from "./harness/cni.ts";
 import { IS_ROOT, NetnsCluster, netnsTest } from "./harness/netns.ts";
-import { call, cgroup2Root, server, until } from "./harness/units.ts";
+import { call, cgroup2Root, server } from "./harness/units.ts";
+import { until } from "./harness/assert.ts";
 
 if (IS_ROOT) loadSocketSupport();
 

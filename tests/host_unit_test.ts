@@ -14,7 +14,8 @@ import { checkHostRules } from "../cni/host_rules_linux.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { SkiffNode } from "./harness/cni.ts";
 import { IS_ROOT, must, NetnsCluster, netnsTest, run } from "./harness/netns.ts";
-import { call, cgroup2Root, server, until } from "./harness/units.ts";
+import { call, cgroup2Root, server } from "./harness/units.ts";
+import { until } from "./harness/assert.ts";
 
 if (IS_ROOT) loadSocketSupport();
 

@@ -16,6 +16,7 @@ import { ControlProcess } from "./harness/control.ts";
 import { CniRuntime, nodeNetwork, REFERENCE_PLUGINS, type Sandbox, SkiffNode, skiffPluginDir } from "./harness/cni.ts";
 import { curl6, httpApp6, linkLocal } from "./harness/ipv6.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, run } from "./harness/netns.ts";
+import { until as pollUntil } from "./harness/assert.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -40,22 +41,9 @@ metadata: { name: v6, labels: { istio.io/dataplane-mode: ambient } }
 ${pod("app", appOut)}${pod("neighbour", true)}${pod("late", false)}`;
 };
 
-/** Polls until `fn` resolves truthy. */
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Polls until `fn` resolves truthy, every 100 ms for 15 s unless told otherwise. */
+const until = <T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000) =>
+  pollUntil(what, fn, timeoutMs, 100);
 
 /** A directory whose ip6tables, ip6tables-restore and ip6tables-save fail as a missing program does. */
 async function noIp6tables() {

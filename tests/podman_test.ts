@@ -19,6 +19,7 @@ import { nodeNetwork, REFERENCE_PLUGINS, SkiffNode, skiffPluginDir } from "./har
 import { IN_CI, IS_ROOT, NetnsCluster, netnsTest } from "./harness/netns.ts";
 import { Podman, podmanInstalled } from "./harness/podman.ts";
 import { echoApp } from "./harness/ztunnel.ts";
+import { until } from "./harness/assert.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -52,23 +53,6 @@ spec:
   action: DENY
   rules: [{ from: [{ source: { principals: [cluster.local/ns/shop/sa/web] } }] }]
 `;
-
-/** Polls until `fn` resolves truthy. */
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 netnsTest("podman: containers on a skiff CNI network are in the mesh; policy and fail closed", async (t) => {
   const missing = await podmanInstalled();

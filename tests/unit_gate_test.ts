@@ -16,7 +16,8 @@ import { checkHostRules } from "../cni/host_rules_linux.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { SkiffNode } from "./harness/cni.ts";
 import { IS_ROOT, NetnsCluster, netnsTest } from "./harness/netns.ts";
-import { call, cgroup2Root, server, spawnIn, until } from "./harness/units.ts";
+import { call, cgroup2Root, server, spawnIn } from "./harness/units.ts";
+import { until } from "./harness/assert.ts";
 
 if (IS_ROOT) loadSocketSupport();
 

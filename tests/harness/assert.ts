@@ -25,3 +25,28 @@ export function assertInvalid(fn: () => unknown, field: string, message?: RegExp
   if (message) assert.match(caught.message, message);
   return caught;
 }
+
+/**
+ * Polls until `fn` gives something truthy, every `intervalMs`; throws naming `what` and the last value or error
+ * after `timeoutMs`.
+ */
+export async function until<T>(
+  what: string,
+  fn: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 20_000,
+  intervalMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+      last = v;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}

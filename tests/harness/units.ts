@@ -14,27 +14,6 @@ export async function cgroup2Root(): Promise<string> {
   return line.split(" ")[1];
 }
 
-/** Polls until `fn` resolves truthy. */
-export async function until<T>(
-  what: string,
-  fn: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
 /** A process in `netns`, in the cgroup directory `cgroup` when given (it enters before it runs `argv`). */
 export function spawnIn(netns: string, cgroup: string | undefined, argv: string[]): Deno.ChildProcess {
   const enter = cgroup ? `echo $$ > "${cgroup}/cgroup.procs" && ` : "";
