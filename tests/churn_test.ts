@@ -20,10 +20,9 @@ import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
 import { AppProcess, runIn } from "./harness/apps.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { IN_CI, IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
-import { SkiffProcess } from "./harness/process.ts";
 import { dialFrom, roundTrip } from "./harness/tcp.ts";
 import { echoApp, podUid, ZtunnelProcess } from "./harness/ztunnel.ts";
-import { freePortBase } from "./harness/ports.ts";
+import { startWaypoint } from "./harness/waypoint.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -189,20 +188,12 @@ spec:
       assert.equal((await z.snapshotSent()).type, "ack");
       await z.waitForLog((l) => String(l.msg).startsWith("ready"));
     }
-    const base = freePortBase(3);
-    await using waypoint = new SkiffProcess("waypoint", [
-      "waypoint",
-      "--name=waypoint",
-      "--namespace=churn",
-      `--control=${control.url}`,
-      `--token-file=${tokenB}`,
-      `--admin-port=${base}`,
-      `--metrics-port=${base + 1}`,
-      `--readiness-port=${base + 2}`,
-      `--netns=${wp.netnsPath}`,
-    ]);
-    await waypoint.waitForLog((l) => l.msg === "listener established" && l.listener === "hbone", 20_000);
-    await waypoint.waitForLog((l) => l.msg === "config synced");
+    await using waypoint = await startWaypoint({
+      namespace: "churn",
+      control: control.url,
+      tokenFile: tokenB,
+      netnsPath: wp.netnsPath,
+    });
 
     // The paths work before the churn starts.
     for (const to of ["v1", "v2"]) {

@@ -20,10 +20,11 @@ import { decodeService, decodeWorkload } from "../mesh/workload.ts";
 import { AppProcess, runIn } from "./harness/apps.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
-import { SkiffProcess } from "./harness/process.ts";
+import type { SkiffProcess } from "./harness/process.ts";
 import { call, dialFrom, roundTrip } from "./harness/tcp.ts";
 import { echoApp, ZtunnelProcess } from "./harness/ztunnel.ts";
 import { freePortBase } from "./harness/ports.ts";
+import { startWaypoint } from "./harness/waypoint.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -220,19 +221,13 @@ spec: { clusterIP: ${WEB}, selector: { app: web }, ports: [{ name: http, port: 8
     assert.equal(added.type, "ack");
     for (const z of [zA, zB]) await z.waitForLog((l) => String(l.msg).startsWith("ready"));
     const base = freePortBase(3);
-    await using waypoint = new SkiffProcess("waypoint", [
-      "waypoint",
-      "--name=waypoint",
-      "--namespace=shop",
-      `--control=${control.url}`,
-      `--token-file=${tokenB}`,
-      `--admin-port=${base}`,
-      `--metrics-port=${base + 1}`,
-      `--readiness-port=${base + 2}`,
-      `--netns=${wp.netnsPath}`,
-    ]);
-    await waypoint.waitForLog((l) => l.msg === "listener established" && l.listener === "hbone", 20_000);
-    await waypoint.waitForLog((l) => l.msg === "config synced");
+    await using waypoint = await startWaypoint({
+      namespace: "shop",
+      control: control.url,
+      tokenFile: tokenB,
+      netnsPath: wp.netnsPath,
+      base,
+    });
 
     /** N connections through ztunnel to the echo VIP, each a new connection: who answered. */
     const connections = async (n = N) => {

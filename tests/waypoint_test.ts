@@ -17,6 +17,7 @@ import { SkiffProcess } from "./harness/process.ts";
 import { call } from "./harness/tcp.ts";
 import { echoApp, ZtunnelProcess } from "./harness/ztunnel.ts";
 import { freePortBase } from "./harness/ports.ts";
+import { startWaypoint } from "./harness/waypoint.ts";
 
 if (IS_ROOT) loadSocketSupport();
 
@@ -132,22 +133,13 @@ ${DENY_ADMIN}`,
   await zB.add(`Kubernetes//Pod/shop/${v2.name}`, v2, { name: v2.name, namespace: "shop", serviceAccount: v2.name });
   for (const z of [zA, zB]) await z.waitForLog((l) => String(l.msg).startsWith("ready"));
   const base = freePortBase(3);
-  await using waypoint = new SkiffProcess(
-    "waypoint",
-    [
-      "waypoint",
-      "--name=waypoint",
-      "--namespace=shop",
-      `--control=${control.url}`,
-      `--token-file=${tokenB}`,
-      `--admin-port=${base}`,
-      `--metrics-port=${base + 1}`,
-      `--readiness-port=${base + 2}`,
-      `--netns=${wp.netnsPath}`,
-    ],
-  );
-  await waypoint.waitForLog((l) => l.msg === "listener established" && l.listener === "hbone", 20_000);
-  await waypoint.waitForLog((l) => l.msg === "config synced");
+  await using waypoint = await startWaypoint({
+    namespace: "shop",
+    control: control.url,
+    tokenFile: tokenB,
+    netnsPath: wp.netnsPath,
+    base,
+  });
 
   const curl = async (...args: string[]) => {
     const r = await runIn(client, ["curl", "-sS", "--max-time", "10", ...args]);
