@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { NODES } from "./cluster.ts";
 import { NS, UNIT } from "./manifests.ts";
 import { DemoError, NETNS_PREFIX, selfCommand, sh, sleep, spawnDetached } from "./system.ts";
+import type { AgentUnitStatus } from "../mesh/protocol/cni.ts";
 
 /** Where `ip netns exec` finds a namespace's own /etc files. */
 const ETC_NETNS = "/etc/netns";
@@ -105,16 +106,7 @@ export async function removePodResolvConfs(): Promise<void> {
 }
 
 /** A unit as the node agent's status reports it. */
-export interface UnitStatus {
-  name: string;
-  namespace: string;
-  unit: string;
-  cgroup: string;
-  address: string;
-  ports: number[];
-  state: string;
-  reason: string;
-}
+export type UnitStatus = AgentUnitStatus;
 
 /** The units the agent of a node reports (its status on the CNI socket, `GET /v1/status`). */
 export async function agentUnits(runDir: string): Promise<UnitStatus[]> {

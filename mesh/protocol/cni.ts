@@ -393,14 +393,17 @@ export interface AgentStatus {
     reason: string;
   }[];
   /** The node's meshed systemd units (cni/host_units.ts), each with its state and why. */
-  units?: {
-    namespace: string;
-    name: string;
-    unit: string;
-    cgroup: string;
-    address: string;
-    ports: number[];
-    state: string;
-    reason: string;
-  }[];
+  units?: AgentUnitStatus[];
+}
+
+/** One meshed systemd unit in the agent's status: its WorkloadEntry, cgroup, address and ports, state and why. */
+export interface AgentUnitStatus {
+  namespace: string;
+  name: string;
+  unit: string;
+  cgroup: string;
+  address: string;
+  ports: number[];
+  state: string;
+  reason: string;
 }
