@@ -20,7 +20,6 @@ import { decodeService, decodeWorkload } from "../mesh/workload.ts";
 import { AppProcess, runIn } from "./harness/apps.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
-import type { SkiffProcess } from "./harness/process.ts";
 import { call, dialFrom, roundTrip } from "./harness/tcp.ts";
 import { echoApp, ZtunnelProcess } from "./harness/ztunnel.ts";
 import { freePortBase } from "./harness/ports.ts";

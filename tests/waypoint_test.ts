@@ -13,7 +13,6 @@ import { loadSocketSupport } from "../dataplane/sockets_linux.ts";
 import { AppProcess, runApp, runIn } from "./harness/apps.ts";
 import { ControlProcess } from "./harness/control.ts";
 import { IS_ROOT, NetnsCluster, netnsTest, type Pod } from "./harness/netns.ts";
-import { SkiffProcess } from "./harness/process.ts";
 import { call } from "./harness/tcp.ts";
 import { echoApp, ZtunnelProcess } from "./harness/ztunnel.ts";
 import { freePortBase } from "./harness/ports.ts";
