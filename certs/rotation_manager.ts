@@ -45,6 +45,11 @@ export interface RotationOptions<C extends CertTimes> {
   random?: () => number;
   maxInFlight?: number;
   log?: Logger;
+  /**
+   * Called with each certificate obtained (first issue and every renewal), after it is held: how a proxy's
+   * worker threads are handed the certificates the main thread keeps (dataplane/proxy/workers.ts).
+   */
+  onIssued?: (identity: string, cert: C) => void;
 }
 
 interface Waiter<C> {
@@ -54,7 +59,7 @@ interface Waiter<C> {
 
 /** Keeps a certificate for each tracked identity, renewed at half-life. */
 export class RotationManager<C extends CertTimes> {
-  readonly #opts: Required<Omit<RotationOptions<C>, "log">> & { log?: Logger };
+  readonly #opts: Required<Omit<RotationOptions<C>, "log" | "onIssued">> & Pick<RotationOptions<C>, "log" | "onIssued">;
   readonly #entries = new Map<string, Entry<C>>();
   readonly #waiters = new Map<string, Waiter<C>[]>();
   #seq = 0;
@@ -197,6 +202,7 @@ export class RotationManager<C extends CertTimes> {
         "certificate obtained",
       );
       this.#settle(identity, cert, undefined);
+      this.#opts.onIssued?.(identity, cert!);
     }
     this.#pump();
   }

@@ -174,6 +174,30 @@ Deno.test("prefetch() fetches once, then renews at half-life", async () => {
   }
 });
 
+Deno.test("onIssued() hears each certificate obtained, first issue and renewals, never a failure", async () => {
+  const clock = new FakeClock();
+  const ca = autoCa(clock, (_id, n) => n === 1 ? new Error("CA unavailable") : undefined);
+  const heard: [string, CertTimes][] = [];
+  const m = new RotationManager({
+    clock,
+    fetch: ca.fetch,
+    random: () => 0.5,
+    onIssued: (id, c) => heard.push([id, c]),
+  });
+  try {
+    m.prefetch("a");
+    await clock.advance(0);
+    assert.deepEqual(heard, [["a", ca.issued[0]]]);
+    await clock.advance(12 * HOUR); // the renewal fails: nothing new to hear
+    assert.equal(heard.length, 1);
+    await clock.advance(HOUR); // the retry succeeds
+    assert.deepEqual(heard, [["a", ca.issued[0]], ["a", ca.issued[1]]]);
+    assert.equal(m.current("a"), heard[1][1], "heard after it is held");
+  } finally {
+    m.close();
+  }
+});
+
 Deno.test("a failed renewal keeps the still-valid certificate and retries with growing delays", async (t) => {
   const cases: { random: number; delays: number[] }[] = [
     { random: 0.5, delays: [500, 1_000, 2_000, 4_000, 8_000, 16_000] },

@@ -14,7 +14,6 @@
 
 import { sleep } from "../../mesh/abort.ts";
 import type { Logger } from "../../mesh/log.ts";
-import type { TcpMetrics } from "../../mesh/metrics.ts";
 import type { MeshState } from "../../mesh/store.ts";
 
 /** How often a port held by another ztunnel is tried again. */
@@ -37,7 +36,8 @@ export interface CertificateSummary {
 export interface AdminSources {
   state: () => MeshState;
   certificates: () => CertificateSummary[];
-  metrics: TcpMetrics;
+  /** `/metrics`: one registry (TcpMetrics), or every thread's (bootstrap.ts, PooledMetrics). */
+  metrics: { expose(): Promise<{ body: string; contentType: string }> };
   ready: () => boolean;
   /** Static config shown in `/config_dump`. */
   config: Record<string, unknown>;

@@ -1,7 +1,8 @@
 /**
  * The command-line options both proxies take with the same flags, variables and defaults: where the CA is, the
- * trust domain, the workload certificates' lifetime, and the admin, metrics and readiness ports (upstream
- * ztunnel's 15000, 15020 and 15021).
+ * trust domain, the workload certificates' lifetime, the admin, metrics and readiness ports (upstream
+ * ztunnel's 15000, 15020 and 15021), and how many threads serve traffic (upstream's `ZTUNNEL_WORKER_THREADS`,
+ * which defaults to 2; here the machine's cores, as a VM's node proxy has the machine to itself).
  *
  * @module
  */
@@ -31,4 +32,11 @@ export const PROXY_OPTIONS = {
   adminPort: port("admin-port", "SKIFF_ADMIN_PORT", ADMIN_PORT, "admin (localhost): /config_dump, /logging"),
   metricsPort: port("metrics-port", "SKIFF_METRICS_PORT", METRICS_PORT, "Prometheus /metrics"),
   readinessPort: port("readiness-port", "SKIFF_READINESS_PORT", READINESS_PORT, "/healthz/ready"),
+  workers: option({
+    flag: "workers",
+    env: "SKIFF_WORKERS",
+    help: "threads that serve traffic, the main one included (workers.ts); default: this machine's cores",
+    parser: parsers.int(1, 256),
+    default: Math.max(1, navigator.hardwareConcurrency ?? 1),
+  }),
 };
