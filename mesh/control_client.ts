@@ -406,6 +406,8 @@ export interface ConfigClientOptions extends StreamClientOptions {
   config: ClientConfig;
   /** Called after each applied snapshot or delta. */
   onChange: (change: AppliedChange) => void;
+  /** Called with each snapshot or delta as it came, after it is applied (a proxy's worker threads get it). */
+  onMessage?: (message: Exclude<StreamMessage, { type: "ping" }>) => void;
 }
 
 /** Subscribes until `signal` aborts, reconnecting with backoff; the config is kept across breaks. */
@@ -418,6 +420,7 @@ export function runConfigClient(o: ConfigClientOptions): Promise<void> {
     decode: decodeStreamMessage,
     onMessage: (message) => {
       const change = o.config.apply(message);
+      o.onMessage?.(message);
       if (message.type === "snapshot") {
         o.log.info({
           version: message.version,
