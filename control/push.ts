@@ -12,6 +12,7 @@ import { createHash } from "node:crypto";
 import { encodeAuthorization, policyKey } from "../mesh/authorization.ts";
 import { httpRouteKey, l7PolicyKey } from "../mesh/l7.ts";
 import {
+  PART_RESOURCES,
   type Removal,
   RESOURCE_KINDS,
   resourceKey,
@@ -38,8 +39,8 @@ export type Delta = Extract<StreamMessage, { type: "delta" }>;
 export class Publisher {
   readonly #entries = new Map<string, Entry>();
   readonly #subscribers = new Set<(d: Delta, line: Uint8Array) => void>();
-  /** The snapshot for a client that knows nothing, encoded once per version and shared by every such client. */
-  #full?: { version: number; line: Uint8Array; sent: number };
+  /** The snapshot for a client that knows nothing, encoded once per version and form, shared by every such client. */
+  #full?: { version: number; parts: boolean; lines: Uint8Array[]; sent: number };
   #version = 0;
 
   /** The version of the last change published. */
@@ -89,11 +90,18 @@ export class Publisher {
     return delta;
   }
 
-  /** The snapshot for a client that knows `known` (`kind/name` → version), as one encoded line of the stream. */
-  snapshot(known: Record<string, string>): { line: Uint8Array; sent: number; removed: number; unchanged: number } {
+  /**
+   * The snapshot for a client that knows `known` (`kind/name` → version), as the lines of the stream that carry
+   * it: one line, or with `parts` one line per {@link PART_RESOURCES} resources (config_stream.ts), so that no
+   * string ever holds the whole mesh.
+   */
+  snapshot(
+    known: Record<string, string>,
+    parts = false,
+  ): { lines: Uint8Array[]; sent: number; removed: number; unchanged: number } {
     const empty = Object.keys(known).length === 0;
-    if (empty && this.#full?.version === this.#version) {
-      return { line: this.#full.line, sent: this.#full.sent, removed: 0, unchanged: 0 };
+    if (empty && this.#full?.version === this.#version && this.#full.parts === parts) {
+      return { lines: this.#full.lines, sent: this.#full.sent, removed: 0, unchanged: 0 };
     }
     const changed: Entry[] = [];
     let unchanged = 0;
@@ -108,9 +116,24 @@ export class Publisher {
       const kind = key.slice(0, slash) as ResourceKind;
       if (RESOURCE_KINDS.includes(kind)) removed.push({ kind, name: key.slice(slash + 1) });
     }
-    const line = encoder.encode(encodeLine({ type: "snapshot", version: this.#version, removed, unchanged }, changed));
-    if (empty) this.#full = { version: this.#version, line, sent: changed.length };
-    return { line, sent: changed.length, removed: removed.length, unchanged };
+    const version = this.#version;
+    const lines: Uint8Array[] = [];
+    if (!parts) lines.push(encoder.encode(encodeLine({ type: "snapshot", version, removed, unchanged }, changed)));
+    else {
+      const count = Math.max(1, Math.ceil(changed.length / PART_RESOURCES));
+      for (let i = 0; i < count; i++) {
+        const head = i === 0 ? { type: "snapshot", version, removed, unchanged } : {
+          type: "snapshot",
+          version,
+          removed: [],
+          unchanged: 0,
+        };
+        const slice = changed.slice(i * PART_RESOURCES, (i + 1) * PART_RESOURCES);
+        lines.push(encoder.encode(encodeLine(i < count - 1 ? { ...head, more: true } : head, slice)));
+      }
+    }
+    if (empty) this.#full = { version, parts, lines, sent: changed.length };
+    return { lines, sent: changed.length, removed: removed.length, unchanged };
   }
 
   /** Calls `fn` with every delta from now on; returns the function that stops it. */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { decodeHttpRoute, decodeL7Policy, type HttpRoute, type L7Policy } from "../mesh/l7.ts";
-import { decodeStreamMessage } from "../mesh/protocol/config_stream.ts";
+import { decodeStreamMessage, joinSnapshotParts } from "../mesh/protocol/config_stream.ts";
 import { decodeWorkload, type Workload } from "../mesh/workload.ts";
 import { Publisher } from "./push.ts";
 
@@ -28,7 +28,7 @@ Deno.test("Publisher sends only what changed, with versions that depend on conte
   await t.step("another publisher (a restarted control plane) gives the same versions", () => {
     const again = new Publisher();
     const d = again.publish(model(wl("a", "10.0.0.9")))!;
-    const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({}).line));
+    const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({}).lines[0]));
     assert.equal(snap.type, "snapshot");
     assert.equal(d.resources[0].version, snap.type === "snapshot" ? snap.resources[0].version : "");
   });
@@ -38,13 +38,13 @@ Deno.test("Publisher sends only what changed, with versions that depend on conte
       "Workload/Kubernetes//Pod/shop/b": "x",
     };
     const snap = p.snapshot(known);
-    const m = decodeStreamMessage(new TextDecoder().decode(snap.line));
+    const m = decodeStreamMessage(new TextDecoder().decode(snap.lines[0]));
     assert.equal(m.type, "snapshot");
     if (m.type !== "snapshot") return;
     assert.deepEqual(m.resources.map((r) => (r.body as Workload).addresses), [["10.0.0.9"]]);
     assert.deepEqual(m.removed, [{ kind: "Workload", name: "Kubernetes//Pod/shop/b" }]);
     const current = Object.fromEntries(m.resources.map((r) => [`${r.kind}/${r.name}`, r.version]));
-    const resumed = decodeStreamMessage(new TextDecoder().decode(p.snapshot(current).line));
+    const resumed = decodeStreamMessage(new TextDecoder().decode(p.snapshot(current).lines[0]));
     assert.deepEqual(resumed.type === "snapshot" && [resumed.resources.length, resumed.unchanged], [0, 1]);
   });
 });
@@ -73,6 +73,45 @@ Deno.test("Publisher publishes HTTP routes and L7 policies by namespace/name, an
     kind: "L7Policy",
     name: "shop/get-only",
   }]);
-  const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({ "HttpRoute/shop/old": "x" }).line));
+  const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({ "HttpRoute/shop/old": "x" }).lines[0]));
   assert.deepEqual(snap.type === "snapshot" && snap.removed, [{ kind: "HttpRoute", name: "shop/old" }]);
+});
+
+Deno.test("a snapshot in parts: lines of at most 1,000 resources that join into the one-line snapshot", () => {
+  const p = new Publisher();
+  const ip = (i: number) => `10.1.${Math.floor(i / 256)}.${i % 256}`;
+  p.publish(model(...Array.from({ length: 2_500 }, (_, i) => wl(`w${i}`, ip(i)))));
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  const whole = p.snapshot({ "Workload/Kubernetes//Pod/shop/gone": "x" });
+  const parted = p.snapshot({ "Workload/Kubernetes//Pod/shop/gone": "x" }, true);
+  assert.equal(whole.lines.length, 1);
+  assert.equal(parted.lines.length, 3);
+  const parts = parted.lines.map((l) => {
+    assert.equal(text(l).indexOf("\n"), l.length - 1, "each part is one line");
+    const m = decodeStreamMessage(text(l));
+    if (m.type !== "snapshot") throw new Error(`a ${m.type} among the parts`);
+    return m;
+  });
+  assert.deepEqual(parts.map((m) => [m.resources.length, m.more ?? false, m.removed.length]), [
+    [1_000, true, 1],
+    [1_000, true, 0],
+    [500, false, 0],
+  ]);
+  assert.deepEqual(joinSnapshotParts(parts), decodeStreamMessage(text(whole.lines[0])));
+  assert.equal(p.snapshot({}, true).lines, p.snapshot({}, true).lines, "a first sync's parts are encoded once");
+  assert.equal(p.snapshot({}).lines.length, 1, "and the one-line form is kept apart");
+});
+
+Deno.test("joinSnapshotParts refuses parts that are not one whole snapshot", () => {
+  type Snapshot = Parameters<typeof joinSnapshotParts>[0][number];
+  const part = (version: number, more: boolean): Snapshot => {
+    const p: Snapshot = { type: "snapshot", version, resources: [], removed: [], unchanged: 0 };
+    return more ? { ...p, more: true } : p;
+  };
+  assert.throws(() => joinSnapshotParts([part(1, true)]), /last part is missing/);
+  assert.throws(
+    () => joinSnapshotParts([part(1, true), part(2, false)]),
+    /part of version 1 inside a snapshot of version 2/,
+  );
+  assert.deepEqual(joinSnapshotParts([part(3, true), part(3, false)]).version, 3);
 });

@@ -29,6 +29,7 @@ import { readBody } from "../mesh/http.ts";
 import type { Logger } from "../mesh/log.ts";
 import {
   CERTIFICATES_PATH,
+  PARTS_HEADER,
   PING_INTERVAL_MS,
   REGISTRATIONS_PATH,
   STREAM_PATH,
@@ -199,23 +200,24 @@ export function serveControl(
     } catch (error) {
       return badRequest(error);
     }
-    return configStream(auth.node, auth.token, known);
+    return configStream(auth.node, auth.token, known, req.headers.get(PARTS_HEADER) === "1");
   });
 
-  const configStream = (node: string, token: string, known: Record<string, string>): Response =>
+  const configStream = (node: string, token: string, known: Record<string, string>, parts: boolean): Response =>
     openStream({
       name: "config stream",
       node,
       token,
       start: (send) => {
-        const snap = deps.plane.publisher.snapshot(known);
-        send(snap.line, "snapshot");
+        const snap = deps.plane.publisher.snapshot(known, parts);
+        for (const line of snap.lines) send(line, "snapshot");
         log.info({
           node,
           version: deps.plane.publisher.version,
           sent: snap.sent,
           removed: snap.removed,
           unchanged: snap.unchanged,
+          parts: snap.lines.length,
         }, "client subscribed");
         return deps.plane.publisher.subscribe((_d, line) => send(line, "delta"));
       },

@@ -33,6 +33,8 @@ import { decodeHttpRoute, decodeL7Policy, httpRouteKey, l7PolicyKey } from "./l7
 import type { Logger } from "./log.ts";
 import {
   decodeStreamMessage,
+  joinSnapshotParts,
+  PARTS_HEADER,
   PING_INTERVAL_MS,
   type Removal,
   resourceKey,
@@ -122,7 +124,13 @@ export class ControlConnection {
   }
 
   /** Sends a request with the current token; a non-2xx answer is a {@link ControlError} with its message. */
-  async request(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
+  async request(
+    method: string,
+    path: string,
+    body: unknown,
+    signal?: AbortSignal,
+    headers: Record<string, string> = {},
+  ): Promise<Response> {
     let token: string;
     try {
       token = (await Deno.readTextFile(this.endpoint.tokenFile)).trim();
@@ -144,7 +152,7 @@ export class ControlConnection {
     try {
       response = await fetch(new URL(path, this.endpoint.url), {
         method,
-        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        headers: { ...headers, authorization: `Bearer ${token}`, "content-type": "application/json" },
         body: JSON.stringify(body),
         client: this.#client,
         signal,
@@ -410,15 +418,32 @@ export interface ConfigClientOptions extends StreamClientOptions {
   onMessage?: (message: Exclude<StreamMessage, { type: "ping" }>) => void;
 }
 
-/** Subscribes until `signal` aborts, reconnecting with backoff; the config is kept across breaks. */
+/**
+ * Subscribes until `signal` aborts, reconnecting with backoff; the config is kept across breaks. The snapshot is
+ * asked for in parts (config_stream.ts) and applied once its last part has come.
+ */
 export function runConfigClient(o: ConfigClientOptions): Promise<void> {
+  let parts: Extract<StreamMessage, { type: "snapshot" }>[] = [];
   return followStream(o, {
     name: "config stream",
     keeping: "keeping the last config",
     path: STREAM_PATH,
-    body: () => ({ known: o.config.known() }),
+    headers: { [PARTS_HEADER]: "1" },
+    body: () => {
+      parts = []; // a new connection: what an earlier one left unfinished is dropped
+      return { known: o.config.known() };
+    },
     decode: decodeStreamMessage,
-    onMessage: (message) => {
+    onMessage: (part) => {
+      let message: Exclude<StreamMessage, { type: "ping" }> = part;
+      if (part.type === "snapshot" && (part.more || parts.length > 0)) {
+        parts.push(part);
+        if (part.more) return;
+        message = joinSnapshotParts(parts);
+        parts = [];
+      } else if (parts.length > 0) {
+        throw new ValidationError("delta", "a delta came before the snapshot's last part");
+      }
       const change = o.config.apply(message);
       o.onMessage?.(message);
       if (message.type === "snapshot") {
@@ -464,6 +489,7 @@ interface StreamFollower<M extends { type: string }> {
   path: string;
   /** The request body, made anew for each connection. */
   body: () => unknown;
+  headers?: Record<string, string>;
   /** Decodes a line; throws a {@link ValidationError} on a bad one, which breaks the connection. */
   decode: (line: string) => M;
   /** Handles each message but the pings. */
@@ -483,7 +509,7 @@ async function followStream<M extends { type: string }>(o: StreamClientOptions, 
     o.signal.addEventListener("abort", abort, { once: true });
     let synced = false;
     try {
-      const response = await o.connection.request("POST", f.path, f.body(), attempt.signal);
+      const response = await o.connection.request("POST", f.path, f.body(), attempt.signal, f.headers);
       o.onConnected?.(true);
       let watchdog = setTimeout(abort, 3 * PING_INTERVAL_MS);
       try {

@@ -16,6 +16,13 @@
  * - `{"type":"delta","version":N,"resources":[...],"removed":[...]}` for each batch of changes after that.
  * - `{"type":"ping"}` every {@link PING_INTERVAL_MS}, so a client notices a dead control plane.
  *
+ * A client that sends `x-skiff-stream-parts: 1` ({@link PARTS_HEADER}) gets its snapshot in parts of at most
+ * {@link PART_RESOURCES} resources, one line each, every part but the last marked `"more":true`, all with the
+ * snapshot's version; the first part carries `removed` and `unchanged`. It applies them as one snapshot
+ * ({@link joinSnapshotParts}) when the last arrives, so a node never acts on half a mesh, and neither side ever
+ * holds the whole snapshot as one string (which V8 caps near 512 MiB: about 860k workloads). A client that does
+ * not send the header (one older than the parts) gets one line, as before. Deltas are always one line.
+ *
  * A resource is `{"kind","name","version","body"}`: kind `Workload` (named by uid), `Service`
  * (`namespace/hostname`), `Authorization` (`namespace/name`), or, for waypoints, `HttpRoute` and `L7Policy` (both
  * `namespace/name`); the body in the model's JSON form (mesh/workload.ts, mesh/authorization.ts, mesh/l7.ts), and
@@ -38,6 +45,10 @@ export const REGISTRATIONS_PATH = "/v1/registrations";
 export const TOKEN_REVIEW_PATH = "/v1/tokenreview";
 /** The control plane's port (istiod's). */
 export const CONTROL_PORT = 15012;
+/** The request header by which a client asks for its snapshot in parts. */
+export const PARTS_HEADER = "x-skiff-stream-parts";
+/** The most resources in one part of a snapshot. */
+export const PART_RESOURCES = 1_000;
 /** How often the server pings an idle stream. */
 export const PING_INTERVAL_MS = 10_000;
 
@@ -62,7 +73,15 @@ export interface Removal {
 
 /** A message of the stream. */
 export type StreamMessage =
-  | { type: "snapshot"; version: number; resources: StreamResource[]; removed: Removal[]; unchanged: number }
+  | {
+    type: "snapshot";
+    version: number;
+    resources: StreamResource[];
+    removed: Removal[];
+    unchanged: number;
+    /** More parts of this snapshot follow (a client that asked for parts). */
+    more?: true;
+  }
   | { type: "delta"; version: number; resources: StreamResource[]; removed: Removal[] }
   | { type: "ping" };
 
@@ -126,11 +145,38 @@ export function decodeStreamMessage(line: string): StreamMessage {
   const removed = f.array("removed", removal);
   if (type === "snapshot") {
     const unchanged = f.int("unchanged", { min: 0, max: Number.MAX_SAFE_INTEGER, default: 0 });
+    const more = f.bool("more", false);
     f.done();
-    return { type, version, resources, removed, unchanged };
+    return more
+      ? { type, version, resources, removed, unchanged, more }
+      : { type, version, resources, removed, unchanged };
   }
   f.done();
   return { type, version, resources, removed };
+}
+
+/** A snapshot, from its parts in order; throws when they are not the parts of one snapshot. */
+export function joinSnapshotParts(parts: Extract<StreamMessage, { type: "snapshot" }>[]): Extract<
+  StreamMessage,
+  { type: "snapshot" }
+> {
+  const last = parts[parts.length - 1];
+  if (last === undefined || last.more) throw new ValidationError("snapshot", "its last part is missing");
+  for (const p of parts) {
+    if (p.version !== last.version) {
+      throw new ValidationError(
+        "snapshot",
+        `a part of version ${p.version} inside a snapshot of version ${last.version}`,
+      );
+    }
+  }
+  return {
+    type: "snapshot",
+    version: last.version,
+    resources: parts.flatMap((p) => p.resources),
+    removed: parts.flatMap((p) => p.removed),
+    unchanged: parts.reduce((n, p) => n + p.unchanged, 0),
+  };
 }
 
 /** A request to the CA service. */
