@@ -391,6 +391,7 @@ function report(rows: Row[], withHaproxy: boolean, rss: { idle: number; peak: nu
       "target waypoint ≥ 0.5× haproxy req/s: not measured, haproxy is not installed (install.sh installs it)",
     );
   }
+  console.log(`target waypoint RSS idle ≤ 60 MiB: ${rss.idle <= 60 ? "met" : "MISSED"} (${rss.idle.toFixed(0)} MiB)`);
 }
 
 if (Deno.args[0] !== "--hello") await main();
