@@ -1,7 +1,7 @@
 /**
  * How much a connection hands its socket before streams wait for `drain` (connection.ts, SOCKET_QUEUE_BYTES): a
  * socket's `write()` says false past its 64 KiB high-water mark, and waiting for `drain` there sent each 64 KiB
- * DATA frame alone, one write and one wait per frame (docs/benchmarks.md, "Where the CPU goes"). The connection
+ * DATA frame alone, one write and one wait per frame (docs/performance.md, "Where the CPU goes"). The connection
  * now batches up to 256 KiB and stops there, so what it buffers for a peer that does not read stays bounded.
  */
 

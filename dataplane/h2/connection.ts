@@ -710,7 +710,7 @@ export class H2Connection implements StreamHost {
     }
     // Not `write() === false`: a socket says so past its 64 KiB high-water mark, so each 64 KiB DATA frame went
     // out alone and waited for `drain`, a write and a wait per frame. Up to SOCKET_QUEUE_BYTES, frames leave in
-    // batches (docs/benchmarks.md, "Where the CPU goes"); past it (`write()` has said false by then, so `drain`
+    // batches (docs/performance.md, "Where the CPU goes"); past it (`write()` has said false by then, so `drain`
     // will come) streams wait.
     if (this.#socket.writableLength >= SOCKET_QUEUE_BYTES) this.#blocked = true;
   }
