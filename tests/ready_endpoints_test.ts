@@ -86,9 +86,10 @@ function ztunnelPicks(state: MeshState, n: number): Record<string, number> {
 function waypointPicks(state: MeshState, n: number): Record<string, number> {
   const service = state.services.byKey("shop/web.shop.svc.cluster.local")!;
   const balancer = new Balancer();
+  const self = { namespace: "shop", hostname: "waypoint.shop.svc.cluster.local", network: "" };
   const counts: Record<string, number> = {};
   for (let i = 0; i < n; i++) {
-    const who = balancer.pick(state, service, 80, "")?.workload.name ?? "no healthy upstream";
+    const who = balancer.pick(state, service, 80, self)?.workload.name ?? "no healthy upstream";
     counts[who] = (counts[who] ?? 0) + 1;
   }
   return counts;

@@ -1,12 +1,13 @@
 /**
  * Endpoint selection, after ztunnel's `load_balance` (`src/proxy/outbound.rs`): which endpoint of a service serves
- * a port, ranked by the service's locality preference, then at random weighted by capacity.
+ * a port, ranked by the service's locality preference, then at random weighted by capacity. The eligibility rule
+ * and the locality ranking are shared with the waypoint, which ranks from its own workload.
  *
  * @module
  */
 
 import type { MeshState } from "../../mesh/store.ts";
-import { type RoutingScope, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
+import { type LoadBalancing, type RoutingScope, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
 
 /** Randomness for endpoint choice. */
 export interface PickOptions {
@@ -33,8 +34,9 @@ export interface EligibleEndpoint {
  * The endpoints of `service` that may take traffic for service port `port` from `network`, in the store's order:
  * those with an address on the same network (multi-network is not built), healthy unless the service's health
  * policy is `ALLOW_ALL`, and serving the port (named ports resolve per endpoint). Both proxies start from this
- * list: ztunnel ranks it by locality and picks at random ({@link pickEndpoint}); the waypoint goes round robin
- * over it with outlier ejection (`waypoint/upstream.ts`). Empty when the service lacks the port.
+ * list and rank it by locality ({@link localityGroups}): ztunnel from the client's workload, picking at random
+ * ({@link pickEndpoint}); the waypoint from its own, going round robin with outlier ejection (`waypoint/upstream.ts`).
+ * Empty when the service lacks the port.
  */
 export function eligibleEndpoints(
   service: Service,
@@ -62,19 +64,43 @@ export function pickEndpoint(
   state: MeshState,
   opts: PickOptions,
 ): { workload: Workload; targetPort: number } | undefined {
-  let options = eligibleEndpoints(service, port, state, source.network);
-  const prefs = service.loadBalancing?.routingPreference ?? [];
-  if (prefs.length > 0 && options.length > 0) {
-    const ranked = options.map((o) => ({ o, rank: localityRank(source, o.workload, prefs) }));
-    if (service.loadBalancing?.mode === "STRICT") {
-      options = ranked.filter((r) => r.rank === prefs.length).map((r) => r.o);
-    } else {
-      const best = Math.max(...ranked.map((r) => r.rank));
-      options = ranked.filter((r) => r.rank === best).map((r) => r.o);
-    }
-  }
+  const eligible = eligibleEndpoints(service, port, state, source.network);
+  // ztunnel keeps only the best-ranked endpoints and never spills over to the next rank.
+  const options = localityGroups(source, service.loadBalancing, eligible)[0] ?? [];
   const chosen = weightedPick(options.map((o) => o.workload), opts.random);
   return chosen && options.find((o) => o.workload === chosen);
+}
+
+/**
+ * The endpoints in `options` that the service's locality preference (`loadBalancing.routingPreference`, what
+ * istiod makes of `trafficDistribution` and `networking.istio.io/traffic-distribution`) lets a proxy at `source`
+ * use, grouped by {@link localityRank}, best first, each group in the order of `options`. ztunnel uses the first
+ * group only (`load_balance`); the waypoint moves on to the next when every endpoint of one is ejected, as Envoy
+ * fails over between the priorities istiod gives a waypoint's localities.
+ *
+ * - No preference: one group, everything.
+ * - `STRICT`: one group, the endpoints that match every preferred scope; none when none does.
+ * - Otherwise (`FAILOVER`, unspecified): every rank that has endpoints, best first.
+ *
+ * `source` undefined means the proxy does not know where it is (a waypoint whose own workload the state lacks, or
+ * whose replicas disagree on a preferred scope). It fails safe: `STRICT` gets no endpoint at all (the request is
+ * refused rather than sent out of the required scope), a failover preference gets one unranked group (a
+ * preference, not a requirement, so traffic still flows).
+ */
+export function localityGroups<T extends { workload: Workload }>(
+  source: Workload | undefined,
+  loadBalancing: LoadBalancing | undefined,
+  options: readonly T[],
+): T[][] {
+  const prefs = loadBalancing?.routingPreference ?? [];
+  if (options.length === 0) return [];
+  if (prefs.length === 0) return [[...options]];
+  const strict = loadBalancing?.mode === "STRICT";
+  if (source === undefined) return strict ? [] : [[...options]];
+  const byRank: T[][] = Array.from({ length: prefs.length + 1 }, () => []);
+  for (const o of options) byRank[localityRank(source, o.workload, prefs)].push(o);
+  if (strict) return byRank[prefs.length].length > 0 ? [byRank[prefs.length]] : [];
+  return byRank.reverse().filter((g) => g.length > 0);
 }
 
 /** How many of the preferred scopes, in order, the endpoint shares with the source before the first miss. */

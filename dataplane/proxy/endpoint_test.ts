@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { MeshState } from "../../mesh/store.ts";
-import { decodeService, decodeWorkload, type Service } from "../../mesh/workload.ts";
-import { eligibleEndpoints, pickEndpoint } from "./endpoint.ts";
+import { decodeService, decodeWorkload, type LoadBalancing, type Service } from "../../mesh/workload.ts";
+import { eligibleEndpoints, localityGroups, pickEndpoint } from "./endpoint.ts";
 
 const WEB = "shop/web.shop.svc.cluster.local";
 
@@ -91,4 +91,69 @@ Deno.test("pickEndpoint() chooses among the eligible endpoints by locality, then
       assert.equal(got?.workload.uid, want);
     });
   }
+});
+
+Deno.test("localityGroups() groups the endpoints by locality rank from the source, best first", async (t) => {
+  const w = (uid: string, extra: Record<string, unknown> = {}) =>
+    decodeWorkload({ uid, name: uid, namespace: "shop", addresses: ["10.0.0.1"], ...extra });
+  const source = w("src", { locality: { region: "r1", zone: "z1", subzone: "s1" }, node: "n1" });
+  const options = [
+    w("zone", { locality: { region: "r1", zone: "z1", subzone: "s2" }, node: "n2" }),
+    w("far", { locality: { region: "r2", zone: "z9" } }),
+    w("subzone", { locality: { region: "r1", zone: "z1", subzone: "s1" }, node: "n2" }),
+    w("region", { locality: { region: "r1", zone: "z2" } }),
+    w("zone2", { locality: { region: "r1", zone: "z1", subzone: "s3" } }),
+  ].map((workload) => ({ workload }));
+  const lb = (routingPreference: string[], mode = "FAILOVER") =>
+    ({ routingPreference, mode, healthPolicy: "ONLY_HEALTHY" }) as LoadBalancing;
+  const close = ["NETWORK", "REGION", "ZONE", "SUBZONE"];
+  const cases: [name: string, source: typeof source | undefined, lb: LoadBalancing | undefined, want: string[][]][] = [
+    ["no load balancing: one group", source, undefined, [["zone", "far", "subzone", "region", "zone2"]]],
+    ["no preference: one group", source, lb([]), [["zone", "far", "subzone", "region", "zone2"]]],
+    ["PreferClose: subzone, zone, region, the rest", source, lb(close), [
+      ["subzone"],
+      ["zone", "zone2"],
+      ["region"],
+      ["far"],
+    ]],
+    ["unspecified mode ranks as failover", source, lb(close, "UNSPECIFIED_MODE"), [
+      ["subzone"],
+      ["zone", "zone2"],
+      ["region"],
+      ["far"],
+    ]],
+    // region's zone differs first, so its matching region no longer counts: it ranks with far.
+    ["a rank stops at the first miss: ZONE then REGION", source, lb(["ZONE", "REGION"]), [
+      ["zone", "subzone", "zone2"],
+      ["far", "region"],
+    ]],
+    ["NODE", source, lb(["NODE"]), [["zone", "far", "subzone", "region", "zone2"]]],
+    ["STRICT: only what matches every scope", source, lb(close, "STRICT"), [["subzone"]]],
+    ["STRICT on ZONE: the zone's", source, lb(["REGION", "ZONE"], "STRICT"), [["zone", "subzone", "zone2"]]],
+    ["STRICT, nothing on the node: nothing", source, lb(["NODE"], "STRICT"), []],
+    ["source unknown, no preference: one group", undefined, lb([]), [[
+      "zone",
+      "far",
+      "subzone",
+      "region",
+      "zone2",
+    ]]],
+    ["source unknown, PreferClose: one unranked group", undefined, lb(close), [[
+      "zone",
+      "far",
+      "subzone",
+      "region",
+      "zone2",
+    ]]],
+    ["source unknown, STRICT: nothing (fail safe)", undefined, lb(close, "STRICT"), []],
+  ];
+  for (const [name, src, balancing, want] of cases) {
+    await t.step(name, () => {
+      const got = localityGroups(src, balancing, options).map((g) => g.map((o) => o.workload.uid));
+      assert.deepEqual(got, want);
+    });
+  }
+  await t.step("no options: no group", () => {
+    assert.deepEqual(localityGroups(source, lb(close), []), []);
+  });
 });

@@ -363,7 +363,7 @@ export async function handleExchange(
     endpointFor = () => backend.endpoint;
   } else {
     facts.service = backend.service;
-    endpointFor = (tried) => ctx.balancer.pick(state, backend.service, backend.port, ctx.self.network, tried);
+    endpointFor = (tried) => ctx.balancer.pick(state, backend.service, backend.port, ctx.self, tried);
   }
 
   const headers = applyHeaderModifier([...x.headers], rule?.requestHeaders);

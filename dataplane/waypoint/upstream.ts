@@ -1,7 +1,8 @@
 /**
  * The waypoint's side towards the destinations: which endpoint of a service takes a request (L7 load
- * balancing, round robin over healthy endpoints, with passive health: an endpoint that failed a connect is left
- * out for {@link EJECTION_MS}), and how a byte stream to it is opened: HBONE from the waypoint's own identity to
+ * balancing: the closest endpoints to the waypoint's own workload when the service prefers locality, round robin
+ * over the healthy ones, with passive health: an endpoint that failed a connect is left out for
+ * {@link EJECTION_MS}), and how a byte stream to it is opened: HBONE from the waypoint's own identity to
  * the endpoint's 15008 with `:authority` = endpoint IP:target port (upstream's `connect_originate`), or plain TCP
  * to an endpoint outside the mesh. The destination's ztunnel therefore sees the waypoint's identity, never the
  * client's: waypoints do not impersonate.
@@ -14,11 +15,12 @@ import type { Duplex } from "node:stream";
 import { type HboneDialer, HbonePool } from "../hbone/pool.ts";
 import type { WorkloadCredentials } from "../hbone/tls.ts";
 import { baggage } from "../proxy/headers.ts";
-import { eligibleEndpoints } from "../proxy/endpoint.ts";
+import { eligibleEndpoints, localityGroups, localityRank } from "../proxy/endpoint.ts";
 import { workloadIdentity } from "../proxy/identity.ts";
 import type { Logger } from "../../mesh/log.ts";
 import type { MeshState } from "../../mesh/store.ts";
-import { HBONE_PORT, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
+import { HBONE_PORT, type RoutingScope, type Service, serviceKey, type Workload } from "../../mesh/workload.ts";
+import type { WaypointSelf } from "./session.ts";
 
 /** How long an endpoint that refused a connection is left out of load balancing. */
 export const EJECTION_MS = 10_000;
@@ -39,9 +41,29 @@ export interface Endpoint {
 /** `ip:port`, the key of an endpoint in pools and in the ejection list. */
 export const endpointKey = (e: Pick<Endpoint, "ip" | "port">) => `${e.ip}:${e.port}`;
 
+/** Where the waypoint stands, for choosing endpoints: its network and its own service (which finds its workload). */
+export type BalancerSelf = Pick<WaypointSelf, "namespace" | "hostname" | "network">;
+
 /**
- * Round robin over the healthy endpoints of each service port, skipping ejected ones. The endpoint lists are
- * kept until {@link Balancer.invalidate} (the waypoint calls it on every config change).
+ * The waypoint's own workload as the source of locality ranking for a service preferring `prefs`: the endpoint of
+ * its own service (its Gateway's), as upstream's waypoint Envoy ranks by its own locality. Undefined when the
+ * state has none, or when it has several replicas that disagree on a preferred scope: this process cannot tell
+ * which of them it is, so it does not claim a place ({@link localityGroups} then fails safe).
+ */
+export function ownWorkload(
+  self: BalancerSelf,
+  state: MeshState,
+  prefs: readonly RoutingScope[],
+): Workload | undefined {
+  const [first, ...rest] = state.workloads.endpointsOf(`${self.namespace}/${self.hostname}`);
+  if (first === undefined) return undefined;
+  return rest.every((w) => localityRank(first, w, prefs) === prefs.length) ? first : undefined;
+}
+
+/**
+ * Round robin over the healthy endpoints of each service port, skipping ejected ones, within the best locality
+ * group as seen from the waypoint's own workload ({@link localityGroups}). The endpoint lists are kept until
+ * {@link Balancer.invalidate} (the waypoint calls it on every config change).
  */
 export class Balancer {
   #next = new Map<string, number>();
@@ -52,27 +74,35 @@ export class Balancer {
     this.#now = now;
   }
 
-  /** Endpoint lists by service, port and network, until the config changes ({@link invalidate}). */
-  #cache = new Map<string, { state: MeshState; service: Service; endpoints: Endpoint[] }>();
+  /** Endpoint groups by service, port and waypoint, until the config changes ({@link invalidate}). */
+  #cache = new Map<string, { state: MeshState; service: Service; groups: Endpoint[][] }>();
 
   /** Forgets the endpoint lists: the config changed. */
   invalidate(): void {
     this.#cache.clear();
   }
 
-  /** The endpoints of `service` that serve `port` and may take traffic, in a stable order. */
-  candidates(state: MeshState, service: Service, port: number, network: string): Endpoint[] {
-    const key = `${serviceKey(service)}|${port}|${network}`;
+  /**
+   * The endpoints of `service` that serve `port` and may take traffic from this waypoint, grouped by locality
+   * (best first; one group when the service has no preference), each group in a stable order.
+   */
+  groups(state: MeshState, service: Service, port: number, self: BalancerSelf): Endpoint[][] {
+    const key = `${serviceKey(service)}|${port}|${self.network}|${self.namespace}/${self.hostname}`;
     const cached = this.#cache.get(key);
-    if (cached && cached.state === state && cached.service === service) return cached.endpoints;
-    const endpoints = this.#candidates(state, service, port, network);
-    this.#cache.set(key, { state, service, endpoints });
-    return endpoints;
+    if (cached && cached.state === state && cached.service === service) return cached.groups;
+    const groups = this.#groups(state, service, port, self);
+    this.#cache.set(key, { state, service, groups });
+    return groups;
   }
 
-  #candidates(state: MeshState, service: Service, port: number, network: string): Endpoint[] {
+  /** The endpoints of {@link groups}, best group first. */
+  candidates(state: MeshState, service: Service, port: number, self: BalancerSelf): Endpoint[] {
+    return this.groups(state, service, port, self).flat();
+  }
+
+  #groups(state: MeshState, service: Service, port: number, self: BalancerSelf): Endpoint[][] {
     // Capacity 0 never takes a turn of the round robin (ztunnel's weightedPick never picks it either).
-    const out: Endpoint[] = eligibleEndpoints(service, port, state, network)
+    const out: Endpoint[] = eligibleEndpoints(service, port, state, self.network)
       .filter(({ workload: w }) => w.capacity > 0)
       .map(({ workload: w, targetPort }) => ({
         workload: w,
@@ -81,20 +111,30 @@ export class Balancer {
         port: targetPort,
         hbone: w.tunnelProtocol === "HBONE",
       }));
-    return out.sort((a, b) => (a.workload.uid < b.workload.uid ? -1 : a.workload.uid > b.workload.uid ? 1 : 0));
+    out.sort((a, b) => (a.workload.uid < b.workload.uid ? -1 : a.workload.uid > b.workload.uid ? 1 : 0));
+    const source = ownWorkload(self, state, service.loadBalancing?.routingPreference ?? []);
+    return localityGroups(source, service.loadBalancing, out);
   }
 
   /**
    * The next endpoint for `service` port `port`, leaving out ejected ones and those in `tried` (a retry goes
-   * elsewhere when it can). When every endpoint is ejected, they all come back rather than failing outright, as
-   * Envoy's panic threshold does.
+   * elsewhere when it can). It takes the best locality group that has an endpoint not ejected: a group whose
+   * endpoints are all ejected fails over to the next, as Envoy moves a priority's traffic to the next one when
+   * none of its hosts is healthy (a simplification: Envoy starts spilling over below 71 % healthy, with its
+   * overprovisioning factor of 1.4). When every endpoint is ejected, the best group comes back rather than
+   * failing outright, as Envoy's panic threshold does; under `STRICT` that group is the only one, so traffic
+   * never leaves the required scope. `tried` never moves a retry to a worse group.
    */
-  pick(state: MeshState, service: Service, port: number, network: string, tried?: ReadonlySet<string>) {
-    const all = this.candidates(state, service, port, network);
-    if (all.length === 0) return undefined;
+  pick(state: MeshState, service: Service, port: number, self: BalancerSelf, tried?: ReadonlySet<string>) {
+    const groups = this.groups(state, service, port, self);
+    if (groups.length === 0) return undefined;
     const now = this.#now();
-    let usable = all.filter((e) => !this.#isEjected(endpointKey(e), now));
-    if (usable.length === 0) usable = all;
+    let usable: Endpoint[] = [];
+    for (const g of groups) {
+      usable = g.filter((e) => !this.#isEjected(endpointKey(e), now));
+      if (usable.length > 0) break;
+    }
+    if (usable.length === 0) usable = groups[0];
     const fresh = tried ? usable.filter((e) => !tried.has(endpointKey(e))) : usable;
     const from = fresh.length > 0 ? fresh : usable;
     const key = `${serviceKey(service)}:${port}`;

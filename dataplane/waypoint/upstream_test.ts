@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
-import { Balancer, EJECTION_MS, type Endpoint, endpointKey } from "./upstream.ts";
+import { Balancer, EJECTION_MS, type Endpoint, endpointKey, ownWorkload } from "./upstream.ts";
 import { MeshState } from "../../mesh/store.ts";
 import { decodeService, decodeWorkload, type Service } from "../../mesh/workload.ts";
 
 const WEB = "shop/web.shop.svc.cluster.local";
+/** The waypoint: its own service is `shop/waypoint.shop.svc.cluster.local`. */
+const SELF = { namespace: "shop", hostname: "waypoint.shop.svc.cluster.local", network: "" };
+const OWN = `shop/${SELF.hostname}`;
 
 function webService(extra: Record<string, unknown> = {}): Service {
   return decodeService({
@@ -42,7 +45,7 @@ function mesh(service = webService()): { state: MeshState; service: Service } {
 
 /** The uids of `n` successive picks. */
 function picks(b: Balancer, state: MeshState, service: Service, n: number, port = 80, tried?: Set<string>): string[] {
-  return Array.from({ length: n }, () => b.pick(state, service, port, "", tried)?.workload.uid ?? "-");
+  return Array.from({ length: n }, () => b.pick(state, service, port, SELF, tried)?.workload.uid ?? "-");
 }
 
 /** A clock the test moves by hand. */
@@ -101,7 +104,7 @@ Deno.test("Balancer.candidates() leaves out what cannot take traffic", async (t)
       const state = new MeshState();
       state.services.upsert(service);
       endpoint(state, "x", "10.0.0.9", extra);
-      const got = new Balancer().candidates(state, service, 80, "").map((e) => e.workload.uid);
+      const got = new Balancer().candidates(state, service, 80, SELF).map((e) => e.workload.uid);
       assert.deepEqual(got, included ? ["x"] : []);
     });
   }
@@ -110,10 +113,10 @@ Deno.test("Balancer.candidates() leaves out what cannot take traffic", async (t)
 Deno.test("Balancer.pick() returns undefined for a port the service lacks or a service without endpoints", () => {
   const { state, service } = mesh();
   const b = new Balancer();
-  assert.equal(b.pick(state, service, 8080, ""), undefined, "8080 is a target port, not a service port");
+  assert.equal(b.pick(state, service, 8080, SELF), undefined, "8080 is a target port, not a service port");
   const empty = webService({ name: "empty", hostname: "empty.shop.svc.cluster.local" });
   state.services.upsert(empty);
-  assert.equal(b.pick(state, empty, 80, ""), undefined);
+  assert.equal(b.pick(state, empty, 80, SELF), undefined);
 });
 
 Deno.test("Balancer.pick() resolves the service port to the endpoint's target port", async (t) => {
@@ -129,7 +132,7 @@ Deno.test("Balancer.pick() resolves the service port to the endpoint's target po
       const service = webService();
       state.services.upsert(service);
       endpoint(state, "x", "10.0.0.9", { services: { [WEB]: mapping } });
-      const e = new Balancer().pick(state, service, port, "");
+      const e = new Balancer().pick(state, service, port, SELF);
       assert.equal(e?.port, want);
       if (e) {
         assert.equal(e.ip, "10.0.0.9");
@@ -145,7 +148,7 @@ Deno.test("Balancer.pick() marks an endpoint outside the mesh as plain TCP", () 
   const service = webService();
   state.services.upsert(service);
   endpoint(state, "x", "10.0.0.9", { tunnelProtocol: "NONE" });
-  assert.equal(new Balancer().pick(state, service, 80, "")?.hbone, false);
+  assert.equal(new Balancer().pick(state, service, 80, SELF)?.hbone, false);
 });
 
 Deno.test("Balancer.eject() leaves an endpoint out for EJECTION_MS", () => {
@@ -197,9 +200,115 @@ Deno.test("Balancer.pick() avoids the endpoints already tried when it can", asyn
     b.eject({ ip: "10.0.0.1", port: 8080 });
     const tried = new Set([key("10.0.0.2"), key("10.0.0.3")]);
     const got: (Endpoint | undefined)[] = [
-      b.pick(state, service, 80, "", tried),
-      b.pick(state, service, 80, "", tried),
+      b.pick(state, service, 80, SELF, tried),
+      b.pick(state, service, 80, SELF, tried),
     ];
     assert.ok(got.every((e) => e && e.workload.uid !== "a"), "an ejected endpoint was picked");
   });
+});
+
+// ---- locality: the waypoint ranks from its own workload ------------------------------------------------------
+
+const PREFER_CLOSE = { routingPreference: ["NETWORK", "REGION", "ZONE", "SUBZONE"], mode: "FAILOVER" };
+const ONLY_CLOSE = { routingPreference: ["NETWORK", "REGION", "ZONE", "SUBZONE"], mode: "STRICT" };
+const at = (zone: string, region = "r1") => ({ locality: { region, zone } });
+
+/**
+ * web with `loadBalancing`, endpoints a (zone z1), b (z2), c (region r2), and the waypoint's own workloads (an
+ * endpoint of its own service each) at the given localities.
+ */
+function zoned(loadBalancing: Record<string, unknown>, ...own: Record<string, unknown>[]) {
+  const { state, service } = { state: new MeshState(), service: webService({ loadBalancing }) };
+  state.services.upsert(service);
+  endpoint(state, "c", "10.0.0.3", at("z9", "r2"));
+  endpoint(state, "b", "10.0.0.2", at("z2"));
+  endpoint(state, "a", "10.0.0.1", at("z1"));
+  own.forEach((extra, i) =>
+    endpoint(state, `waypoint-${i}`, `10.0.9.${i + 1}`, {
+      services: { [OWN]: [{ servicePort: 15008, targetPort: 15008 }] },
+      ...extra,
+    })
+  );
+  return { state, service };
+}
+
+Deno.test("ownWorkload() is the waypoint's workload when the state places it without doubt", async (t) => {
+  const prefs = ["REGION", "ZONE"] as const;
+  const cases: [name: string, own: Record<string, unknown>[], want: string | undefined][] = [
+    ["none in the state", [], undefined],
+    ["one replica", [at("z1")], "waypoint-0"],
+    ["replicas in the same zone (another node): the first", [
+      { ...at("z1"), node: "n1" },
+      { ...at("z1"), node: "n2" },
+    ], "waypoint-0"],
+    ["replicas in different zones: unknown", [at("z1"), at("z2")], undefined],
+  ];
+  for (const [name, own, want] of cases) {
+    await t.step(name, () => {
+      const { state } = zoned(PREFER_CLOSE, ...own);
+      assert.equal(ownWorkload(SELF, state, prefs)?.uid, want);
+    });
+  }
+  await t.step("replicas on different nodes are unknown when NODE is preferred", () => {
+    const { state } = zoned(PREFER_CLOSE, { ...at("z1"), node: "n1" }, { ...at("z1"), node: "n2" });
+    assert.equal(ownWorkload(SELF, state, ["ZONE", "NODE"]), undefined);
+  });
+});
+
+Deno.test("Balancer.pick() ranks the endpoints by the waypoint's own locality", async (t) => {
+  const cases: [name: string, lb: Record<string, unknown>, own: Record<string, unknown>[], want: string[]][] = [
+    ["no preference: round robin over all", {}, [at("z1")], ["a", "b", "c", "a"]],
+    ["PreferClose from z1: a only", PREFER_CLOSE, [at("z1")], ["a", "a", "a", "a"]],
+    ["PreferClose from z2: b only", PREFER_CLOSE, [at("z2")], ["b", "b", "b", "b"]],
+    ["PreferClose from r1's zone z3: the region, a and b", PREFER_CLOSE, [at("z3")], ["a", "b", "a", "b"]],
+    ["PreferClose from r3: no match at all, all of them", PREFER_CLOSE, [at("z1", "r3")], ["a", "b", "c", "a"]],
+    ["STRICT from z2: b only", ONLY_CLOSE, [at("z2")], ["b", "b", "b", "b"]],
+    ["STRICT from z3: nothing matches every scope", ONLY_CLOSE, [at("z3")], ["-", "-"]],
+    ["PreferClose, own workload unknown: all of them", PREFER_CLOSE, [], ["a", "b", "c", "a"]],
+    ["STRICT, own workload unknown: none", ONLY_CLOSE, [], ["-", "-"]],
+    ["STRICT, replicas in two zones: none", ONLY_CLOSE, [at("z1"), at("z2")], ["-", "-"]],
+  ];
+  for (const [name, lb, own, want] of cases) {
+    await t.step(name, () => {
+      const { state, service } = zoned(lb, ...own);
+      assert.deepEqual(picks(new Balancer(), state, service, want.length), want);
+    });
+  }
+});
+
+Deno.test("Balancer.pick() fails over to the next locality when the closest endpoints are all ejected", async (t) => {
+  const key = (ip: string) => endpointKey({ ip, port: 8080 });
+  await t.step("PreferClose: a ejected, then the region's b; b ejected too, then c", () => {
+    const { state, service } = zoned(PREFER_CLOSE, at("z1"));
+    const b = new Balancer(fakeClock().read);
+    b.eject({ ip: "10.0.0.1", port: 8080 });
+    assert.deepEqual(picks(b, state, service, 2), ["b", "b"]);
+    b.eject({ ip: "10.0.0.2", port: 8080 });
+    assert.deepEqual(picks(b, state, service, 2), ["c", "c"]);
+  });
+  await t.step("PreferClose: all ejected, the closest comes back (panic), not a farther one", () => {
+    const { state, service } = zoned(PREFER_CLOSE, at("z1"));
+    const b = new Balancer(fakeClock().read);
+    for (const ip of ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) b.eject({ ip, port: 8080 });
+    assert.deepEqual(picks(b, state, service, 2), ["a", "a"]);
+  });
+  await t.step("STRICT: a ejected, a still (never out of the zone)", () => {
+    const { state, service } = zoned(ONLY_CLOSE, at("z1"));
+    const b = new Balancer(fakeClock().read);
+    b.eject({ ip: "10.0.0.1", port: 8080 });
+    assert.deepEqual(picks(b, state, service, 2), ["a", "a"]);
+  });
+  await t.step("a tried endpoint does not move a retry to a farther group", () => {
+    const { state, service } = zoned(PREFER_CLOSE, at("z1"));
+    assert.deepEqual(picks(new Balancer(), state, service, 2, 80, new Set([key("10.0.0.1")])), ["a", "a"]);
+  });
+});
+
+Deno.test("Balancer.candidates() lists the closest group first and follows the waypoint to a new zone", () => {
+  const b = new Balancer();
+  const first = zoned(PREFER_CLOSE, at("z2"));
+  assert.deepEqual(b.candidates(first.state, first.service, 80, SELF).map((e) => e.workload.uid), ["b", "a", "c"]);
+  // A new config (the waypoint rescheduled to z1) is a new state: the groups are computed again.
+  const moved = zoned(PREFER_CLOSE, at("z1"));
+  assert.deepEqual(b.candidates(moved.state, moved.service, 80, SELF).map((e) => e.workload.uid), ["a", "b", "c"]);
 });
