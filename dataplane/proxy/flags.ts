@@ -21,7 +21,8 @@ export type ResponseFlag =
   | "NO_ROUTE"
   | "NO_HEALTHY_UPSTREAM"
   // Envoy's codes: downstream closed, upstream overflow, RBAC denied, no route, downstream protocol error,
-  // no healthy upstream, upstream timeout, upstream connection closed, upstream failure, retries exhausted.
+  // no healthy upstream, upstream timeout, upstream connection closed, upstream failure, retries exhausted,
+  // upstream protocol error.
   | "DC"
   | "UO"
   | "RBAC"
@@ -31,7 +32,8 @@ export type ResponseFlag =
   | "UT"
   | "UC"
   | "UF"
-  | "URX";
+  | "URX"
+  | "UPE";
 
 /** The flags of one request: one flag, or two when retries ran out before a failure (`URX,UF`). */
 export type ResponseFlags = ResponseFlag | `${ResponseFlag},${ResponseFlag}`;

@@ -36,6 +36,7 @@ import {
   stripHopByHop,
   UNTIL_CLOSE,
 } from "../http1/mod.ts";
+import type { ResponseFlags } from "../proxy/flags.ts";
 import { relay } from "../proxy/relay.ts";
 import { upstreamHttpVersion } from "./protocol.ts";
 import type { Upstreams } from "./server.ts";
@@ -323,7 +324,12 @@ async function serveRequest(
     .filter(([n]) => n !== "host" && n !== "expect");
   let received = 0;
   let sent = 0;
-  const done = (status: number, flags: string, path: string, handled?: Awaited<ReturnType<typeof handleExchange>>) =>
+  const done = (
+    status: number,
+    flags: ResponseFlags,
+    path: string,
+    handled?: Awaited<ReturnType<typeof handleExchange>>,
+  ) =>
     recordRequest(ctx, session, {
       handled,
       protocol: grpc ? "grpc" : "http",

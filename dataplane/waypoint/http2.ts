@@ -21,6 +21,7 @@ import type { Duplex } from "node:stream";
 import { H2Connection } from "../h2/connection.ts";
 import { field, type HeaderField } from "../h2/fields.ts";
 import { ErrorCode } from "../h2/frame.ts";
+import type { ResponseFlags } from "../proxy/flags.ts";
 import type { H2Stream } from "../h2/stream.ts";
 import {
   type Exchange,
@@ -176,7 +177,14 @@ async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams
   let received = 0;
   // Counted as it flows; paused again so that nothing flows (and is lost) before the body is piped upstream.
   stream.on("data", (c: Uint8Array) => received += c.byteLength).pause();
-  const record = (status: number, flags: string, handled?: Handled, grpcStatus?: string, sent = 0, path = rawPath) =>
+  const record = (
+    status: number,
+    flags: ResponseFlags,
+    handled?: Handled,
+    grpcStatus?: string,
+    sent = 0,
+    path = rawPath,
+  ) =>
     recordRequest(ctx, session, {
       handled,
       protocol: grpc ? "grpc" : "http",
@@ -286,7 +294,7 @@ async function onStream(stream: H2Stream, session: Session, upstreams: Upstreams
   }
   stream.respond([[":status", String(res.status)], ...out], { endStream: res.body === null });
   let sent = 0;
-  const finish = (flags: string) => {
+  const finish = (flags: ResponseFlags) => {
     handled.done();
     const trailers = res.trailers();
     const grpcStatus = grpc ? (field(trailers ?? [], "grpc-status") ?? field(res.headers, "grpc-status")) : undefined;

@@ -13,6 +13,7 @@ import { peerAttributes, policiesFor, sessionFacts, type WaypointContext } from 
 import type { Session } from "./session.ts";
 import { ConnectFailure, type Endpoint } from "./upstream.ts";
 import { DialGuard } from "../proxy/dial_guard.ts";
+import type { ResponseFlag } from "../proxy/flags.ts";
 import { relay } from "../proxy/relay.ts";
 import { workloadIdentity } from "../proxy/identity.ts";
 import type { L7Operation, L7Policy, L7Rule } from "../../mesh/l7.ts";
@@ -61,6 +62,8 @@ export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointCon
   const started = performance.now();
   const dest = session.destination;
   const facts = sessionFacts(session);
+  /** Counts the tunnel closed without a byte carried, with its flag. */
+  const refused = (flag: ResponseFlag) => ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: flag }));
   const policies = policiesFor(session, ctx);
   if (policies.length > 0) {
     const d = authorizeRequest(tcpPolicies(policies), {
@@ -72,7 +75,7 @@ export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointCon
     });
     if (!d.allowed) {
       ctx.log.info({ policy: d.policy, src: session.peer.ip, dst: session.authority }, "connection denied");
-      ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "DENY" }));
+      refused("DENY");
       tunnel.destroy();
       return;
     }
@@ -86,13 +89,13 @@ export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointCon
   // sniffed, so a client that reset its CONNECT meanwhile (rapid reset) must cost no upstream connection, as
   // ztunnel's inbound dials for no gone client either.
   await new Promise((resolve) => setTimeout(resolve, 0));
-  if (tunnel.destroyed) return void ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "DC" }));
+  if (tunnel.destroyed) return void refused("DC");
   const peer = session.peer.identity.toString();
   const overflow = tcpDials.admit(peer, performance.now());
   if (overflow) {
     // The 200 is out already: the tunnel is reset, recorded as Envoy records an overflowing circuit breaker.
     ctx.log.info({ peer, dst: session.authority, reason: overflow }, "too many dials for this peer");
-    ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "UO" }));
+    refused("UO");
     tunnel.destroy();
     return;
   }
@@ -100,7 +103,7 @@ export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointCon
     for (let attempt = 0; attempt < 3 && !upstream && !tunnel.destroyed; attempt++) {
       endpoint = dest.kind === "workload"
         ? { workload: dest.workload, ip: dest.ip, port: dest.port, hbone: dest.workload.tunnelProtocol === "HBONE" }
-        : ctx.balancer.pick(state, dest.service, dest.port, ctx.self.network, tried);
+        : ctx.balancer.pick(state, dest.service, dest.port, ctx.self, tried);
       if (!endpoint) break;
       tried.add(`${endpoint.ip}:${endpoint.port}`);
       try {
@@ -116,10 +119,10 @@ export async function passTcp(tunnel: Duplex, session: Session, ctx: WaypointCon
   }
   if (tunnel.destroyed) {
     upstream?.destroy();
-    return void ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: "DC" }));
+    return void refused("DC");
   }
   if (!upstream || !endpoint) {
-    ctx.metrics.closed.inc(tcpLabels({ ...facts, responseFlags: endpoint ? "CONNECT" : "NO_HEALTHY_UPSTREAM" }));
+    refused(endpoint ? "CONNECT" : "NO_HEALTHY_UPSTREAM");
     tunnel.destroy();
     return;
   }

@@ -12,6 +12,7 @@
 import client from "prom-client";
 import type { Logger } from "../../mesh/log.ts";
 import { type ConnectionFacts, TCP_LABELS, tcpLabels, TcpMetrics } from "../../mesh/metrics.ts";
+import type { ResponseFlags } from "../proxy/flags.ts";
 
 /** Labels of the HTTP metrics: the TCP set plus the response's codes. */
 export const HTTP_LABELS = [...TCP_LABELS, "response_code", "grpc_response_status"] as const;
@@ -55,7 +56,7 @@ export interface RequestRecord {
   status: number;
   grpcStatus?: string;
   /** Envoy response flags: `-`, `UF` (upstream connection failure), `UT` (timeout), `UH` (no healthy upstream), `NR` (no route), `DPE` (downstream protocol error), `UC`/`DC` (upstream/downstream reset), `URX` (retries exhausted). */
-  flags: string;
+  flags: ResponseFlags;
   bytesReceived: number;
   bytesSent: number;
   durationMs: number;

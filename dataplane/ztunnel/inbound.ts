@@ -24,7 +24,7 @@ import type { Workload } from "../../mesh/workload.ts";
 import { checkInbound } from "./inbound_check.ts";
 import { authorize, type ConnectionAttributes } from "./rbac.ts";
 import { abortOnClose, type PodContext, type ProxyContext, recordFinished, recordRefused, socketEnds } from "./pod.ts";
-import { responseFlag } from "../proxy/flags.ts";
+import { type ResponseFlag, responseFlag } from "../proxy/flags.ts";
 import { relay } from "../proxy/relay.ts";
 import { formatAddr, type SocketAddr } from "../proxy/addr.ts";
 import { baggage } from "../proxy/headers.ts";
@@ -66,7 +66,7 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
     dstWorkload: local,
     dstIdentity: pod.identity,
   };
-  const fail = (status: number, flag: string, reason: string) => {
+  const fail = (status: number, flag: ResponseFlag, reason: string) => {
     if (!stream.destroyed) {
       stream.respond([[":status", String(status)]], { endStream: true });
       // The answer is complete; the client's half is of no more use (RFC 9113 §8.1), so free the stream now.
@@ -74,7 +74,7 @@ export async function handleHboneInbound(req: HboneRequest, pod: PodContext, ctx
     }
     recordRefused(ctx, facts, record, started, flag, reason);
   };
-  if (!decision.ok) return fail(decision.status, decision.flag, decision.reason);
+  if (!decision.ok) return fail(decision.status, decision.flag || "-", decision.reason);
 
   const peer = req.peer.toString();
   const overflow = ctx.dials.admit(peer, performance.now());
@@ -118,7 +118,7 @@ export async function handlePlaintextInbound(
   const source = sourceWorkload(ctx, local, src.ip);
   const facts = { reporter: "destination" as const, source, destination: local, mtls: false };
   const record = { direction: "inbound" as const, src, srcWorkload: source, dst, dstWorkload: local };
-  const refuse = (flag: string, reason: string) => {
+  const refuse = (flag: ResponseFlag, reason: string) => {
     socket.resetAndDestroy();
     recordRefused(ctx, facts, record, started, flag, reason);
   };

@@ -16,6 +16,7 @@ import type { ConnectionManager } from "./connection_manager.ts";
 import type { DialGuard } from "../proxy/dial_guard.ts";
 import type { ConnectionRecord } from "./access_log.ts";
 import type { SocketAddr } from "../proxy/addr.ts";
+import type { ResponseFlag } from "../proxy/flags.ts";
 import type { RelayResult } from "../proxy/relay.ts";
 import { type ConnectionFacts, tcpLabels, type TcpLabelSet } from "../../mesh/metrics.ts";
 
@@ -71,7 +72,7 @@ export function recordRefused(
   facts: ConnectionFacts,
   record: RecordBase,
   started: number,
-  flag: string,
+  flag: ResponseFlag,
   reason: string,
 ) {
   const labels = tcpLabels({ ...facts, responseFlags: flag });
