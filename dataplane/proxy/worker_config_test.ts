@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import pino from "pino";
 import { ClientConfig } from "../../mesh/control_client.ts";
-import { ConfigMirror } from "./worker_config.ts";
+import { applyMirrored, ConfigMirror } from "./worker_config.ts";
 
 const log = pino({ level: "silent" });
 
@@ -38,7 +38,7 @@ Deno.test("ConfigMirror's snapshot rebuilds the state a stream of snapshot and d
     mirror.observe(m);
   }
   const worker = new ClientConfig(log);
-  worker.apply(structuredClone(mirror.snapshot()));
+  applyMirrored(worker, structuredClone(mirror.snapshot()));
   const names = (c: ClientConfig) => [...c.state.workloads.all()].map((w) => w.name).sort();
   assert.deepEqual(names(worker), ["b", "c"]);
   assert.deepEqual(names(worker), names(main));

@@ -26,17 +26,18 @@ export class ControlProcess implements AsyncDisposable {
     this.process = this.#spawn();
   }
 
-  /** Starts a control plane over `manifests` (file name → YAML) and waits until it serves. */
+  /** Starts a control plane over `manifests` (file name → YAML) and waits until it serves (`readyMs` at most). */
   static async start(
     manifests: Record<string, string> = {},
     extraArgs: string[] = [],
     env: Record<string, string> = {},
+    readyMs = 20_000,
   ): Promise<ControlProcess> {
     const dir = await Deno.makeTempDir({ prefix: "skiff-cp-" });
     await Deno.mkdir(join(dir, "manifests"));
     for (const [name, text] of Object.entries(manifests)) await Deno.writeTextFile(join(dir, "manifests", name), text);
     const cp = new ControlProcess(dir, extraArgs, env);
-    await cp.ready();
+    await cp.ready(readyMs);
     return cp;
   }
 
@@ -58,8 +59,8 @@ export class ControlProcess implements AsyncDisposable {
   }
 
   /** Waits until the HTTPS listener is up. */
-  async ready(): Promise<void> {
-    await this.process.waitForLog((l) => String(l.msg).startsWith("listener established: config stream"), 20_000);
+  async ready(timeoutMs = 20_000): Promise<void> {
+    await this.process.waitForLog((l) => String(l.msg).startsWith("listener established: config stream"), timeoutMs);
   }
 
   /** Issues node `name`'s token into DIR/nodes/NAME/{token,root-cert.pem}; returns the token file. */
