@@ -60,7 +60,8 @@ spec:
 /** One full run against a control plane started with `env`; prints its measures, returns its targets. */
 async function measure(env: Record<string, string>): Promise<[string, boolean, string][]> {
   const started = performance.now();
-  await using control = await ControlProcess.start(manifests(), [], env);
+  // Reading 10,000 pods' YAML takes seconds, more on a busy machine: the harness's 20 s for a small mesh is too short.
+  await using control = await ControlProcess.start(manifests(), [], env, 120_000);
   try {
     const firstBuild = await control.process.waitForLog((l) => l.msg === "pushed", 120_000);
     console.log(

@@ -263,8 +263,16 @@ async function watchManifests(dir: string, plane: ControlPlane, signal: AbortSig
   }
   signal.addEventListener("abort", () => watcher.close(), { once: true });
   let reading = Promise.resolve();
+  // One write is several events (create, modify, close): a re-read queued and not yet begun will see them all,
+  // so a burst of events costs one re-read of the directory, not one per event.
+  let queued = false;
   for await (const _event of watcher) {
-    reading = reading.then(() => plane.reloadManifests());
+    if (queued) continue;
+    queued = true;
+    reading = reading.then(() => {
+      queued = false;
+      return plane.reloadManifests();
+    });
   }
   await reading;
 }

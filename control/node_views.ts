@@ -65,7 +65,12 @@ export class NodeViews {
     const before = new Map([...nodes].map((node) => [node, this.view(node).version]));
     const next = new Map<string, NodePodsView>();
     for (const node of new Set([...model.nodePods.keys(), ...units.keys()])) {
-      next.set(node, nodePodsView(node, model.nodePods.get(node) ?? [], model.ambientNamespaces, units.get(node)));
+      const pods = model.nodePods.get(node) ?? [];
+      const old = this.#views.get(node);
+      // Most builds leave most nodes as they were: keep the view (and its version) when its content is the same,
+      // rather than serializing and hashing every node's pods on every build (a fifth of a change's work at 10k).
+      if (old && sameView(old, pods, model.ambientNamespaces, units.get(node))) next.set(node, old);
+      else next.set(node, nodePodsView(node, pods, model.ambientNamespaces, units.get(node)));
     }
     this.#views = next;
     this.#ambientNamespaces = model.ambientNamespaces;
@@ -78,4 +83,18 @@ export class NodeViews {
     }
     return changed;
   }
+}
+
+/** Whether `view` says what a view of `pods`, `ambientNamespaces` and `units` would; pods compared one by one. */
+function sameView(view: NodePodsView, pods: NodePod[], ambientNamespaces: string[], units: NodeUnit[] = []): boolean {
+  if (view.pods.length !== pods.length || view.ambientNamespaces.length !== ambientNamespaces.length) return false;
+  for (let i = 0; i < ambientNamespaces.length; i++) {
+    if (view.ambientNamespaces[i] !== ambientNamespaces[i]) return false;
+  }
+  if (JSON.stringify(view.units ?? []) !== JSON.stringify(units)) return false;
+  for (let i = 0; i < pods.length; i++) {
+    // The builder's cache hands back the very objects of the namespaces a change did not touch.
+    if (view.pods[i] !== pods[i] && JSON.stringify(view.pods[i]) !== JSON.stringify(pods[i])) return false;
+  }
+  return true;
 }

@@ -61,3 +61,28 @@ Deno.test("NodeViews tells a node's subscribers when its view changes, and only 
   for (const stop of stops) stop();
   assert.equal(views.subscribers, 0);
 });
+
+Deno.test("NodeViews serializes no pod of a build that hands back the same pods", () => {
+  let serialized = 0;
+  const counted = (name: string): NodePod => ({
+    ...pod(name),
+    toJSON() {
+      serialized++;
+      return pod(name);
+    },
+  } as NodePod);
+  const pods = [counted("web"), counted("db")];
+  const views = new NodeViews();
+  views.update({ nodePods: new Map([["node-a", pods]]), ambientNamespaces: ["shop"] });
+  const first = views.view("node-a");
+  serialized = 0;
+  assert.deepEqual(views.update({ nodePods: new Map([["node-a", [...pods]]]), ambientNamespaces: ["shop"] }), []);
+  assert.equal(serialized, 0);
+  assert.equal(views.view("node-a"), first);
+  // Equal pods that are new objects (a rebuilt namespace) are compared, and the view and its version stay.
+  assert.deepEqual(
+    views.update({ nodePods: new Map([["node-a", [pod("web"), pod("db")]]]), ambientNamespaces: ["shop"] }),
+    [],
+  );
+  assert.equal(views.view("node-a").version, first.version);
+});

@@ -67,8 +67,11 @@ export class ControlPlane {
   };
   readonly #cache = new BuildCache();
   readonly #nodeViews = new NodeViews();
-  /** What node agents' reports are checked against: the last build's pods, nodes and addresses. */
-  #reportFacts: ReportFacts;
+  /**
+   * What node agents' reports are checked against: the last build's pods, nodes and addresses. Made from the
+   * build when a report first needs it, not by every build (10,000 pods' worth of keys for a policy change).
+   */
+  #reportFacts: ReportFacts | (() => ReportFacts);
   readonly #sources: ObjectSource[] = [];
   #timer?: ReturnType<typeof setTimeout>;
   #firstChange?: number;
@@ -151,6 +154,7 @@ export class ControlPlane {
    * @throws {ReportError} naming each refused pod, once the others are stored.
    */
   register(node: string, pods: Registration[]): void {
+    if (typeof this.#reportFacts === "function") this.#reportFacts = this.#reportFacts();
     const { accepted, refused } = checkReport(node, pods, this.#reportFacts);
     let stored = accepted;
     if (refused.length > 0) {
@@ -203,27 +207,30 @@ export class ControlPlane {
     for (const source of this.#sources) {
       for (const [k, o] of source.objects()) if (!inForce.has(k)) objects.push(o);
     }
-    const input = () => ({
+    // Read from the store once per build, not once per use: every node agent's pods, decoded row by row.
+    const registrations = this.#store.registrations();
+    const input = (vips: ReadonlyMap<string, string>) => ({
       objects: objects as DeclaredObject[],
-      registrations: this.#store.registrations(),
-      vips: this.#store.addresses(),
+      registrations,
+      vips,
       settings: this.#settings,
     });
-    let model = buildMesh(input(), this.#cache);
+    const vips = this.#store.addresses();
+    let model = buildMesh(input(vips), this.#cache);
     const explicit = new Set(model.services.flatMap((s) => s.addresses.map((a) => a.address)));
     const owners = new Set(model.allocationOwners);
-    const stale = [...input().vips.keys()].some((k) => !owners.has(k));
+    const stale = [...vips.keys()].some((k) => !owners.has(k));
     if (model.needAddresses.length > 0 || stale) {
       try {
         // Addresses of Services gone from the manifests go back to the range.
         this.#store.allocateAddresses(model.needAddresses, this.#serviceRange, explicit, owners);
-        model = buildMesh(input(), this.#cache);
+        model = buildMesh(input(this.#store.addresses()), this.#cache);
       } catch (error) {
         this.#log.error({ error: (error as Error).message }, "cannot allocate service addresses");
       }
     }
     this.#model = model;
-    this.#reportFacts = reportFacts(objects as DeclaredObject[], model, this.#serviceRange);
+    this.#reportFacts = () => reportFacts(objects as DeclaredObject[], model, this.#serviceRange);
     const built = performance.now();
     const delta = this.publisher.publish(model);
     const nodes = this.#nodeViews.update(model);
@@ -259,7 +266,7 @@ export class ControlPlane {
   /** Keys of objects that changed since they were last written to the store. */
   #unsaved = new Set<string>();
 
-  #persist(inForce: Map<string, ManifestObject>): void {
+  #persist(inForce: ReadonlyMap<string, ManifestObject>): void {
     if (this.#unsaved.size === 0) return;
     const changed: ManifestObject[] = [];
     const removed: string[] = [];

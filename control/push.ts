@@ -26,10 +26,14 @@ import type { MeshModel } from "./build/mod.ts";
 interface Entry {
   kind: ResourceKind;
   name: string;
+  /** `kind/name`, the key of {@link Publisher}'s entries. */
+  key: string;
   /** The object published; the builder's cache hands back the very same object when nothing changed. */
   body: unknown;
   json: string;
   version: string;
+  /** The publish that last saw it in the model (removals are the entries a publish did not see). */
+  seen: number;
 }
 
 /** A batch of changes, as sent to subscribers. */
@@ -38,10 +42,20 @@ export type Delta = Extract<StreamMessage, { type: "delta" }>;
 /** The published state and its subscribers. */
 export class Publisher {
   readonly #entries = new Map<string, Entry>();
+  /**
+   * Each published body's entry, by the body's identity: the builder's cache hands back the very objects of the
+   * namespaces a change did not touch, and this finds their entries without making their keys again (a
+   * 10,000-workload mesh made 11,000 key strings and a new map of them per change, half the publish).
+   */
+  readonly #byBody = new WeakMap<object, Entry>();
   readonly #subscribers = new Set<(d: Delta, line: Uint8Array) => void>();
-  /** The snapshot for a client that knows nothing, encoded once per version and form, shared by every such client. */
+  /**
+   * The snapshot for a client that knows nothing, encoded once per version and form, shared by every such client.
+   * One form at a time, and dropped by the next change rather than kept until the next such client comes.
+   */
   #full?: { version: number; parts: boolean; lines: Uint8Array[]; sent: number };
   #version = 0;
+  #publishes = 0;
 
   /** The version of the last change published. */
   get version(): number {
@@ -60,32 +74,63 @@ export class Publisher {
 
   /** Publishes a new build; returns the delta sent (undefined when nothing changed). */
   publish(model: Pick<MeshModel, "workloads" | "services" | "policies" | "routes" | "l7Policies">): Delta | undefined {
-    const next = new Map<string, Entry>();
+    const pass = ++this.#publishes;
+    const entries = this.#entries;
+    /** The model's entries in its order: the order of the next snapshot when keys came or went. */
+    const order: Entry[] = [];
+    const changed = new Map<string, Entry>();
+    let added = false;
     // `encode` gives the wire form of a model that differs from it; `body` stays the model, compared by identity.
-    const add = <T>(kind: ResourceKind, name: string, body: T, encode: (b: T) => unknown = (b) => b) => {
-      const key = resourceKey({ kind, name });
-      const old = this.#entries.get(key);
-      if (old && old.body === body) {
-        next.set(key, old);
+    const add = <T>(kind: ResourceKind, body: T, nameOf: (b: T) => string, encode: (b: T) => unknown = (b) => b) => {
+      const same = this.#byBody.get(body as object);
+      // An entry another publish replaced is no longer in force: its body must be compared again.
+      if (same && same.kind === kind && entries.get(same.key) === same) {
+        same.seen = pass;
+        order.push(same);
         return;
       }
+      const name = nameOf(body);
+      const key = resourceKey({ kind, name });
+      const old = entries.get(key);
       const json = JSON.stringify(encode(body));
-      next.set(key, old && old.json === json ? { ...old, body } : { kind, name, body, json, version: digest(json) });
+      let e: Entry;
+      if (old && old.json === json) {
+        old.body = body;
+        e = old;
+      } else {
+        e = { kind, name, key, body, json, version: digest(json), seen: pass };
+        if (!old) added = true;
+        entries.set(key, e);
+        changed.set(key, e);
+      }
+      e.seen = pass;
+      this.#byBody.set(body as object, e);
+      order.push(e);
     };
-    for (const w of model.workloads) add("Workload", w.uid, w);
-    for (const s of model.services) add("Service", serviceKey(s), s);
-    for (const p of model.policies) add("Authorization", policyKey(p), p, encodeAuthorization);
-    for (const r of model.routes) add("HttpRoute", httpRouteKey(r), r);
-    for (const p of model.l7Policies) add("L7Policy", l7PolicyKey(p), p);
-    const changed: Entry[] = [];
-    for (const [key, e] of next) if (this.#entries.get(key)?.json !== e.json) changed.push(e);
+    for (const w of model.workloads) add("Workload", w, (w) => w.uid);
+    for (const s of model.services) add("Service", s, serviceKey);
+    for (const p of model.policies) add("Authorization", p, policyKey, encodeAuthorization);
+    for (const r of model.routes) add("HttpRoute", r, httpRouteKey);
+    for (const p of model.l7Policies) add("L7Policy", p, l7PolicyKey);
     const removed: Removal[] = [];
-    for (const [key, e] of this.#entries) if (!next.has(key)) removed.push({ kind: e.kind, name: e.name });
-    if (changed.length === 0 && removed.length === 0) return undefined;
-    this.#entries.clear();
-    for (const [k, e] of next) this.#entries.set(k, e);
-    const delta: Delta = { type: "delta", version: ++this.#version, resources: changed.map(toResource), removed };
-    const line = encoder.encode(encodeLine({ type: "delta", version: delta.version, removed }, changed));
+    for (const [key, e] of entries) {
+      if (e.seen === pass) continue;
+      removed.push({ kind: e.kind, name: e.name });
+      entries.delete(key);
+    }
+    if (changed.size === 0 && removed.length === 0) return undefined;
+    if (added) {
+      // New keys went to the end of the map: put it back in the model's order, so that a snapshot of the same
+      // state lists the same resources in the same parts whatever came before.
+      entries.clear();
+      for (const e of order) entries.set(e.key, e);
+    }
+    this.#full = undefined;
+    const resources = [...changed.values()];
+    const delta: Delta = { type: "delta", version: ++this.#version, resources: resources.map(toResource), removed };
+    // The first build of a large mesh has no subscriber yet: its whole-mesh line would be garbage at once.
+    if (this.#subscribers.size === 0) return delta;
+    const line = encoder.encode(encodeLine({ type: "delta", version: delta.version, removed }, resources));
     for (const fn of this.#subscribers) fn(delta, line);
     return delta;
   }
@@ -154,8 +199,20 @@ function encodeLine(head: Record<string, unknown>, resources: Entry[]): string {
   return `${json.slice(0, -1)},"resources":[${parts.join(",")}]}\n`;
 }
 
+/**
+ * A delta's resource; its body is the wire form, decoded when first read: the stream sends the JSON itself, and
+ * decoding every body of a first build up front was a second copy of the mesh, read by no one.
+ */
 function toResource(e: Entry): StreamResource {
-  return { kind: e.kind, name: e.name, version: e.version, body: JSON.parse(e.json) };
+  let body: unknown;
+  return {
+    kind: e.kind,
+    name: e.name,
+    version: e.version,
+    get body() {
+      return body ??= JSON.parse(e.json);
+    },
+  };
 }
 
 function digest(json: string): string {

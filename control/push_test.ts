@@ -115,3 +115,47 @@ Deno.test("joinSnapshotParts refuses parts that are not one whole snapshot", () 
   );
   assert.deepEqual(joinSnapshotParts([part(3, true), part(3, false)]).version, 3);
 });
+
+Deno.test("a rebuild that hands back the same objects makes no key and no JSON for them", async (t) => {
+  let reads = 0;
+  // A workload whose uid (its key) and JSON are counted as they are read.
+  const counted = (name: string, ip: string): Workload => {
+    const w = wl(name, ip);
+    const uid = w.uid;
+    Object.defineProperty(w, "uid", {
+      enumerable: true,
+      get: () => {
+        reads++;
+        return uid;
+      },
+    });
+    return w;
+  };
+  const a = counted("a", "10.0.0.1"), b = counted("b", "10.0.0.2"), c = counted("c", "10.0.0.3");
+  const p = new Publisher();
+  p.publish(model(a, c));
+  await t.step("the same objects again: nothing read, nothing sent", () => {
+    reads = 0;
+    assert.equal(p.publish(model(a, c)), undefined);
+    assert.equal(reads, 0);
+  });
+  await t.step("one new object among them: only it is read, and the snapshot keeps the model's order", () => {
+    reads = 0;
+    const d = p.publish(model(a, b, c))!;
+    assert.deepEqual(d.resources.map((r) => r.name), ["Kubernetes//Pod/shop/b"]);
+    assert.ok(reads > 0 && reads <= 2, `read ${reads} times`);
+    const snap = decodeStreamMessage(new TextDecoder().decode(p.snapshot({}).lines[0]));
+    assert.deepEqual(snap.type === "snapshot" && snap.resources.map((r) => r.name), [
+      "Kubernetes//Pod/shop/a",
+      "Kubernetes//Pod/shop/b",
+      "Kubernetes//Pod/shop/c",
+    ]);
+  });
+  await t.step("an object published before, whose key has changed since, is compared and sent again", () => {
+    const a2 = wl("a", "10.0.0.9");
+    assert.equal(p.publish(model(a2, b, c))!.resources.length, 1);
+    const back = p.publish(model(a, b, c))!;
+    assert.deepEqual(back.resources.map((r) => (r.body as Workload).addresses), [["10.0.0.1"]]);
+    assert.deepEqual(p.publish(model(b, c))!.removed, [{ kind: "Workload", name: "Kubernetes//Pod/shop/a" }]);
+  });
+});

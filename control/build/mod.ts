@@ -158,9 +158,16 @@ export interface MeshModel {
 const key = (o: { kind: string; namespace: string; name: string }) => `${o.kind}/${o.namespace}/${o.name}`;
 /** Code-unit order: stable across machines and locales, and far cheaper than localeCompare on 10,000 keys. */
 const byText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-/** Sorts `items` by the text `of` each, computing each key once. */
+/**
+ * Sorts `items` by the text `of` each, computing each key once, into a new array. Most builds sort lists that are
+ * in order already (a namespace's objects as its files list them, the workloads by uid), so that is checked first.
+ */
 function sortBy<T>(items: T[], of: (x: T) => string): T[] {
-  return items.map((x) => [of(x), x] as const).sort((a, b) => byText(a[0], b[0])).map(([, x]) => x);
+  const keys = items.map(of);
+  let sorted = true;
+  for (let i = 1; i < keys.length && sorted; i++) sorted = byText(keys[i - 1], keys[i]) <= 0;
+  if (sorted) return items.slice();
+  return keys.map((k, i) => [k, items[i]] as const).sort((a, b) => byText(a[0], b[0])).map(([, x]) => x);
 }
 
 /**
@@ -169,7 +176,11 @@ function sortBy<T>(items: T[], of: (x: T) => string): T[] {
  * It only memoizes: a build with a cache gives the same model as one without.
  */
 export class BuildCache {
-  readonly namespaces = new Map<string, { fingerprint: string[]; part: NamespacePart }>();
+  /**
+   * Per namespace: `fingerprint`, what its part was built from (its objects sorted); `arrival`, the same with its
+   * objects in the order the sources listed them, which most builds repeat, so that they need not sort them.
+   */
+  readonly namespaces = new Map<string, { fingerprint: string[]; arrival: string[]; part: NamespacePart }>();
 }
 
 /** What one namespace contributes to the model. */
@@ -274,23 +285,25 @@ export function buildMesh(input: MeshInput, cache?: BuildCache): MeshModel {
   const seen = new Set<string>();
   for (const ns of [...objectsIn.keys()].sort(byText)) {
     seen.add(ns);
-    const objects = sortBy(objectsIn.get(ns)!, key);
     const registrations = sortBy(registrationsIn.get(ns) ?? [], (r) => `${r.name}/${r.node}`);
     // Compared item by item: digests of unchanged objects are the very same strings, so this is cheap.
-    const fingerprint = cache
-      ? [
-        sharedPrint,
-        JSON.stringify([nsLabels.get(ns), registrations, vipsIn.get(ns)]),
-        ...objects.map((o) => o.digest ?? JSON.stringify([o.labels, o.annotations, o.spec])),
-      ]
-      : [];
+    const head = cache ? [sharedPrint, JSON.stringify([nsLabels.get(ns), registrations, vipsIn.get(ns)])] : [];
+    const printOf = (o: DeclaredObject) => o.digest ?? JSON.stringify([key(o), o.labels, o.annotations, o.spec]);
+    const arrival = cache ? [...head, ...objectsIn.get(ns)!.map(printOf)] : [];
     const cached = cache?.namespaces.get(ns);
+    if (cached && sameStrings(cached.arrival, arrival)) {
+      parts.push(cached.part);
+      continue;
+    }
+    const objects = sortBy(objectsIn.get(ns)!, key);
+    const fingerprint = cache ? [...head, ...objects.map(printOf)] : [];
     if (cached && sameStrings(cached.fingerprint, fingerprint)) {
+      cached.arrival = arrival;
       parts.push(cached.part);
       continue;
     }
     const part = buildNamespace(ns, objects, registrations, shared);
-    cache?.namespaces.set(ns, { fingerprint, part });
+    cache?.namespaces.set(ns, { fingerprint, arrival, part });
     parts.push(part);
   }
   if (cache) { for (const ns of cache.namespaces.keys()) if (!seen.has(ns)) cache.namespaces.delete(ns); }
@@ -579,9 +592,24 @@ function labelIndex(candidates: Candidate[]): Map<string, Candidate[]> {
  * The workloads come out by uid.
  */
 function claimAddresses(candidates: Candidate[], notes: ModelNote[]): Candidate[] {
+  // Only the candidates of an address claimed more than once need the order: found first, by network then address
+  // (the workloads' own strings as keys, rather than 10,000 new `network/ip` ones per build).
+  const claims = new Map<string, Map<string, Candidate>>();
+  const contested = new Set<Candidate>();
+  for (const c of candidates) {
+    const w = c.workload;
+    let byIp = claims.get(w.network);
+    if (!byIp) claims.set(w.network, byIp = new Map());
+    for (const ip of w.addresses) {
+      const first = byIp.get(ip);
+      if (first === undefined) byIp.set(ip, c);
+      else contested.add(first).add(c);
+    }
+  }
+  if (contested.size === 0) return sortBy(candidates, (c) => c.workload.uid);
   const owner = new Map<string, string>();
-  const out: Candidate[] = [];
-  for (const c of sortBy(candidates, (c) => `${c.addressesReported ? 1 : 0}${c.workload.uid}`)) {
+  const out = candidates.filter((c) => !contested.has(c));
+  for (const c of sortBy([...contested], (c) => `${c.addressesReported ? 1 : 0}${c.workload.uid}`)) {
     const w = c.workload;
     // The candidate may be a cached one: a lost address makes a new workload, never a changed old one.
     const kept = w.addresses.filter((ip) => {

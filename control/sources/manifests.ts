@@ -13,7 +13,7 @@
  */
 
 import { join } from "node:path";
-import { LineCounter, parseAllDocuments } from "yaml";
+import { Composer, type Document, LineCounter, Parser } from "yaml";
 import { dnsLabel, dnsSubdomain, Fields, ValidationError } from "../../mesh/validate.ts";
 import { lineOfField } from "../../mesh/yaml.ts";
 import type { Origin } from "../build/common.ts";
@@ -93,41 +93,52 @@ export interface ParsedFile {
 export function parseManifestFile(text: string, file: string): ParsedFile {
   const lines = new LineCounter();
   const out: ParsedFile = { objects: [], problems: [], complete: true };
-  let docs;
-  try {
-    docs = parseAllDocuments(text, { version: "1.1", lineCounter: lines, prettyErrors: false, uniqueKeys: true });
-  } catch (error) {
-    out.problems.push({ file, message: `not valid YAML: ${(error as Error).message.split("\n")[0]}` });
-    out.complete = false;
-    return out;
-  }
-  const line = (pos: number) => lines.linePos(pos).line;
-  for (const doc of docs) {
-    const start = doc.contents?.range?.[0] ?? doc.range[0];
-    if (doc.errors.length > 0) {
-      const e = doc.errors[0];
-      out.problems.push({ file, line: line(e.pos[0]), message: `not valid YAML: ${e.message.split("\n")[0]}` });
-      out.complete = false;
-      continue;
-    }
-    let value: unknown;
+  // What `parseAllDocuments` does, one document at a time: a file of 500 pods never has the parse trees of all of
+  // them at once (a whole file's trees were most of the control plane's peak memory at start).
+  const composer = new Composer({ version: "1.1", prettyErrors: false, uniqueKeys: true });
+  const docs = composer.compose(new Parser(lines.addNewLine).parse(text));
+  for (;;) {
+    let next: IteratorResult<Document.Parsed>;
     try {
-      value = doc.toJS({ maxAliasCount: 100 });
+      next = docs.next();
     } catch (error) {
-      out.problems.push({ file, line: line(start), message: (error as Error).message.split("\n")[0] });
-      out.complete = false;
-      continue;
+      return {
+        objects: [],
+        problems: [{ file, message: `not valid YAML: ${(error as Error).message.split("\n")[0]}` }],
+        complete: false,
+      };
     }
-    if (value === null || value === undefined) continue; // an empty document (a trailing `---`, comments only)
-    const read = readObject(value, file, line(start), (field) => lineOfField(doc, lines, field));
-    if ("object" in read) {
-      out.objects.push(read.object);
-    } else {
-      out.problems.push(read.problem);
-      if (read.problem.key === undefined) out.complete = false;
-    }
+    if (next.done) return out;
+    readDocument(next.value, lines, file, out);
   }
-  return out;
+}
+
+/** Reads one parsed document of `file` into `out`. */
+function readDocument(doc: Document.Parsed, lines: LineCounter, file: string, out: ParsedFile): void {
+  const line = (pos: number) => lines.linePos(pos).line;
+  const start = doc.contents?.range?.[0] ?? doc.range[0];
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0];
+    out.problems.push({ file, line: line(e.pos[0]), message: `not valid YAML: ${e.message.split("\n")[0]}` });
+    out.complete = false;
+    return;
+  }
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (error) {
+    out.problems.push({ file, line: line(start), message: (error as Error).message.split("\n")[0] });
+    out.complete = false;
+    return;
+  }
+  if (value === null || value === undefined) return; // an empty document (a trailing `---`, comments only)
+  const read = readObject(value, file, line(start), (field) => lineOfField(doc, lines, field));
+  if ("object" in read) {
+    out.objects.push(read.object);
+  } else {
+    out.problems.push(read.problem);
+    if (read.problem.key === undefined) out.complete = false;
+  }
 }
 
 /**
@@ -214,11 +225,14 @@ function stringValue(value: unknown, path: string): string {
 export class ManifestSet {
   #byFile = new Map<string, Map<string, ManifestObject>>();
   #problems = new Map<string, ManifestProblem[]>();
+  /** {@link objects}, kept until a file changes: every build asks for it, and most reloads change nothing. */
+  #objects?: Map<string, ManifestObject>;
   /** Per file, the stat signature of the version last read, so an unchanged file is not parsed again. */
   readonly signatures = new Map<string, string>();
 
   /** Starts from objects known good before (the store's, at start-up); they stay until their files say otherwise. */
   seed(objects: ManifestObject[]): void {
+    this.#objects = undefined;
     for (const o of objects) {
       const m = this.#byFile.get(o.file) ?? new Map<string, ManifestObject>();
       if (!this.#owner(objectKey(o))) m.set(objectKey(o), o);
@@ -228,6 +242,7 @@ export class ManifestSet {
 
   /** Applies a file's new contents; returns the keys whose object changed, appeared or went away. */
   update(file: string, parsed: ParsedFile): Set<string> {
+    this.#objects = undefined;
     const before = this.#byFile.get(file) ?? new Map<string, ManifestObject>();
     const next = new Map<string, ManifestObject>();
     const problems = [...parsed.problems];
@@ -265,6 +280,7 @@ export class ManifestSet {
 
   /** Forgets a file that was removed; returns the keys that went away. */
   remove(file: string): Set<string> {
+    this.#objects = undefined;
     const before = this.#byFile.get(file) ?? new Map();
     this.#byFile.delete(file);
     this.#problems.delete(file);
@@ -272,11 +288,12 @@ export class ManifestSet {
     return changedKeys(before, new Map());
   }
 
-  /** Every object in force, keyed by `kind/namespace/name`. */
-  objects(): Map<string, ManifestObject> {
+  /** Every object in force, keyed by `kind/namespace/name`; the same map until a file changes. */
+  objects(): ReadonlyMap<string, ManifestObject> {
+    if (this.#objects) return this.#objects;
     const out = new Map<string, ManifestObject>();
     for (const objects of this.#byFile.values()) for (const [k, o] of objects) out.set(k, o);
-    return out;
+    return this.#objects = out;
   }
 
   /** The files read so far. */
