@@ -10,6 +10,8 @@
 #   bash install.sh --dev              the first, and the test and benchmark tools (haproxy, wrk, podman, ...):
 #                                      for a developer's machine and CI (the README's test command), not a VM
 #   bash install.sh --print-packages   the Debian packages it would install (with --dev: those too); no change
+#   bash install.sh --print-launcher   the launcher it would write as /usr/local/bin/skiff where deno compile
+#                                      cannot run (with the Deno on PATH); no change
 #
 # The units come from deploy/systemd/ (install-units.sh there does that part; docs/vm-install.md walks through
 # a three-machine install). Settings files are written only when absent; systemctl is called only where
@@ -18,7 +20,7 @@
 # /usr/local/bin/skiff is a `deno compile` binary where the compile runtime can be downloaded; where it
 # cannot (these machines reach only the npm registry and Debian), it is a launcher that runs main.ts from
 # /usr/local/lib/skiff with the pinned Deno, its own dependency cache and exactly the permissions the modes
-# need. The last line printed says which.
+# need, and each mode's V8 flags (mesh/v8_flags.ts). The last line printed says which.
 set -euo pipefail
 export RUST_BACKTRACE=0 DEBIAN_FRONTEND=noninteractive DENO_NO_UPDATE_CHECK=1
 
@@ -47,6 +49,27 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
+# The launcher, for the library at $LIB and the Deno at $1. V8 reads its heap flags only when Deno starts, so
+# the launcher picks each mode's flags (mesh/v8_flags.ts, read here through the Deno that runs it) by its first
+# argument, the mode; the CNI plugin (no argument) and the other modes get V8's defaults.
+launcher() {
+  local deno=$1 table
+  table=$("$deno" run --quiet --no-config "$SRC/mesh/v8_flags.ts" --all) || die "could not read mesh/v8_flags.ts"
+  cat <<EOF
+#!/bin/sh
+# Skiff launcher, written by install.sh: deno compile could not fetch its runtime on this machine, so this
+# runs $LIB/main.ts with the pinned Deno ($DENO_VERSION), offline, with the permissions the modes need.
+export RUST_BACKTRACE=0 DENO_NO_UPDATE_CHECK=1 DENO_DIR="$LIB/deno-dir"
+v8=""
+case "\${1-}" in
+$(printf '%s\n' "$table" | while read -r mode flags; do
+  [ -z "$mode" ] || printf '  %s) v8="--v8-flags=%s" ;;\n' "$mode" "$flags"
+done)
+esac
+exec "$deno" run --quiet --cached-only --frozen --no-prompt ${PERMISSIONS[*]} \${v8:+"\$v8"} --config "$LIB/deno.json" "$LIB/main.ts" "\$@"
+EOF
+}
+
 role=""
 dev=""
 print=""
@@ -54,6 +77,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dev) dev=1 ;;
     --print-packages) print=1 ;;
+    --print-launcher) print=launcher ;;
     --systemd) [ $# -ge 2 ] || die "--systemd needs a role: control or node"; role=$2; shift ;;
     --systemd=*) role=${1#--systemd=} ;;
     -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -67,6 +91,12 @@ case "$role" in
 esac
 [ -z "$dev" ] || PACKAGES+=("${TEST_PACKAGES[@]}")
 # --print-packages: the Debian packages this run would install (when missing), one a line; nothing is changed.
+# --print-launcher: the launcher step 4 writes where deno compile cannot run; nothing is changed.
+if [ "$print" = launcher ]; then
+  command -v deno >/dev/null || die "--print-launcher: no deno on PATH"
+  launcher "$(command -v deno)"
+  exit 0
+fi
 if [ -n "$print" ]; then printf '%s\n' "${PACKAGES[@]}"; exit 0; fi
 [ "$(id -u)" -eq 0 ] || die "run as root: it installs system packages and /usr/local/bin/skiff"
 
@@ -118,7 +148,12 @@ DENO=$(command -v deno)
 (cd "$SRC" && deno install --frozen --quiet) || die "deno install --frozen failed: is deno.lock current?"
 
 # 4. The skiff command.
-if (cd "$SRC" && timeout 120 deno compile "${PERMISSIONS[@]}" --quiet --output "$SRC/dist/skiff" main.ts) >/dev/null 2>&1 &&
+# A compiled binary takes V8 flags only from its build (it ignores DENO_V8_FLAGS) and runs every mode with them:
+# it gets the proxies' (mesh/v8_flags.ts), as the deno.json compile task does, since the proxies are what runs
+# on every node; the control plane then runs with them too.
+proxy_v8=$(deno run --quiet --no-config "$SRC/mesh/v8_flags.ts" ztunnel) || die "could not read mesh/v8_flags.ts"
+if (cd "$SRC" && timeout 120 deno compile "${PERMISSIONS[@]}" ${proxy_v8:+"--v8-flags=$proxy_v8"} --quiet \
+  --output "$SRC/dist/skiff" main.ts) >/dev/null 2>&1 &&
   "$SRC/dist/skiff" version >/dev/null 2>&1; then
   install -m 0755 "$SRC/dist/skiff" "$BIN"
   built="compiled binary (deno compile)"
@@ -139,13 +174,7 @@ else
   (cd "$LIB" && DENO_DIR="$LIB/deno-dir" deno install --frozen --quiet --entrypoint main.ts) ||
     die "could not cache dependencies into $LIB"
   rm -rf "$LIB.old"
-  cat >"$BIN.tmp" <<EOF
-#!/bin/sh
-# Skiff launcher, written by install.sh: deno compile could not fetch its runtime on this machine, so this
-# runs $LIB/main.ts with the pinned Deno ($DENO_VERSION), offline, with the permissions the modes need.
-export RUST_BACKTRACE=0 DENO_NO_UPDATE_CHECK=1 DENO_DIR="$LIB/deno-dir"
-exec "$DENO" run --quiet --cached-only --frozen --no-prompt ${PERMISSIONS[*]} --config "$LIB/deno.json" "$LIB/main.ts" "\$@"
-EOF
+  launcher "$DENO" >"$BIN.tmp"
   chmod 0755 "$BIN.tmp"
   mv "$BIN.tmp" "$BIN"
   built="launcher running $LIB/main.ts with deno $DENO_VERSION (deno compile cannot download its runtime here)"

@@ -18,8 +18,10 @@ const MODES: Record<string, Mode> = {
   ca: async (argv) => (await import("./certs/cli.ts")).runCaCommand(argv),
   "cni-agent": async (argv) => (await import("./cni/mod.ts")).runCniAgent(argv),
   "unit-gate": async (argv) => (await import("./cni/unit_gate.ts")).runUnitGate(argv),
-  ztunnel: async (argv) => (await import("./dataplane/mod.ts")).runZtunnel(argv),
-  waypoint: async (argv) => (await import("./dataplane/mod.ts")).runWaypoint(argv),
+  // Each proxy straight from its own module, not through dataplane/mod.ts, which holds both: a ztunnel that
+  // loaded the waypoint's HTTP stack (and a waypoint ztunnel's YAML reader) held it in memory for nothing.
+  ztunnel: async (argv) => (await import("./dataplane/ztunnel/mod.ts")).runZtunnel(argv),
+  waypoint: async (argv) => (await import("./dataplane/waypoint/mod.ts")).runWaypoint(argv),
   demo: async (argv) => (await import("./demo/mod.ts")).runDemo(argv),
   version: () => {
     console.log(`skiff ${VERSION} (deno ${Deno.version.deno})`);

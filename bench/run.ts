@@ -3,7 +3,8 @@
  * machine they ran on, to docs/benchmarks.md. The micro-benchmarks under bench/ run with `deno bench`; the
  * data-plane benchmark (bench/dataplane.ts) is a script, since it builds network namespaces and starts
  * ztunnel and stunnel processes (it says why when it cannot run, and it needs root); so is the waypoint's
- * (bench/waypoint.ts: wrk through a waypoint, directly and through haproxy), and the control plane's
+ * (bench/waypoint.ts: wrk through a waypoint, directly and through haproxy), the proxies' memory per mode
+ * (bench/memory.ts: RSS of a real ztunnel and waypoint, with their V8 flags and without), and the control plane's
  * (bench/control.ts), which starts `skiff control` over ten thousand pods; the churn test (tests/churn_test.ts)
  * runs for its counts. Numbers are for comparing
  * runs on one kind of machine; the test suite never asserts on time.
@@ -20,6 +21,10 @@ const RUNS: { title: string; args: string[] }[] = [
   {
     title: "Waypoint: HTTP/1.1 through skiff waypoint vs direct vs haproxy",
     args: ["run", "--allow-all", "bench/waypoint.ts"],
+  },
+  {
+    title: "Memory per mode: ztunnel and waypoint RSS, with the modes' V8 flags and with V8's defaults",
+    args: ["run", "--allow-all", "bench/memory.ts"],
   },
   {
     title: "Control plane at scale: 10,000 workloads, 1,000 services, 10 subscribed nodes",

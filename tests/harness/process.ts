@@ -4,6 +4,8 @@
  * to play a crash.
  */
 
+import { v8FlagsFor } from "../../mesh/v8_flags.ts";
+
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 export class SkiffProcess implements AsyncDisposable {
@@ -14,8 +16,11 @@ export class SkiffProcess implements AsyncDisposable {
   #exited = false;
 
   constructor(readonly name: string, args: string[], env: Record<string, string> = {}) {
+    // The mode's V8 flags, as the installed launcher passes them (mesh/v8_flags.ts), so tests and benchmarks run
+    // what is deployed; a caller that sets DENO_V8_FLAGS (bench/memory.ts, to try others) gets only those.
+    const v8 = env.DENO_V8_FLAGS === undefined ? v8FlagsFor(args[0]) : "";
     this.#child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", MAIN, ...args],
+      args: ["run", "--allow-all", ...(v8 ? [`--v8-flags=${v8}`] : []), MAIN, ...args],
       env: { LOG_FORMAT: "json", LOG_LEVEL: "debug", RUST_BACKTRACE: "0", ...env },
       stdout: "piped",
       stderr: "piped",
