@@ -2,8 +2,8 @@
  * Copies bytes both ways between two duplexes (a TCP socket, an HBONE stream) until both directions are done, as
  * ztunnel's `copy.rs` does: the directions run independently, an end on one side becomes a write-shutdown on the
  * other (`shutdown(SHUT_WR)` on TCP, END_STREAM on HTTP/2), and an error on either side ends both. Backpressure is
- * `pipe()`'s: a slow reader pauses the other side's source, so memory stays within the streams' buffers and the
- * HTTP/2 windows.
+ * as with `pipe()`: a slow reader pauses the other side's source, so memory stays within the streams' buffers and
+ * the HTTP/2 windows.
  *
  * TCP sockets given here must be made with `allowHalfOpen: true`, or Node would close the write side as soon as
  * the read side ends and half-close would be lost.
@@ -25,8 +25,6 @@ export function relay(a: Duplex, b: Duplex): { done: Promise<RelayResult>; stop(
   const result: RelayResult = { aToB: 0, bToA: 0 };
   // TCP_NODELAY, as upstream sets on its sockets: a proxy must not add Nagle's delay to small writes.
   for (const s of [a, b]) (s as Duplex & { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
-  a.on("data", (chunk: Uint8Array) => result.aToB += chunk.byteLength);
-  b.on("data", (chunk: Uint8Array) => result.bToA += chunk.byteLength);
   const fail = (error: Error) => {
     result.error ??= error;
     a.destroy();
@@ -35,8 +33,8 @@ export function relay(a: Duplex, b: Duplex): { done: Promise<RelayResult>; stop(
   a.on("error", fail);
   b.on("error", fail);
   const closed = (s: Duplex) => s.destroyed && s.closed ? Promise.resolve() : new Promise((r) => s.once("close", r));
-  a.pipe(b);
-  b.pipe(a);
+  pump(a, b, (n) => result.aToB += n);
+  pump(b, a, (n) => result.bToA += n);
   const done = Promise.all([closed(a), closed(b)]).then(() => result);
   // If one side closes without ending (a reset), the other must not wait forever for its peer.
   a.once("close", () => !a.readableEnded && b.destroy());
@@ -46,4 +44,33 @@ export function relay(a: Duplex, b: Duplex): { done: Promise<RelayResult>; stop(
   if (a.destroyed) b.destroy();
   else if (b.destroyed) a.destroy();
   return { done, stop: fail };
+}
+
+/**
+ * `src.pipe(dst)` for a relay's one direction, counting as it goes: a write the destination cannot take yet
+ * pauses the source until `drain`, and the source's end ends the destination (a half-close). Not `pipe()`: the
+ * relay already ends both sides on an error or a close, which is most of what `pipe()` adds, and its nine
+ * closures and listeners per direction were held for the whole life of every idle connection (issue 18).
+ */
+function pump(src: Duplex, dst: Duplex, count: (bytes: number) => void): void {
+  let waiting = false; // paused here, for `drain`: only this resumes the source, as pipe() does
+  src.on("data", (chunk: Uint8Array) => {
+    count(chunk.byteLength);
+    if (!dst.write(chunk)) {
+      waiting = true;
+      src.pause();
+    }
+  });
+  dst.on("drain", () => {
+    if (!waiting) return;
+    waiting = false;
+    src.resume();
+  });
+  src.once("end", () => dst.end());
+  // As pipe() starts: a source paused before the relay (a handshake read, say) flows now, unless the destination
+  // is already full. A `data` listener alone does not resume a stream paused with pause().
+  if (dst.writableNeedDrain) {
+    waiting = true;
+    src.pause();
+  } else src.resume();
 }
