@@ -6,9 +6,9 @@
  * @module
  */
 
-import type { HeaderField } from "../h2/fields.ts";
+import { field, type HeaderField } from "../h2/fields.ts";
 import type { Service, Workload } from "../../mesh/workload.ts";
-import { formatAddr, type SocketAddr } from "./addr.ts";
+import { formatAddr, parseAuthority, type SocketAddr } from "./addr.ts";
 
 /**
  * Upstream's baggage (`src/baggage.rs`): who is calling, for the other side's telemetry. Empty values left out.
@@ -71,4 +71,13 @@ export function hboneHeaders(source: Workload, client: SocketAddr, service: Serv
   const host = service && TOKEN.test(service.hostname) ? `;host=${service.hostname}` : "";
   const forwarded = `for="${formatAddr(client)}"${host}`;
   return [["forwarded", forwarded], ["baggage", baggage(source)], ["traceparent", traceparent()]];
+}
+
+/** The client's address from `Forwarded: for="ip:port"` (as {@link hboneHeaders} writes it): how the waypoint reads the client address ztunnel sends.. */
+export function forwardedFor(headers: HeaderField[]): { ip: string; port: number } | undefined {
+  const value = field(headers, "forwarded");
+  const m = value && /(?:^|[;,\s])for="?([^";,]+)"?/i.exec(value);
+  if (!m) return undefined;
+  const parsed = parseAuthority(m[1]);
+  return parsed?.ip ? { ip: parsed.ip, port: parsed.port } : undefined;
 }

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { requestProblem } from "../h2/fields.ts";
 import { decodeService, decodeWorkload, type Service, type Workload } from "../../mesh/workload.ts";
-import { forwardedFor } from "../waypoint/session.ts";
-import { baggage, hboneHeaders, traceparent } from "./headers.ts";
+import { baggage, forwardedFor, hboneHeaders, traceparent } from "./headers.ts";
 
 /** reviews-v1, a pod of the Deployment reviews-v1 in shop, with `extra` set on the decoded workload as is. */
 function workload(extra: Partial<Workload> = {}): Workload {

@@ -10,7 +10,10 @@
 
 import { field, type HeaderField } from "../h2/fields.ts";
 import { parseAuthority } from "../proxy/addr.ts";
+import { forwardedFor } from "../proxy/headers.ts";
 import { workloadIdentity } from "../proxy/identity.ts";
+
+export { forwardedFor };
 import type { SpiffeId } from "../../mesh/identity.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import type { GatewayAddress, Service, Workload } from "../../mesh/workload.ts";
@@ -62,15 +65,6 @@ export function isSelf(gw: GatewayAddress | undefined, self: WaypointSelf, state
   const found = state.lookupAddress(gw.address.network, gw.address.address);
   return !!found && "service" in found && found.service.hostname === self.hostname &&
     found.service.namespace === self.namespace;
-}
-
-/** The client's address from `Forwarded: for="ip:port"` (as ztunnel writes it). */
-export function forwardedFor(headers: HeaderField[]): { ip: string; port: number } | undefined {
-  const value = field(headers, "forwarded");
-  const m = value && /(?:^|[;,\s])for="?([^";,]+)"?/i.exec(value);
-  if (!m) return undefined;
-  const parsed = parseAuthority(m[1]);
-  return parsed?.ip ? { ip: parsed.ip, port: parsed.port } : undefined;
 }
 
 /** Admits or refuses a CONNECT to the waypoint. */
