@@ -86,26 +86,90 @@ interface Root {
 }
 
 let root: Root | undefined;
+/** Fields every line of this thread carries ({@link logFromThreads}). */
+let threadFields: Record<string, unknown> = {};
+/** This thread's whole-lines destination, once {@link logFromThreads} was called. */
+let wholeLines: WholeLines | undefined;
+
+/** Linux's PIPE_BUF: a write to a pipe of at most this many bytes is never split or interleaved (pipe(7)). */
+const PIPE_BUF = 4096;
+
+/**
+ * Lines to stderr, written asynchronously as sonic-boom's are (a slow reader of stderr never stalls the event
+ * loop; lines wait in memory meanwhile), but each write(2) holds only whole lines, at most PIPE_BUF bytes of them,
+ * so no other thread's write can land inside a line. A line longer than PIPE_BUF goes alone, and may be split.
+ */
+class WholeLines {
+  readonly #queue: Uint8Array[] = [];
+  readonly #encoder = new TextEncoder();
+  #writing = false;
+
+  write(s: string): boolean {
+    this.#queue.push(this.#encoder.encode(s));
+    if (!this.#writing) void this.#drain();
+    return true;
+  }
+
+  flushSync(): void {
+    while (this.#queue.length > 0) {
+      const chunk = this.#next();
+      for (let off = 0; off < chunk.length;) off += Deno.stderr.writeSync(chunk.subarray(off));
+    }
+  }
+
+  /** The next write: whole lines up to PIPE_BUF bytes, or one longer line. */
+  #next(): Uint8Array {
+    let n = 0;
+    let size = 0;
+    while (n < this.#queue.length && (n === 0 || size + this.#queue[n].length <= PIPE_BUF)) {
+      size += this.#queue[n++].length;
+    }
+    const parts = this.#queue.splice(0, n);
+    if (parts.length === 1) return parts[0];
+    const out = new Uint8Array(size);
+    let off = 0;
+    for (const p of parts) {
+      out.set(p, off);
+      off += p.length;
+    }
+    return out;
+  }
+
+  async #drain(): Promise<void> {
+    this.#writing = true;
+    try {
+      while (this.#queue.length > 0) {
+        const chunk = this.#next();
+        for (let off = 0; off < chunk.length;) off += await Deno.stderr.write(chunk.subarray(off));
+      }
+    } catch {
+      this.#queue.length = 0; // stderr is closed: nothing more can be written
+    } finally {
+      this.#writing = false;
+    }
+  }
+}
 
 function makeRoot(): Root {
   const settings = readLogSettings(process.env, Deno.stderr.isTerminal());
   // No minLength: a daemon's lines (access logs above all) must appear when they happen, not 4 KiB later.
   const destination = pino.destination({ dest: 2, sync: false });
-  const stream = settings.format === "plain"
-    ? { write: (s: string) => destination.write(formatPlain(s)) }
-    : destination;
+  const write = (s: string) => (wholeLines ?? destination).write(s);
+  const stream = { write: settings.format === "plain" ? (s: string) => write(formatPlain(s)) : write };
   const logger = pino({
     level: settings.level,
     base: undefined,
+    // A new object each time: pino merges the line's own fields into what mixin returns.
+    mixin: () => ({ ...threadFields }),
     timestamp: pino.stdTimeFunctions.epochTime,
     formatters: { level: (_label: string, number: number) => ({ level: number }) },
     serializers: { err: pino.stdSerializers.err },
   }, stream);
-  process.on("exit", () => flush(destination));
+  process.on("exit", () => flushLogs());
   return { logger, destination };
 }
 
-function flush(destination: Root["destination"]): void {
+function flush(destination: { flushSync(): void }): void {
   try {
     destination.flushSync();
   } catch {
@@ -122,9 +186,28 @@ export function logger(component: string): Logger {
   return root.logger.child({ component });
 }
 
+/**
+ * For a process whose threads all log to stderr (a proxy's worker threads, dataplane/proxy/workers.ts): every line
+ * of this thread carries `fields` (`{ worker: 1 }`), and is written whole from now on ({@link WholeLines}).
+ * Each thread has its own destination on fd 2, and sonic-boom writes whatever accumulated in one write of up to
+ * 16 KiB (strace shows 15–16 KB writes under a burst); a pipe keeps a write whole only up to PIPE_BUF (4096
+ * bytes): a longer one "may be interleaved, on arbitrary byte boundaries, with data written by other processes"
+ * (pipe(7)), which could put another thread's line in the middle of one. Writing each line synchronously would
+ * keep lines whole too, but stalls the thread whenever stderr's reader lags (a proxy under a load of 200
+ * connections a second at debug level stopped answering in tests/ztunnel_restart_test.ts). Call it in every
+ * thread, the main one included.
+ */
+export function logFromThreads(fields: Record<string, unknown>): void {
+  threadFields = { ...fields };
+  if (wholeLines) return;
+  flushLogs();
+  wholeLines = new WholeLines();
+}
+
 /** Writes out every buffered log line now. */
 export function flushLogs(): void {
   if (root) flush(root.destination);
+  if (wholeLines) flush(wholeLines);
 }
 
 /** Flushes the logs, then ends the process with `code`. Use this, never `Deno.exit`. */

@@ -167,3 +167,31 @@ Deno.test("a bad LOG_FORMAT makes the first logger() fail, naming LOG_FORMAT and
   assert.notEqual(code, 0);
   assert.ok(stderr.includes('LOG_FORMAT="xml"'), stderr);
 });
+
+Deno.test("logFromThreads(): two threads logging bursts into one pipe write whole lines, each with its thread", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", fileURLToPath(new URL("./testdata/log_threads.ts", import.meta.url)), "whole"],
+    env: { LOG_FORMAT: "json", RUST_BACKTRACE: "0" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0);
+  const lines = new TextDecoder().decode(out.stderr).split("\n").filter((l) => l !== "");
+  const byThread = [0, 0];
+  let broken = 0;
+  for (const line of lines) {
+    let rec;
+    try {
+      rec = JSON.parse(line);
+    } catch {
+      broken++;
+      continue;
+    }
+    assert.equal(rec.worker, rec.thread, "each line carries its own thread's field");
+    assert.equal(rec.i, byThread[rec.thread], "in order");
+    assert.equal(rec.odd === true, rec.i % 2 === 1, "with its own fields and no other line's");
+    byThread[rec.thread]++;
+  }
+  assert.equal(broken, 0, "no line was cut by another thread's");
+  assert.deepEqual(byThread, [2_000, 2_000]);
+});

@@ -74,11 +74,15 @@ export function netnsPath(name: string): string {
 
 /**
  * Runs `fn` with the calling thread in the network namespace at `path` (`/var/run/netns/NAME` or
- * `/proc/PID/ns/net`), then returns to the namespace the process started in, even when `fn` throws. `fn` must
+ * `/proc/PID/ns/net`), then returns to the namespace the thread started in, even when `fn` throws. `fn` must
  * be synchronous: a socket created by it stays in the target namespace.
  */
 export function inNetns<T>(path: string, fn: () => T): T {
-  if (hostFd < 0) hostFd = openNs("/proc/self/ns/net");
+  // The calling thread's own namespace, not `/proc/self`'s (the main thread's): with worker threads
+  // (dataplane/proxy/workers.ts) the main thread may be switched into a pod at this very moment, and a worker
+  // that took that for its host would return into the pod after every later switch, its dials and listeners
+  // landing in the wrong namespace (connections timed out when a second two-thread ztunnel started under load).
+  if (hostFd < 0) hostFd = openNs("/proc/thread-self/ns/net");
   const fd = openNs(path);
   try {
     enter(fd, path);
