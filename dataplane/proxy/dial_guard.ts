@@ -41,6 +41,17 @@ interface PeerDials {
 /** Dials per peer identity: {@link admit} before each, {@link settled} after it. */
 export class DialGuard {
   #peers = new Map<string, PeerDials>();
+  readonly #pendingLimit: number;
+  readonly #cancelledLimit: number;
+
+  /**
+   * `threads`: how many threads of the proxy keep a guard each (dataplane/proxy/workers.ts). Each takes its share
+   * of {@link DIAL_LIMITS}, so an identity whose connections land on every thread still meets the node-wide bound.
+   */
+  constructor(threads = 1) {
+    this.#pendingLimit = Math.ceil(DIAL_LIMITS.pendingPerIdentity / threads);
+    this.#cancelledLimit = Math.ceil(DIAL_LIMITS.cancelledPerWindow / threads);
+  }
 
   /** Identities with dials pending or counted in their window. */
   get size(): number {
@@ -59,11 +70,11 @@ export class DialGuard {
       peer.windowStart = now;
       peer.dials = peer.cancelled = 0;
     }
-    if (peer.cancelled >= DIAL_LIMITS.cancelledPerWindow && peer.cancelled * 2 >= peer.dials) {
+    if (peer.cancelled >= this.#cancelledLimit && peer.cancelled * 2 >= peer.dials) {
       const seconds = DIAL_LIMITS.windowMs / 1000;
       return `${peer.cancelled} of ${peer.dials} dials in ${seconds} s cancelled by the client before an answer`;
     }
-    if (peer.pending >= DIAL_LIMITS.pendingPerIdentity) return `${peer.pending} dials pending`;
+    if (peer.pending >= this.#pendingLimit) return `${peer.pending} dials pending`;
     peer.pending++;
     peer.dials++;
     return null;

@@ -87,3 +87,20 @@ Deno.test("DialGuard forgets identities whose window is over and refuses a settl
   assert.equal(g.size, 1, "the 1,025th identity swept the idle ones");
   assert.throws(() => g.settled(A, false, 0), /^Error: BUG: a dial settled for .*a that was not admitted$/);
 });
+
+Deno.test("DialGuard(threads) takes its thread's share of each limit, so the threads together keep the node's bound", async (t) => {
+  for (const threads of [1, 2, 3]) {
+    await t.step(`${threads} thread(s)`, () => {
+      const guards = Array.from({ length: threads }, () => new DialGuard(threads));
+      let pending = 0;
+      for (const g of guards) while (g.admit(A, 0) === null) pending++;
+      assert.ok(pending >= DIAL_LIMITS.pendingPerIdentity, `${pending} pending dials allowed`);
+      assert.ok(pending < DIAL_LIMITS.pendingPerIdentity + threads, `${pending}: the node-wide bound, rounded up`);
+      let cancelled = 0;
+      for (const g of guards) {
+        for (; g.admit(B, 0) === null; cancelled++) g.settled(B, true, 0);
+      }
+      assert.ok(cancelled < DIAL_LIMITS.cancelledPerWindow + threads, `${cancelled} cancelled dials before refusing`);
+    });
+  }
+});

@@ -77,6 +77,9 @@ interface Slot {
   restart?: ReturnType<typeof setTimeout>;
 }
 
+/** A worker's answer to a call or ask was an error (as opposed to the worker dying meanwhile). */
+class CallFailed extends Error {}
+
 const MIN_RESTART_MS = 100;
 const MAX_RESTART_MS = 10_000;
 /** A worker alive this long has recovered: its next death restarts it at once again. */
@@ -139,10 +142,13 @@ export class WorkerPool {
 
   /**
    * Runs `body` on every running worker, after the calls before it; resolves when each has answered or died
-   * (a dead worker holds no sockets, so whatever the call would have undone is undone).
+   * (a dead worker holds no sockets, so whatever the call would have undone is undone). Rejects when a worker
+   * answered with an error (the call threw there), naming the worker, once every worker has answered.
    */
   async callAll(body: unknown): Promise<void> {
-    await Promise.allSettled(this.#slots.map((s) => this.#request(s, "call", body)));
+    const answers = await Promise.allSettled(this.#slots.map((s) => this.#request(s, "call", body)));
+    const failed = answers.flatMap((a) => a.status === "rejected" && a.reason instanceof CallFailed ? [a.reason] : []);
+    if (failed.length > 0) throw new Error(failed.map((e) => e.message).join("; "));
   }
 
   /** Stops every worker at once. */
@@ -172,7 +178,7 @@ export class WorkerPool {
         const p = slot.pending.get(m.id);
         slot.pending.delete(m.id);
         if (m.ok) p?.resolve(m.body);
-        else p?.reject(new Error(m.error));
+        else p?.reject(new CallFailed(`${this.#o.role} worker ${slot.index}: ${m.error}`));
       }
     };
     worker.onerror = (e: ErrorEvent) => {

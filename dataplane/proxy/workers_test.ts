@@ -99,3 +99,17 @@ Deno.test("calls to a worker that dies meanwhile end instead of waiting forever"
     p.close();
   }
 });
+
+Deno.test("a call that throws in a worker rejects callAll with the worker named, after every worker answered", async () => {
+  const { p, started } = pool(2);
+  try {
+    await until("both workers started", () => started.length === 2, 20_000);
+    await assert.rejects(
+      p.callAll({ sleepMs: 10, label: "add", fail: "cannot listen in the pod" }),
+      /test worker \d: cannot listen in the pod; test worker \d: cannot listen in the pod/,
+    );
+    await p.callAll({ sleepMs: 10, label: "fine" });
+  } finally {
+    p.close();
+  }
+});

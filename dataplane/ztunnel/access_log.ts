@@ -57,3 +57,13 @@ export function accessLogFields(r: ConnectionRecord): Record<string, string | nu
   if (r.error) out.error = r.error;
   return out;
 }
+
+/** Writes the "connection complete" line: at error level when the connection ended in an error. */
+export function writeAccessLog(
+  log: { info(o: object, msg: string): void; error(o: object, msg: string): void },
+  r: ConnectionRecord,
+) {
+  const fields = accessLogFields(r);
+  if (r.error) log.error(fields, "connection complete");
+  else log.info(fields, "connection complete");
+}

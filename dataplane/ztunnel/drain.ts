@@ -49,13 +49,13 @@ export function drainStep(open: number, now: number, deadline: number): "wait" |
 
 /** Waits until `open()` is 0 or `deadlineMs` passed (or `cut` aborts); says which. */
 export async function drainConnections(
-  open: () => number,
+  open: () => number | Promise<number>,
   deadlineMs: number,
   cut: AbortSignal,
 ): Promise<"drained" | "deadline"> {
   const deadline = performance.now() + deadlineMs;
   for (;;) {
-    const step = cut.aborted ? "deadline" : drainStep(open(), performance.now(), deadline);
+    const step = cut.aborted ? "deadline" : drainStep(await open(), performance.now(), deadline);
     if (step !== "wait") return step;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }

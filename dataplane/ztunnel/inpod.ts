@@ -17,7 +17,6 @@
 import net from "node:net";
 import type { PodInfo } from "../../mesh/protocol/handoff.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
-import type { RotationManager } from "../../certs/rotation_manager.ts";
 import { INPOD_MARK } from "../../mesh/inpod.ts";
 import { enableListenerMigration, transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
 import { HbonePool } from "../hbone/pool.ts";
@@ -29,6 +28,7 @@ import { handleOutbound } from "./outbound.ts";
 import { handleHboneInbound, handlePlaintextInbound } from "./inbound.ts";
 import type { SocketAddr } from "../proxy/addr.ts";
 import type { WorkloadCert } from "../proxy/identity.ts";
+import type { CertSource } from "../proxy/worker_certs.ts";
 
 export const OUTBOUND_PORT = 15001;
 export const INBOUND_PLAINTEXT_PORT = 15006;
@@ -94,7 +94,7 @@ export class PodManager implements PodHandler {
   #releases = 0;
   #proxy: ProxyContext;
   #network: PodNetwork;
-  #certs: RotationManager<WorkloadCert>;
+  #certs: CertSource;
   #trustDomain: string;
   #refresh: ReturnType<typeof setInterval>;
   #retain: (identity: string) => boolean;
@@ -103,7 +103,8 @@ export class PodManager implements PodHandler {
   constructor(opts: {
     proxy: ProxyContext;
     network: PodNetwork;
-    certs: RotationManager<WorkloadCert>;
+    /** The rotation manager on the main thread, the certificates it pushed on a worker thread. */
+    certs: CertSource;
     trustDomain: string;
     /** How often rotated certificates are put on the pods' HBONE listeners. */
     refreshMs?: number;

@@ -101,6 +101,14 @@ function checkUnique(c: LocalConfig): void {
 
 /** Reads and parses a local config file. */
 export async function readLocalConfig(file: string): Promise<LocalConfig> {
+  return (await readLocalConfigText(file)).config;
+}
+
+/**
+ * Reads and parses a local config file, and returns its text too: what ztunnel's worker threads are given (they
+ * parse the same text again, as decoded objects lose their classes when posted to a thread).
+ */
+export async function readLocalConfigText(file: string): Promise<{ text: string; config: LocalConfig }> {
   let info: Deno.FileInfo;
   try {
     info = await Deno.stat(file);
@@ -110,7 +118,8 @@ export async function readLocalConfig(file: string): Promise<LocalConfig> {
   if (info.size > MAX_LOCAL_CONFIG_BYTES) {
     throw new LocalConfigError(file, `is ${info.size} bytes, at most ${MAX_LOCAL_CONFIG_BYTES} are read`);
   }
-  return parseLocalConfig(await Deno.readTextFile(file), file);
+  const text = await Deno.readTextFile(file);
+  return { text, config: parseLocalConfig(text, file) };
 }
 
 /** A mesh state holding exactly what a local config says. */

@@ -12,6 +12,9 @@
  * SIGTERM drains (stop accepting, keep open connections until they end or `--drain-deadline`); SIGHUP starts a
  * successor that takes the pods over, then drains (`drain.ts`). The pods' listeners are SO_REUSEPORT and the admin
  * ones are taken over once released, so a second ztunnel starts beside a running one.
+ *
+ * With `--workers N` (default: the machine's cores) N − 1 worker threads serve every pod beside this one, from
+ * their own SO_REUSEPORT listeners, fed config, certificates and pods from here (threads.ts, worker.ts).
  */
 
 import { CertificateAuthority } from "../../certs/ca.ts";
@@ -28,14 +31,15 @@ import {
   tokenSubject,
 } from "../../mesh/control_client.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
-import { type Logger, logger } from "../../mesh/log.ts";
+import { logFromThreads, type Logger, logger } from "../../mesh/log.ts";
 import { TcpMetrics } from "../../mesh/metrics.ts";
 import { loadNetnsSupport } from "../../mesh/netns_linux.ts";
 import { DEFAULT_HANDOFF_SOCKET } from "../../mesh/protocol/handoff.ts";
 import type { MeshState } from "../../mesh/store.ts";
 import { loadSocketSupport } from "../sockets_linux.ts";
-import { accessLogFields, type ConnectionRecord } from "./access_log.ts";
+import { writeAccessLog } from "./access_log.ts";
 import { serveAdmin } from "../proxy/admin.ts";
+import { certificateSummaries, installBugHandler, onSignals } from "../proxy/bootstrap.ts";
 import { PROXY_OPTIONS } from "../proxy/options.ts";
 import { ConnectionManager } from "./connection_manager.ts";
 import { DialGuard } from "../proxy/dial_guard.ts";
@@ -44,7 +48,8 @@ import { runHandoffClient } from "./handoff_client.ts";
 import { DNS_OPTIONS, DnsProxy } from "./dns/mod.ts";
 import { issueLocally, type WorkloadCert } from "../proxy/identity.ts";
 import { linuxPodNetwork, PodManager } from "./inpod.ts";
-import { readLocalConfig, stateOf } from "./local_config.ts";
+import { readLocalConfigText, stateOf } from "./local_config.ts";
+import { ZtunnelThreads } from "./threads.ts";
 import { nodeIdentities, prefetchPlan } from "./prefetch.ts";
 
 export const ZTUNNEL_OPTIONS = {
@@ -87,6 +92,7 @@ export const ZTUNNEL_OPTIONS = {
   adminPort: PROXY_OPTIONS.adminPort,
   metricsPort: PROXY_OPTIONS.metricsPort,
   readinessPort: PROXY_OPTIONS.readinessPort,
+  workers: PROXY_OPTIONS.workers,
   ...DNS_OPTIONS,
 };
 
@@ -102,17 +108,14 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     return 0;
   }
   checkSourceFlags(values);
+  // Several threads write to stderr: each line whole, and each says which thread wrote it (threads.ts).
+  if (values.workers > 1) logFromThreads({ worker: 0 });
   const log = logger("ztunnel");
   log.info({ config: loggable(ZTUNNEL_OPTIONS, values) }, "config loaded");
   loadNetnsSupport();
   loadSocketSupport();
   // A bug in one connection's handling must not take down every pod's traffic: log it loudly and go on.
-  const onBug = (event: Event & { reason?: unknown; error?: unknown }) => {
-    event.preventDefault();
-    log.error({ error: String(event.reason ?? event.error) }, "BUG: unhandled error in a connection; serving on");
-  };
-  globalThis.addEventListener("unhandledrejection", onBug);
-  globalThis.addEventListener("error", onBug);
+  const removeBugHandler = installBugHandler(log, "a connection");
 
   const source = await configSource(values, log);
   let state: MeshState = source.initial;
@@ -141,9 +144,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
       log.error({ error: (error as Error).message }, "reload failed: could not start the successor; serving on");
     }
   };
-  Deno.addSignalListener("SIGTERM", stop);
-  Deno.addSignalListener("SIGINT", stop);
-  Deno.addSignalListener("SIGHUP", reload);
+  const removeSignals = onSignals(stop, reload);
 
   const metrics = new TcpMetrics();
   if (source.kind === "control") source.config.registerMetrics(metrics.registry);
@@ -152,15 +153,16 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   const certs = new RotationManager<WorkloadCert>({
     fetch: source.issue,
     log,
+    onIssued: (identity, cert) => threads?.issued(identity, cert),
   });
   const pods = new PodManager({
     proxy: {
       state: () => state,
       metrics,
       connections,
-      dials: new DialGuard(),
+      dials: new DialGuard(values.workers),
       log,
-      access: (r) => logAccess(access, r),
+      access: (r) => writeAccessLog(access, r),
       random: Math.random,
     },
     network: linuxPodNetwork,
@@ -169,6 +171,17 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     retain: (id) => prefetched.has(id),
     dns: new DnsProxy({ state: () => state, log, domain: values.clusterDomain, resolvConf: values.dnsResolvConf }),
   });
+  // With --workers N, N − 1 more threads serve every pod beside this one (threads.ts, worker.ts).
+  const threads: ZtunnelThreads | undefined = values.workers > 1
+    ? new ZtunnelThreads({
+      count: values.workers - 1,
+      log,
+      trustDomain: values.trustDomain,
+      certs,
+      local: source.kind === "local" ? { file: source.file, text: source.text } : undefined,
+    })
+    : undefined;
+  const handler = threads ? threads.handler(pods) : pods;
   // Identities of this node's HBONE workloads are fetched as soon as the config names them (prefetch.ts).
   const prefetched = new Set<string>();
   const nodeName = values.nodeName ?? (source.kind === "control" ? await tokenSubject(values.tokenFile) : undefined) ??
@@ -192,19 +205,8 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   let configReady = source.kind === "local";
   const admin = serveAdmin({
     state: () => state,
-    certificates: () =>
-      certs.identities().map((identity) => {
-        const c = certs.current(identity);
-        return c
-          ? {
-            identity,
-            state: "available" as const,
-            notBefore: new Date(c.notBefore).toISOString(),
-            notAfter: new Date(c.notAfter).toISOString(),
-          }
-          : { identity, state: "pending" as const };
-      }),
-    metrics,
+    certificates: () => certificateSummaries(certs, certs.identities()),
+    metrics: threads ? threads.metrics(metrics.registry) : metrics,
     ready: () => ready,
     config: { ...loggable(ZTUNNEL_OPTIONS, values), pods: pods.pods() },
     log,
@@ -221,8 +223,9 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     takeOverFromPredecessor(log);
   };
   const watching = source.kind === "local"
-    ? watchConfig(source.file, controller.signal, log, (next) => {
+    ? watchConfig(source.file, controller.signal, log, (next, text) => {
       state = next;
+      threads?.localApplied(source.file, text);
       prefetchForNode();
       const closed = connections.reauthorize(next);
       log.info({ closed }, "local config reloaded");
@@ -232,6 +235,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
       config: source.config,
       log,
       signal: controller.signal,
+      onMessage: (message) => threads?.configApplied(message),
       onChange: (change) => {
         const closed = connections.reauthorize(state);
         prefetchForNode();
@@ -245,11 +249,11 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   const handoff = runHandoffClient({
     socketPath: values.handoffSocket,
     handler: {
-      add: (uid, info, netns) => pods.add(uid, info, netns),
-      del: (uid) => pods.del(uid),
-      reconcile: (keep) => pods.reconcile(keep),
+      add: (uid, info, netns) => handler.add(uid, info, netns),
+      del: (uid) => handler.del(uid),
+      reconcile: (keep) => handler.reconcile(keep),
       release: async (uid) => {
-        await pods.release(uid);
+        await handler.release(uid);
         // A newer ztunnel took every pod: nothing is left to serve here, so drain and exit as on SIGTERM (the ack
         // goes out first; closing the handoff connection at once would lose it).
         if (pods.pods().length === 0 && !draining.signal.aborted) {
@@ -267,21 +271,22 @@ export async function runZtunnel(argv: string[]): Promise<number> {
   });
 
   await new Promise((resolve) => draining.signal.addEventListener("abort", resolve, { once: true }));
-  await pods.releaseAll();
+  await Promise.all([pods.releaseAll(), threads?.releaseAll()]);
   const deadline = values.drainDeadline;
-  log.info({ open: pods.openConnections(), deadlineMs: deadline }, "shutting down: not accepting; draining");
-  if (await drainConnections(() => pods.openConnections(), deadline, cut.signal) === "deadline") {
-    log.info({ open: pods.openConnections() }, "drain deadline reached; closing what is left");
+  // Every thread's connections: this one's and each worker's, asked afresh at each step.
+  const open = async () => pods.openConnections() + (threads ? await threads.openConnections() : 0);
+  log.info({ open: await open(), deadlineMs: deadline }, "shutting down: not accepting; draining");
+  if (await drainConnections(open, deadline, cut.signal) === "deadline") {
+    log.info({ open: await open() }, "drain deadline reached; closing what is left");
   } else {
     log.info("drained: no connection left open");
   }
   controller.abort();
-  await pods.close();
+  await Promise.all([pods.close(), threads?.close()]);
   certs.close();
   await Promise.allSettled([handoff, watching, admin.finished]);
-  Deno.removeSignalListener("SIGTERM", stop);
-  Deno.removeSignalListener("SIGINT", stop);
-  Deno.removeSignalListener("SIGHUP", reload);
+  removeSignals();
+  removeBugHandler();
   return 0;
 }
 
@@ -290,7 +295,11 @@ type ZtunnelValues = Values<typeof ZTUNNEL_OPTIONS>;
 /** Where config and certificates come from: the control plane, or a local file and CA directory. */
 type ConfigSource =
   & { initial: MeshState; issue: (identity: string) => Promise<WorkloadCert> }
-  & ({ kind: "local"; file: string } | { kind: "control"; connection: ControlConnection; config: ClientConfig });
+  & ({ kind: "local"; file: string; text: string } | {
+    kind: "control";
+    connection: ControlConnection;
+    config: ClientConfig;
+  });
 
 /** The flags of exactly one config source are given. */
 function checkSourceFlags(values: ZtunnelValues): void {
@@ -322,29 +331,31 @@ async function configSource(values: ZtunnelValues, log: Logger): Promise<ConfigS
   }
   const ca = await CertificateAuthority.load(values.caDir!);
   const file = values.localConfig!;
+  const { text, config } = await readLocalConfigText(file);
   return {
     kind: "local",
     file,
-    initial: stateOf(await readLocalConfig(file)),
+    text,
+    initial: stateOf(config),
     issue: (id) => issueLocally(ca, id, values.certTtl),
   };
 }
 
-function logAccess(log: Logger, r: ConnectionRecord) {
-  const fields = accessLogFields(r);
-  if (r.error) log.error(fields, "connection complete");
-  else log.info(fields, "connection complete");
-}
-
 /** Reloads the local config when its file changes; a bad file keeps the last good state. */
-async function watchConfig(file: string, signal: AbortSignal, log: Logger, apply: (s: MeshState) => void) {
+async function watchConfig(
+  file: string,
+  signal: AbortSignal,
+  log: Logger,
+  apply: (s: MeshState, text: string) => void,
+) {
   const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) || "/" : ".";
   const watcher = Deno.watchFs(dir);
   signal.addEventListener("abort", () => watcher.close(), { once: true });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const reload = async () => {
     try {
-      apply(stateOf(await readLocalConfig(file)));
+      const { text, config } = await readLocalConfigText(file);
+      apply(stateOf(config), text);
     } catch (error) {
       log.error({ file, error: (error as Error).message }, "local config rejected; the last good one stays in force");
     }

@@ -69,6 +69,11 @@ export class ZtunnelProcess implements AsyncDisposable {
     return this.#process.pid;
   }
 
+  /** Resolves with the exit status (after a signal the test sent by {@link pid}). */
+  get status(): Promise<Deno.CommandStatus> {
+    return this.#process.status;
+  }
+
   static async start(name: string, opts: { dir: string } & ZtunnelSource, env: Record<string, string> = {}) {
     const socket = join(opts.dir, `${name}.sock`);
     const listener = Deno.listen({ transport: "unix", path: socket });

@@ -28,8 +28,9 @@ serveAsWorker({
   },
   ask: () => ({ index, seen }),
   async call(body) {
-    const b = body as { sleepMs: number; label: string };
+    const b = body as { sleepMs: number; label: string; fail?: string };
     await new Promise((r) => setTimeout(r, b.sleepMs));
+    if (b.fail) throw new Error(b.fail);
     return `${index}:${b.label}`;
   },
   status: () => ({ index, seen }),
