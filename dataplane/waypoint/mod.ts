@@ -10,6 +10,11 @@
  * connection, GOAWAY and `Connection: close` to clients, the requests in flight served to their end or until
  * `--drain-deadline`; a second SIGTERM or SIGINT ends the drain at once.
  *
+ * It serves on `--workers` threads (default: the machine's cores): this one, which also keeps the config stream,
+ * the certificate, the admin ports and the signals, and N − 1 worker threads (`worker.ts`), each with its own
+ * SO_REUSEPORT listener on the same port (`thread.ts`), its own copy of the config fed from this thread's stream,
+ * and the certificate pushed from this thread's rotation manager. The drain covers every thread.
+ *
  * @module
  */
 
@@ -25,22 +30,27 @@ import {
 } from "../../mesh/control_client.ts";
 import { sleep } from "../../mesh/abort.ts";
 import { SpiffeId } from "../../mesh/identity.ts";
-import { logger } from "../../mesh/log.ts";
+import { logFromThreads, logger } from "../../mesh/log.ts";
 import { HBONE_PORT } from "../../mesh/workload.ts";
-import net from "node:net";
-import { HboneServer } from "../hbone/server.ts";
-import { loadSocketSupport, transparentConnect, transparentListenerFd } from "../sockets_linux.ts";
+import { loadSocketSupport } from "../sockets_linux.ts";
 import { loadNetnsSupport } from "../../mesh/netns_linux.ts";
 import { serveAdmin } from "../proxy/admin.ts";
+import {
+  certificateSummaries,
+  installBugHandler,
+  type MetricsJson,
+  onSignals,
+  PooledMetrics,
+} from "../proxy/bootstrap.ts";
 import { PROXY_OPTIONS } from "../proxy/options.ts";
 import type { WorkloadCert } from "../proxy/identity.ts";
-import type { WaypointContext } from "./exchange.ts";
-import { Http1Upstream } from "./http1.ts";
-import { Http2Upstream } from "./http2.ts";
-import { DEFAULT_DRAIN_DEADLINE_MS, WaypointDrain } from "./drain.ts";
-import { handleTunnel } from "./server.ts";
+import { CertFeed, type CertMessage } from "../proxy/worker_certs.ts";
+import { ConfigMirror } from "../proxy/worker_config.ts";
+import { WorkerPool } from "../proxy/workers.ts";
+import { DEFAULT_DRAIN_DEADLINE_MS } from "./drain.ts";
 import { WaypointMetrics } from "./telemetry.ts";
-import { Balancer, Tunnels } from "./upstream.ts";
+import { WaypointThread } from "./thread.ts";
+import type { WaypointWorkerAsk, WaypointWorkerInit, WaypointWorkerMessage, WaypointWorkerStatus } from "./worker.ts";
 
 export const WAYPOINT_OPTIONS = {
   name: option({
@@ -104,6 +114,7 @@ export const WAYPOINT_OPTIONS = {
   adminPort: PROXY_OPTIONS.adminPort,
   metricsPort: PROXY_OPTIONS.metricsPort,
   readinessPort: PROXY_OPTIONS.readinessPort,
+  workers: PROXY_OPTIONS.workers,
 };
 
 export const WAYPOINT_USAGE =
@@ -112,6 +123,8 @@ ${describeOptions(WAYPOINT_OPTIONS)}`;
 
 /** How often a renewed certificate is put on the listener. */
 const ROTATION_CHECK_MS = 30_000;
+/** How often the drain asks the worker threads what they still have in flight. */
+const WORKER_DRAIN_POLL_MS = 100;
 
 /** Runs `skiff waypoint` until SIGTERM or SIGINT; returns the exit code. */
 export async function runWaypoint(argv: string[]): Promise<number> {
@@ -127,19 +140,22 @@ export async function runWaypoint(argv: string[]): Promise<number> {
   }
   const name = values.name!;
   const namespace = values.namespace!;
+  if (values.workers > 1) logFromThreads({ worker: 0 });
   const log = logger("waypoint");
   log.info({ config: loggable(WAYPOINT_OPTIONS, values) }, "config loaded");
-  const onBug = (event: Event & { reason?: unknown; error?: unknown }) => {
-    event.preventDefault();
-    log.error({ error: String(event.reason ?? event.error) }, "BUG: unhandled error in a request; serving on");
-  };
-  globalThis.addEventListener("unhandledrejection", onBug);
-  globalThis.addEventListener("error", onBug);
+  const removeBugHandler = installBugHandler(log, "a request");
 
   const identity = SpiffeId.parse(
     `spiffe://${values.trustDomain}/ns/${namespace}/sa/${values.serviceAccount ?? name}`,
     "--service-account",
   );
+  const self = {
+    name,
+    namespace,
+    hostname: `${name}.${namespace}.svc.cluster.local`,
+    identity,
+    network: values.network,
+  };
   const connection = new ControlConnection(controlEndpoint(values.control!, values));
   const caConnection = values.caAddress === undefined
     ? connection
@@ -149,37 +165,35 @@ export async function runWaypoint(argv: string[]): Promise<number> {
   // signal, or on the first one while nothing is served yet.
   const controller = new AbortController();
   const draining = new AbortController();
+  const drainBegins = new Promise((resolve) => draining.signal.addEventListener("abort", resolve, { once: true }));
   let configReady = false;
+  let synced: () => void = () => {};
+  const configSynced = new Promise<void>((resolve) => synced = resolve);
   let listening = false;
-  const stop = () => {
+  const removeSignals = onSignals(() => {
     if (draining.signal.aborted || !listening) controller.abort();
     draining.abort();
-  };
-  Deno.addSignalListener("SIGTERM", stop);
-  Deno.addSignalListener("SIGINT", stop);
+  });
 
+  // The worker threads (--workers N > 1): N − 1 of them beside this one, started once this thread serves with a
+  // synced config; each gets the config and the certificate from here (worker.ts).
+  let pool: WorkerPool | undefined;
   const certs = new RotationManager<WorkloadCert>({
     fetch: (id) => requestCertificate(caConnection, SpiffeId.parse(id, "identity"), values.certTtl),
     log,
+    onIssued: (id, cert) => feed.issued(id, cert),
   });
+  const feed = new CertFeed(certs, (index, m) => index === 0 ? pool?.broadcast(m) : pool?.send(index, m));
+  const mirror = new ConfigMirror();
   const metrics = new WaypointMetrics();
   config.registerMetrics(metrics.registry);
   const admin = serveAdmin({
     state: () => config.state,
-    certificates: () => {
-      const c = certs.current(identity.toString());
-      return [
-        c
-          ? {
-            identity: identity.toString(),
-            state: "available" as const,
-            notBefore: new Date(c.notBefore).toISOString(),
-            notAfter: new Date(c.notAfter).toISOString(),
-          }
-          : { identity: identity.toString(), state: "pending" as const },
-      ];
-    },
-    metrics,
+    certificates: () => certificateSummaries(certs, [identity.toString()]),
+    metrics: new PooledMetrics(
+      metrics.registry,
+      async () => pool ? await pool.askAll({ t: "metrics" } satisfies WaypointWorkerAsk) as MetricsJson[] : [],
+    ),
     ready: () => configReady && listening && !draining.signal.aborted,
     config: loggable(WAYPOINT_OPTIONS, values),
     log,
@@ -189,54 +203,53 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     readinessPort: values.readinessPort,
   }, controller.signal);
 
+  loadSocketSupport();
+  if (values.netns !== undefined) loadNetnsSupport();
+  const thread = new WaypointThread({
+    self,
+    config,
+    certs,
+    trustDomain: values.trustDomain,
+    netns: values.netns,
+    listenAddress: values.listenAddress,
+    hbonePort: values.hbonePort,
+    metrics,
+    log,
+    access: logger("access"),
+  });
+
   const watching = runConfigClient({
     connection,
     config,
     log,
     signal: controller.signal,
+    onMessage: (message) => {
+      // Every thread decides from the same config: each message applied here is applied there too.
+      mirror.observe(message);
+      pool?.broadcast({ t: "config", message } satisfies WaypointWorkerMessage);
+    },
     onChange: (change) => {
-      ctx.balancer.invalidate();
+      thread.configChanged();
       if (change.type === "snapshot" && !configReady) {
         configReady = true;
+        synced();
         log.info("config synced");
       }
     },
   });
-
-  const hostname = `${name}.${namespace}.svc.cluster.local`;
-  // Its own workload is an endpoint of its own service (found through the store's service index).
-  const ownWorkload = () => config.state.workloads.endpointsOf(`${namespace}/${hostname}`)[0];
-  if (values.netns !== undefined) {
-    loadNetnsSupport();
-    loadSocketSupport();
-  }
-  const netns = values.netns;
-  const tunnels = new Tunnels({
-    dial: netns === undefined ? undefined : async (ip, port) => {
-      const fd = await transparentConnect({ netnsPath: netns, source: "0.0.0.0", target: { ip, port } });
-      return new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
-    },
-    workload: ownWorkload,
-    identity: identity.toString(),
-    credentials: () => certs.get(identity.toString()),
+  let hbonePort = values.hbonePort;
+  const workerInit = (): WaypointWorkerInit => ({
+    self: { ...self, identity: identity.toString() },
     trustDomain: values.trustDomain,
-    log,
+    netns: values.netns,
+    listenAddress: values.listenAddress,
+    hbonePort, // the port this thread listens on: --hbone-port=0 picks one, and every thread must share it
+    drainDeadlineMs: values.drainDeadline,
+    config: mirror.snapshot(),
+    certs: feed.held([identity.toString()]),
+    draining: draining.signal.aborted,
   });
-  const drain = new WaypointDrain();
-  const ctx: WaypointContext = {
-    self: { name, namespace, hostname, identity, network: values.network },
-    state: () => config.state,
-    balancer: new Balancer(),
-    tunnels,
-    metrics,
-    log,
-    access: logger("access"),
-    random: Math.random,
-    drain,
-  };
-  const upstreams = { http1: new Http1Upstream(tunnels), http2: new Http2Upstream(tunnels) };
 
-  let server: HboneServer | undefined;
   let rotation: ReturnType<typeof setInterval> | undefined;
   try {
     certs.prefetch(identity.toString());
@@ -254,43 +267,43 @@ export async function runWaypoint(argv: string[]): Promise<number> {
       }
     }
     log.info({ identity: identity.toString() }, "certificate obtained");
-    server = new HboneServer({
-      credentials: cert,
-      trustDomain: values.trustDomain,
-      h2: { maxConcurrentStreams: 100 },
-      onRequest: (req) => {
-        handleTunnel(req, ctx, upstreams).catch((error) => {
-          log.error({ error: String(error) }, "BUG: tunnel handling failed");
-          req.stream.destroy();
-        });
-      },
-      onRejected: (remote, reason) => log.info({ remote, reason: reason.message }, "connection refused"),
-    });
-    const address = await server.listen(
-      netns === undefined
-        ? { host: values.listenAddress, port: values.hbonePort }
-        : { fd: transparentListenerFd({ netnsPath: netns, address: values.listenAddress, port: values.hbonePort }) },
-    );
+    hbonePort = (await thread.listen(cert)).port;
     listening = true;
-    log.info({ listener: "hbone", address: `${address.address}:${address.port}` }, "listener established");
-    rotation = setInterval(() => {
-      const current = certs.current(identity.toString());
-      if (current && current !== cert) {
-        // A renewal brings the trust bundle too: connections whose peer no longer chains to it are closed.
-        if (current.rootsPem !== cert?.rootsPem) void tunnels.pool.applyTrustBundle(current.rootsPem);
-        cert = current;
-        void server!.setCredentials(current);
-        log.info({ notAfter: new Date(current.notAfter).toISOString() }, "certificate rotated");
+    rotation = setInterval(() => thread.rotate(), ROTATION_CHECK_MS);
+    if (values.workers > 1) {
+      // Fail closed: a worker serves only with the config this thread has synced, never an empty one.
+      await Promise.race([configSynced, drainBegins]);
+      if (!draining.signal.aborted) {
+        pool = new WorkerPool({
+          module: new URL("./worker.ts", import.meta.url),
+          count: values.workers - 1,
+          role: "waypoint",
+          log,
+          init: workerInit,
+          onMessage: (index, body) => {
+            const m = body as CertMessage;
+            if (m.t === "want-cert") feed.want(index, m.identity);
+          },
+        });
+        log.info({ workers: pool.size }, "worker threads started");
       }
-    }, ROTATION_CHECK_MS);
-    await new Promise((resolve) => draining.signal.addEventListener("abort", resolve, { once: true }));
-    // No new connection from here; clients are told to go away, and what is in flight runs on.
-    server.drain();
-    drain.begin();
-    log.info({ inflight: drain.inflight, deadlineMs: values.drainDeadline }, "shutting down: draining");
-    const end = await drain.wait(values.drainDeadline, controller.signal);
-    if (end === "drained") log.info("drained: no request left in flight");
-    else log.info({ inflight: drain.inflight }, "drain ended with requests in flight; closing them");
+    }
+    await drainBegins;
+    // No new connection from here, on any thread; clients are told to go away, and what is in flight runs on.
+    thread.beginDrain();
+    pool?.broadcast({ t: "drain" } satisfies WaypointWorkerMessage);
+    const inflight = thread.drain.inflight + sum(await workerDrains(pool));
+    log.info({ inflight, deadlineMs: values.drainDeadline }, "shutting down: draining");
+    const deadline = Date.now() + values.drainDeadline;
+    const [own, others] = await Promise.all([
+      thread.drain.wait(values.drainDeadline, controller.signal),
+      workersDrained(pool, deadline, controller.signal),
+    ]);
+    if (own === "drained" && others === "drained") log.info("drained: no request left in flight");
+    else {
+      const left = thread.drain.inflight + sum(await workerDrains(pool));
+      log.info({ inflight: left }, "drain ended with requests in flight; closing them");
+    }
     return 0;
   } catch (error) {
     if (controller.signal.aborted) return 0;
@@ -299,17 +312,39 @@ export async function runWaypoint(argv: string[]): Promise<number> {
   } finally {
     controller.abort();
     clearInterval(rotation);
-    await server?.close();
-    upstreams.http1.close();
-    upstreams.http2.close();
-    await tunnels.close();
+    pool?.close();
+    await thread.close();
     certs.close();
     connection.close();
     if (caConnection !== connection) caConnection.close();
     await Promise.allSettled([watching, admin.finished]);
-    Deno.removeSignalListener("SIGTERM", stop);
-    Deno.removeSignalListener("SIGINT", stop);
+    removeSignals();
+    removeBugHandler();
   }
+}
+
+/** Each running worker's drain (a worker that died meanwhile holds nothing). */
+async function workerDrains(pool: WorkerPool | undefined): Promise<WaypointWorkerStatus[]> {
+  if (!pool) return [];
+  return await pool.askAll({ t: "drain-state" } satisfies WaypointWorkerAsk) as WaypointWorkerStatus[];
+}
+
+function sum(drains: WaypointWorkerStatus[]): number {
+  return drains.reduce((n, d) => n + d.inflight, 0);
+}
+
+/** Resolves once every worker has drained, or at `deadline`, or when `cut` aborts. */
+async function workersDrained(
+  pool: WorkerPool | undefined,
+  deadline: number,
+  cut: AbortSignal,
+): Promise<"drained" | "deadline"> {
+  while (pool) {
+    if ((await workerDrains(pool)).every((d) => d.drained)) return "drained";
+    if (Date.now() >= deadline || cut.aborted) return "deadline";
+    await sleep(Math.min(WORKER_DRAIN_POLL_MS, Math.max(0, deadline - Date.now())), cut).catch(() => {});
+  }
+  return "drained";
 }
 
 function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -20,6 +20,8 @@ export async function startWaypoint(opts: {
   name?: string;
   /** The admin port; metrics and readiness are the next two. */
   base?: number;
+  /** More command-line arguments (`--workers=2`). */
+  args?: string[];
 }): Promise<SkiffProcess> {
   const base = opts.base ?? freePortBase(3);
   const waypoint = new SkiffProcess("waypoint", [
@@ -32,6 +34,7 @@ export async function startWaypoint(opts: {
     `--metrics-port=${base + 1}`,
     `--readiness-port=${base + 2}`,
     `--netns=${opts.netnsPath}`,
+    ...opts.args ?? [],
   ]);
   try {
     await waypoint.waitForLog((l) => l.msg === "listener established" && l.listener === "hbone", 20_000);
