@@ -5,20 +5,40 @@
  * at L4. A Service port whose `appProtocol` is `tcp` is not sniffed. A client that sends nothing within
  * {@link SNIFF_TIMEOUT_MS} (a server-first protocol) is passed at L4 too.
  *
+ * A port declared HTTP (`appProtocol` http, http2, grpc, grpc-web, kubernetes.io/h2c, or a port name istiod reads
+ * so: `protocol.ts`) is never passed at L4, as Istio never sniffs a declared port: its traffic goes straight to
+ * Envoy's HTTP connection manager, which waits for the request however late it comes, and answers bytes that are not
+ * HTTP with a codec error (400, response flag `DPE`) and a close. So here the first bytes are awaited up to
+ * {@link HTTP_FIRST_BYTES_TIMEOUT_MS}, not the sniff's 1 s (a slow client's request would otherwise reach a backend
+ * at L4, around its HTTPRoute and L7 policies), and anything but HTTP/2's preface or a request line is refused with
+ * no upstream connection made.
+ *
  * @module
  */
 
 import type { Duplex } from "node:stream";
 import { field } from "../h2/fields.ts";
+import { Http1Connection } from "../http1/mod.ts";
 import type { HboneRequest } from "../hbone/server.ts";
 import type { WaypointContext } from "./exchange.ts";
 import { type Http1Upstream, serveHttp1 } from "./http1.ts";
 import { type Http2Upstream, serveHttp2 } from "./http2.ts";
-import { admit } from "./session.ts";
+import { declaredHttpVersion } from "./protocol.ts";
+import { recordRequest } from "./record.ts";
+import { admit, type Session } from "./session.ts";
 import { passTcp } from "./tcp.ts";
 
 /** How long the first bytes of a tunnel are awaited before it is taken as a server-first protocol. */
 export const SNIFF_TIMEOUT_MS = 1_000;
+
+/**
+ * How long a tunnel to a port declared HTTP may stay silent before it is closed: the bound the waypoint's HTTP/1
+ * codec puts on a keep-alive connection awaiting its next request (`Http1Connection`'s `idleTimeoutMs`), since a
+ * tunnel that has sent nothing yet is just such an idle HTTP connection. Envoy's own bound there is the HTTP
+ * connection manager's `idle_timeout` (1 h by default; Istio sets no `request_headers_timeout`), far too long to
+ * hold a tunnel that has had its 200.
+ */
+export const HTTP_FIRST_BYTES_TIMEOUT_MS = 60_000;
 
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -56,7 +76,8 @@ export function sniff(s: Duplex, timeoutMs = SNIFF_TIMEOUT_MS): Promise<"http1" 
       clearTimeout(timer);
       s.off("readable", onReadable);
       s.off("end", onEnd);
-      if (total > 0) s.unshift(joined());
+      s.off("close", onEnd);
+      if (total > 0 && !s.destroyed) s.unshift(joined());
       resolve(kind);
     };
     const onReadable = () => {
@@ -74,6 +95,8 @@ export function sniff(s: Duplex, timeoutMs = SNIFF_TIMEOUT_MS): Promise<"http1" 
     const timer = setTimeout(() => decide(classify(joined()) ?? "tcp"), timeoutMs);
     s.on("readable", onReadable);
     s.once("end", onEnd);
+    // A tunnel reset before it decided (RST_STREAM) ends without `end`: let it go now, not at the timeout.
+    s.once("close", onEnd);
   });
 }
 
@@ -83,8 +106,19 @@ export interface Upstreams {
   http2: Http2Upstream;
 }
 
+/** Options of {@link handleTunnel}. */
+export interface TunnelOptions {
+  /** How long a port declared HTTP waits for its first bytes; default {@link HTTP_FIRST_BYTES_TIMEOUT_MS}. */
+  firstBytesTimeoutMs?: number;
+}
+
 /** Serves one HBONE request to the waypoint to its end. */
-export async function handleTunnel(req: HboneRequest, ctx: WaypointContext, upstreams: Upstreams): Promise<void> {
+export async function handleTunnel(
+  req: HboneRequest,
+  ctx: WaypointContext,
+  upstreams: Upstreams,
+  opts: TunnelOptions = {},
+): Promise<void> {
   const { stream } = req;
   const session = admit(req.headers, { identity: req.peer, ...req.remote }, ctx.self, ctx.state());
   if ("reason" in session) {
@@ -98,12 +132,42 @@ export async function handleTunnel(req: HboneRequest, ctx: WaypointContext, upst
   }
   stream.respond([[":status", "200"]]);
   const app = session.destination.appProtocol?.toLowerCase();
-  const kind = app === "tcp" ? "tcp" : await sniff(stream);
+  const declared = declaredHttpVersion(app) !== undefined;
+  const kind = app === "tcp"
+    ? "tcp"
+    : await sniff(stream, declared ? opts.firstBytesTimeoutMs ?? HTTP_FIRST_BYTES_TIMEOUT_MS : SNIFF_TIMEOUT_MS);
   if (kind === "http2") await serveHttp2(stream, session, upstreams, ctx);
   else if (kind === "http1") await serveHttp1(stream, session, upstreams, ctx);
+  else if (declared) await refuseNotHttp(stream, session, ctx);
   else {
     // An L4 connection is in flight for as long as it is open: a drain waits for it, up to its deadline.
     const served = ctx.drain?.request();
     await passTcp(stream, session, ctx).finally(served);
   }
+}
+
+/**
+ * Ends a tunnel to a port declared HTTP that did not start with HTTP. Bytes that are not HTTP are answered as
+ * Envoy's HTTP/1 codec answers a protocol error: 400, connection closed, recorded with the flag `DPE`. A tunnel
+ * reset, ended or silent before any byte is closed unrecorded, as Envoy logs no request for a connection that sent
+ * none. Either way no upstream connection is made.
+ */
+async function refuseNotHttp(tunnel: Duplex, session: Session, ctx: WaypointContext): Promise<void> {
+  if (tunnel.destroyed) return;
+  if (tunnel.readableLength === 0) return void tunnel.destroy();
+  ctx.log.info({ src: session.peer.ip, dst: session.authority }, "tunnel refused: not HTTP on a port declared HTTP");
+  recordRequest(ctx, session, {
+    protocol: "http",
+    method: "-",
+    path: "-",
+    authority: session.authority,
+    downstreamProtocol: "HTTP/1.1",
+    status: 400,
+    flags: "DPE",
+    bytesReceived: 0,
+    bytesSent: 0,
+    started: performance.now(),
+    headers: [],
+  });
+  await new Http1Connection(tunnel, { role: "server" }).sendError(400);
 }

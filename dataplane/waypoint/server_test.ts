@@ -97,3 +97,11 @@ Deno.test("sniff() takes a stream that ends after a partial method as TCP and ke
   assert.deepEqual(errors.map((e) => e.message), []);
   assert.equal(await drain(s), "PING");
 });
+
+Deno.test("sniff() lets go of a stream destroyed before any byte, without waiting for its timeout", async () => {
+  // A tunnel reset (RST_STREAM) before its first bytes: it never ends, it closes.
+  const s = new PassThrough();
+  const kind = sniff(s, 60_000);
+  s.destroy();
+  assert.equal(await kind, "tcp");
+});
