@@ -53,7 +53,7 @@ ${spec}
   const model = buildMesh({ objects: parsed.objects, registrations: [], vips: new Map(), settings: DEFAULT_SETTINGS });
   const publisher = new Publisher();
   publisher.publish(model);
-  const line = new TextDecoder().decode(publisher.snapshot({}).line);
+  const line = new TextDecoder().decode(publisher.snapshot({}).lines[0]);
   const message = decodeStreamMessage(line.trim());
   if (message.type !== "snapshot") throw new Error(`expected a snapshot, got ${message.type}`);
   const config = new ClientConfig(pino({ level: "silent" }));

@@ -8,7 +8,7 @@ import { type AdminSources, serveAdmin } from "./admin.ts";
 async function withAdmin(
   fn: (
     urls: { admin: string; metrics: string; readiness: string },
-    src: AdminSources & { setReady(v: boolean): void },
+    src: AdminSources & { metrics: TcpMetrics; setReady(v: boolean): void },
   ) => Promise<void>,
 ) {
   const state = new MeshState();
