@@ -93,6 +93,15 @@ export class Http1Connection {
   #detached = false;
   #discarding = false;
   #closed: Promise<void> | null = null;
+  /** Server: when the head being read must be complete (`performance.now()`); 0 while no head is awaited. */
+  #headDeadline = 0;
+  #headTimedOut = false;
+  /**
+   * One idle timer per connection, not one armed and cleared for every request head (a per-request cost of the
+   * waypoint, docs/performance.md): armed for the first head; when it fires before the current head's deadline
+   * (the deadline moved on with each head) it is armed again for what is left; with no head awaited it lapses.
+   */
+  #headTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(socket: Duplex, options: Http1ConnectionOptions) {
     this.socket = socket;
@@ -254,6 +263,7 @@ export class Http1Connection {
   detach(): { socket: Duplex; head: Uint8Array } {
     if (this.#reading || this.#writer) throw new Error("BUG: detach() while a body is being read or written");
     if (this.#detached) throw new Error("BUG: detach() twice");
+    this.#stopHeadTimer();
     this.#flushHead();
     this.#detached = true;
     const socket = this.socket;
@@ -272,6 +282,7 @@ export class Http1Connection {
   close(): Promise<void> {
     if (this.#closed) return this.#closed;
     const socket = this.socket;
+    this.#stopHeadTimer();
     this.#flushHead();
     this.#poisoned ??= "the connection is closing";
     this.#discarding = true;
@@ -294,6 +305,7 @@ export class Http1Connection {
   destroy(error?: Error): void {
     this.#poisoned ??= "the connection was destroyed";
     this.#failure ??= error ?? null;
+    this.#stopHeadTimer();
     this.socket.destroy(error);
   }
 
@@ -313,13 +325,10 @@ export class Http1Connection {
   /** The text of the next head (start line through the empty line), or null at a clean end before one. */
   async #readHead(request: boolean): Promise<string | null> {
     const scanner = new SectionScanner(this.#limits, true, request);
-    let timedOut = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
     if (request && this.#idleTimeoutMs > 0) {
-      timer = setTimeout(() => {
-        timedOut = true;
-        this.#wakeUp();
-      }, this.#idleTimeoutMs);
+      this.#headTimedOut = false;
+      this.#headDeadline = performance.now() + this.#idleTimeoutMs;
+      this.#headTimer ??= setTimeout(this.#onHeadTimer, this.#idleTimeoutMs);
     }
     try {
       for (;;) {
@@ -333,7 +342,7 @@ export class Http1Connection {
         }
         // Bytes of a head beyond the empty lines skipped before a request line.
         const started = this.#received.length > scanner.start;
-        if (!started && (this.#eof || this.#failure || timedOut)) {
+        if (!started && (this.#eof || this.#failure || (request && this.#headTimedOut))) {
           if (this.#failure && !request) throw this.#failure;
           this.#received.consume(this.#received.length);
           return null;
@@ -342,16 +351,35 @@ export class Http1Connection {
           throw new Http1Error(400, "CLOSED", "connection failed inside a head", { cause: this.#failure });
         }
         if (this.#eof) throw new Http1Error(400, "CLOSED", "connection closed inside a head");
-        if (timedOut) {
+        if (request && this.#headTimedOut) {
           throw new Http1Error(408, "TIMEOUT", `request head not complete after ${this.#idleTimeoutMs} ms`);
         }
         this.socket.resume();
         await new Promise<void>((resolve) => (this.#wake = resolve));
       }
     } finally {
-      clearTimeout(timer);
       this.#wake = null;
+      this.#headDeadline = 0;
+      // A connection that will read no further head (ended, failed, timed out) keeps no timer.
+      if (this.#eof || this.#failure || this.#headTimedOut) this.#stopHeadTimer();
     }
+  }
+
+  #onHeadTimer = () => {
+    this.#headTimer = undefined;
+    if (this.#headDeadline === 0) return;
+    const left = this.#headDeadline - performance.now();
+    if (left > 0) {
+      this.#headTimer = setTimeout(this.#onHeadTimer, left);
+      return;
+    }
+    this.#headTimedOut = true;
+    this.#wakeUp();
+  };
+
+  #stopHeadTimer() {
+    clearTimeout(this.#headTimer);
+    this.#headTimer = undefined;
   }
 
   #wakeUp() {
@@ -380,6 +408,7 @@ export class Http1Connection {
   };
 
   #onClose = () => {
+    this.#stopHeadTimer();
     if (!this.#eof) this.#failure ??= new Http1Error(400, "CLOSED", "connection closed");
     this.#settle();
   };

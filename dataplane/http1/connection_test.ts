@@ -522,3 +522,45 @@ Deno.test("Http1Connection keeps a TCP connection alive across requests on loopb
   server.close();
   await once(server, "close");
 });
+
+Deno.test("Http1Connection keeps one idle timer per connection, and each head still gets its whole timeout", async (t) => {
+  /** Serves `n` GETs sent one after another on one connection; returns the timers armed with `idleTimeoutMs`. */
+  const serve = async (n: number, idleTimeoutMs: number, pause = 0) => {
+    const armed: number[] = [];
+    const original = globalThis.setTimeout;
+    globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+      if (ms !== undefined && ms > 0 && ms <= idleTimeoutMs) armed.push(ms);
+      return original(fn, ms);
+    }) as typeof setTimeout;
+    await using pair = socketPair();
+    const [client, server] = pair;
+    const conn = new Http1Connection(server, { role: "server", idleTimeoutMs });
+    try {
+      for (let i = 0; i < n; i++) {
+        const reading = conn.readRequest();
+        if (pause > 0) await delay(pause);
+        client.write(bytes(`GET /${i} HTTP/1.1\r\nHost: a\r\n\r\n`));
+        assert.equal((await reading)?.target, `/${i}`);
+        conn.writeHead(ok(), contentLength(2));
+        conn.bodyWriter(contentLength(2)).end(bytes("ok"));
+        client.resume(); // readUntil() leaves it paused
+        await readUntil(client, (s) => s.endsWith("ok"));
+      }
+    } finally {
+      globalThis.setTimeout = original;
+    }
+    client.end();
+    assert.equal(await conn.readRequest(), null);
+    await closeBoth(conn, client);
+    return armed.length;
+  };
+
+  await t.step("ten requests inside the timeout: one timer armed, not ten", async () => {
+    assert.equal(await serve(10, 60_000), 1);
+  });
+  await t.step("heads that each come after most of the timeout: none refused, the timer re-armed", async () => {
+    // 300 ms for each head; each comes 200 ms after its read starts, so the first timer fires in the middle of the
+    // second head's wait, and must wait on rather than time it out (serve() fails on a 408).
+    await serve(3, 300, 200);
+  });
+});

@@ -361,9 +361,11 @@ async function serveRequest(
   if (expectsContinue(head)) {
     conn.writeHead({ version: "HTTP/1.1", status: 100, reason: "Continue", headers: [] }, NO_BODY);
   }
-  const body = conn.readBody();
+  // A request without a body (most GETs) gets no stream: a Readable made, ended and listened to per request, for
+  // nothing to read, was a measurable share of the request's cost (docs/performance.md).
+  const body = hasBody(requestFraming(head)) ? conn.readBody() : null;
   // Counted as it flows; paused again so that nothing flows (and is lost) before the body is piped upstream.
-  body.on("data", (c: Uint8Array) => received += c.byteLength).pause();
+  body?.on("data", (c: Uint8Array) => received += c.byteLength).pause();
   const x: Exchange = {
     method: head.method,
     path: path.path,
@@ -372,8 +374,8 @@ async function serveRequest(
     // Forwarded as policies saw it: lowercase, no trailing dot.
     authority: host.port === undefined ? host.host : `${host.host}:${host.port}`,
     headers,
-    body: hasBody(body.framing) ? body : null,
-    trailers: () => body.trailers as Headers,
+    body,
+    trailers: () => (body?.trailers ?? []) as Headers,
     cancelled,
     grpc,
   };
@@ -397,7 +399,7 @@ async function serveRequest(
     const bytes = new TextEncoder().encode(answer.body);
     const h: Headers = [...answer.headers];
     // With a request body left unread, the connection cannot carry another request: say so.
-    const drop = !clientKeeps || !body.readableEnded && hasBody(body.framing);
+    const drop = !clientKeeps || body !== null && !body.readableEnded;
     if (drop) h.push(["connection", "close"]);
     const respond = { version: "HTTP/1.1" as const, status: answer.status, reason: reasonPhrase(answer.status) };
     if (head.method === "HEAD") {
@@ -414,7 +416,7 @@ async function serveRequest(
       sent = bytes.byteLength;
     }
     done(answer.status, handled.flags, path.path, handled);
-    if (drop) body.destroy();
+    if (drop) body?.destroy();
     return !drop;
   }
 
@@ -480,6 +482,15 @@ async function serveRequest(
   if (res.body && hasBody(framing)) {
     const writer = conn.bodyWriter(framing);
     const resBody = res.body;
+    // What the endpoint's connection already holds of the body (a small answer arrives with its head) goes now, in
+    // one write with the head: piped, it would flow a tick later, after the head had left alone (the codec holds a
+    // head only to the end of the microtask). A write is the costliest step of a small request here (an op and a
+    // syscall, over HBONE a DATA frame and a TLS record): docs/performance.md.
+    const first = resBody.read() as Uint8Array | null;
+    if (first !== null) {
+      sent += first.byteLength;
+      writer.write(first);
+    }
     resBody.on("data", (c: Uint8Array) => sent += c.byteLength);
     const onDeadline = () => resBody.destroy(new Error("request timeout"));
     handled.deadline.addEventListener("abort", onDeadline, { once: true });
@@ -506,7 +517,7 @@ async function serveRequest(
   done(res.status, complete ? handled.flags : cancelled.aborted ? "DC" : "UC", path.path, handled);
   if (!complete || !clientKeeps || framing.kind === "close") return false;
   // The request body must have been read to its end for another request to follow.
-  if (hasBody(body.framing) && !body.readableEnded) {
+  if (body !== null && !body.readableEnded) {
     body.destroy();
     return false;
   }

@@ -266,3 +266,50 @@ Deno.test("accessLogFields() leaves out what is not known", () => {
     attempts: 0,
   });
 });
+
+Deno.test("WaypointMetrics.record() keys a label set once, then counts in place exactly as prom-client does", async (t) => {
+  // Values at, around and past the buckets' bounds, and fractions whose sum depends on the order of the additions.
+  const durations = [0.1, 0.5, 0.50001, 1, 4.2, 42, 0.3, 99_999_999, 1e-9, 3600000, 3600001, 7.7];
+  const sizes = [0, 1, 2, 10, 11, 100_000_000, 100_000_001, 5, 0, 999, 1000, 1001];
+  const records = durations.map((d, i) =>
+    record({ durationMs: d, bytesReceived: sizes[i], bytesSent: sizes.at(-1 - i) })
+  );
+  /** Counts the public calls that validate and key the labels. */
+  const spy = (m: WaypointMetrics) => {
+    const calls = { inc: 0, observe: 0 };
+    const inc = m.requests.inc.bind(m.requests);
+    m.requests.inc = ((...a: Parameters<typeof inc>) => (calls.inc++, inc(...a))) as typeof inc;
+    for (const h of [m.duration, m.requestBytes, m.responseBytes]) {
+      const observe = h.observe.bind(h);
+      h.observe = ((...a: Parameters<typeof observe>) => (calls.observe++, observe(...a))) as typeof observe;
+    }
+    return calls;
+  };
+  const fast = new WaypointMetrics();
+  const calls = spy(fast);
+  for (const r of records) fast.record(r, silent);
+  // What prom-client makes of the same observations through its public calls, with the labels record() gave them.
+  const reference = new WaypointMetrics();
+  const { labels } = (await fast.requests.get()).values[0];
+  for (const r of records) {
+    reference.requests.inc(labels);
+    reference.duration.observe(labels, r.durationMs);
+    reference.requestBytes.observe(labels, r.bytesReceived);
+    reference.responseBytes.observe(labels, r.bytesSent);
+  }
+
+  await t.step("one public call per metric for the label set, not one per request", () => {
+    assert.deepEqual(calls, { inc: 1, observe: 3 });
+  });
+  await t.step("the exposition is the one prom-client writes itself", async () => {
+    assert.equal(await fast.registry.metrics(), await reference.registry.metrics());
+  });
+  await t.step("after reset() the series starts again from zero", async () => {
+    fast.duration.reset();
+    fast.record(record({ durationMs: 3 }), silent);
+    const got = (await fast.duration.get()).values;
+    assert.equal(got.find((v) => v.metricName === "istio_request_duration_milliseconds_count")?.value, 1);
+    assert.equal(got.find((v) => v.metricName === "istio_request_duration_milliseconds_sum")?.value, 3);
+    assert.equal((await fast.requests.get()).values[0].value, records.length + 1);
+  });
+});
