@@ -236,6 +236,11 @@ export class ClientConfig {
     });
   }
 
+  /** The version held of `kind/name` (resourceKey), if one decoded; a refused update is not held. */
+  versionOf(key: string): string | undefined {
+    return this.#versions.get(key);
+  }
+
   /** `kind/name` → version of everything held, for resuming. */
   known(): Record<string, string> {
     return Object.fromEntries(this.#versions);

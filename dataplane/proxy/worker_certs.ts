@@ -93,7 +93,15 @@ export class PushedCerts implements CertSource {
     if (m.t === "cert") {
       const cert = fromWire(m.cert);
       const held = this.#held.get(m.identity);
-      if (held && held.notAfter > cert.notAfter) return; // an older one arriving late
+      // An older one arriving late is dropped. Older by issue (notBefore), not by notAfter: a CA caps a leaf at its
+      // own notAfter (certs/ca.ts), so after a rotation to a CA that ends sooner the renewal ends sooner too, and a
+      // worker that dropped it kept serving the chain of the roots rotated away while the main thread had moved on.
+      if (
+        held &&
+        (held.notBefore > cert.notBefore || (held.notBefore === cert.notBefore && held.notAfter > cert.notAfter))
+      ) {
+        return;
+      }
       this.#held.set(m.identity, cert);
       if (this.current(m.identity)) this.#settle(m.identity, cert, undefined);
     } else if (m.t === "cert-error") {

@@ -55,3 +55,15 @@ Deno.test("CertFeed pushes each issued certificate to every worker and answers a
   assert.deepEqual(sent.map(([i, m]) => [i, m.t]), [[0, "cert"], [2, "cert"], [1, "cert-error"]]);
   assert.deepEqual(feed.held([ID, "x"]).map((c) => c.identity), [ID]);
 });
+
+Deno.test("PushedCerts takes a renewal that ends sooner: issued later, it is the one the main thread serves", () => {
+  // A CA caps a leaf at its own notAfter (certs/ca.ts): after a rotation to a CA that ends sooner, the renewal
+  // ends before the certificate it replaces, and chains to the new roots only.
+  const certs = new PushedCerts(() => {}, () => T0 + 10);
+  certs.accept({ t: "cert", identity: ID, cert: toWire(cert(T0, T0 + 2000)) });
+  const renewal = { ...cert(T0 + 5, T0 + 1000), chainPem: "c2", rootsPem: "r2" };
+  certs.accept({ t: "cert", identity: ID, cert: toWire(renewal) });
+  assert.equal(certs.current(ID)?.rootsPem, "r2");
+  certs.accept({ t: "cert", identity: ID, cert: toWire(cert(T0, T0 + 2000)) });
+  assert.equal(certs.current(ID)?.rootsPem, "r2", "the one it replaced, arriving again late, is older");
+});

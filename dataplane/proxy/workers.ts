@@ -247,6 +247,12 @@ export interface WorkerHandlers {
   init(index: number, body: unknown): Promise<void> | void;
   /** A `msg`: handled at once, in order. */
   message(body: unknown): void;
+  /**
+   * Messages are handled once `init` has run up to its first `await`, not once it has ended: for a worker whose
+   * init serves before it ends (ztunnel's opens each pod's listeners in turn), so that a config message sent
+   * meanwhile is in force at once rather than after every pod is served.
+   */
+  messagesDuringInit?: boolean;
   /** An `ask`: answered at once. */
   ask?(body: unknown): Promise<unknown> | unknown;
   /** A `call`: one at a time, in order. */
@@ -273,6 +279,8 @@ function workerScope(): WorkerScope {
 export function serveAsWorker(h: WorkerHandlers, scope: WorkerScope = workerScope()): void {
   const post = (m: FromWorker) => scope.postMessage(m);
   let ready: Promise<void> | undefined;
+  /** Where messages wait: `ready`, or the end of init's synchronous part ({@link WorkerHandlers.messagesDuringInit}). */
+  let accepting: Promise<unknown> | undefined;
   let calls: Promise<void> = Promise.resolve();
   const reply = async (id: number, work: () => unknown) => {
     try {
@@ -288,7 +296,11 @@ export function serveAsWorker(h: WorkerHandlers, scope: WorkerScope = workerScop
         post({ k: "pong", status: h.status?.() });
         return;
       case "init":
-        ready = Promise.resolve().then(() => h.init(m.index, m.body));
+        {
+          const began = Promise.resolve().then(() => ({ done: h.init(m.index, m.body) }));
+          ready = began.then((b) => b.done);
+          accepting = h.messagesDuringInit ? began : ready;
+        }
         ready.catch((error) => {
           post({ k: "fatal", error: `init failed: ${error instanceof Error ? error.message : String(error)}` });
           scope.close();
@@ -296,8 +308,8 @@ export function serveAsWorker(h: WorkerHandlers, scope: WorkerScope = workerScop
         calls = ready.catch(() => {});
         return;
       case "msg":
-        if (ready === undefined) return; // never before init: the pool posts init first
-        void ready.then(() => h.message(m.body), () => {});
+        if (accepting === undefined) return; // never before init: the pool posts init first
+        void accepting.then(() => h.message(m.body), () => {});
         return;
       case "ask":
         void (ready ?? Promise.resolve()).then(() => reply(m.id, () => h.ask?.(m.body)), () => {});

@@ -113,3 +113,26 @@ Deno.test("a call that throws in a worker rejects callAll with the worker named,
     p.close();
   }
 });
+
+Deno.test("messagesDuringInit: a message sent while init still runs is handled then, not after it", async () => {
+  // ztunnel's worker opens each pod's listeners in turn in its init, and serves each as soon as it listens: a
+  // config message (a DENY) held back until the last pod listens left the first ones deciding on the old config.
+  const { log } = capture();
+  const events: { started?: number; seenDuringInit?: number }[] = [];
+  const p = new WorkerPool({
+    module: new URL("./testdata/slow_init_worker.ts", import.meta.url),
+    count: 1,
+    role: "test",
+    log,
+    init: () => ({ want: 3, waitMs: 5_000 }),
+    onMessage: (_, body) => events.push(body as (typeof events)[number]),
+  });
+  try {
+    await until("the worker began its init", () => events.some((e) => e.started !== undefined), 20_000);
+    for (let i = 0; i < 3; i++) p.broadcast({ note: i });
+    await until("the worker ended its init", () => events.some((e) => e.seenDuringInit !== undefined), 20_000);
+    assert.equal(events.find((e) => e.seenDuringInit !== undefined)?.seenDuringInit, 3);
+  } finally {
+    p.close();
+  }
+});

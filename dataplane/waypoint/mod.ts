@@ -184,7 +184,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     onIssued: (id, cert) => feed.issued(id, cert),
   });
   const feed = new CertFeed(certs, (index, m) => index === 0 ? pool?.broadcast(m) : pool?.send(index, m));
-  const mirror = new ConfigMirror();
+  const mirror = new ConfigMirror(config); // refused updates kept apart from the versions held (worker_config.ts)
   const metrics = new WaypointMetrics();
   config.registerMetrics(metrics.registry);
   const admin = serveAdmin({

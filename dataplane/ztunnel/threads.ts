@@ -22,7 +22,7 @@ import type { Logger } from "../../mesh/log.ts";
 import type { PodInfo } from "../../mesh/protocol/handoff.ts";
 import type client from "prom-client";
 import type { ConfigMessage, MirroredConfig } from "../proxy/worker_config.ts";
-import { ConfigMirror } from "../proxy/worker_config.ts";
+import { ConfigMirror, type HeldVersions } from "../proxy/worker_config.ts";
 import { CertFeed, type CertMessage, type CertSource, type WireCert } from "../proxy/worker_certs.ts";
 import { type MetricsJson, PooledMetrics } from "../proxy/bootstrap.ts";
 import { WorkerPool } from "../proxy/workers.ts";
@@ -81,13 +81,14 @@ const CLOSE_TIMEOUT_MS = 5_000;
 export class ZtunnelThreads {
   readonly #pool: WorkerPool;
   readonly #feed: CertFeed;
-  readonly #mirror = new ConfigMirror();
+  readonly #mirror: ConfigMirror;
   readonly #pods = new Map<string, HandedPod>();
   #local: { file: string; text: string } | undefined;
 
   /**
    * Starts `count` workers. `certs` is the main thread's rotation manager; `local` is the local config file's
-   * text when there is no control plane.
+   * text when there is no control plane; `config` is the config stream's (the mirror tells from it which updates
+   * were refused, worker_config.ts).
    */
   constructor(opts: {
     count: number;
@@ -95,8 +96,10 @@ export class ZtunnelThreads {
     trustDomain: string;
     certs: CertSource & { identities(): string[] };
     local?: { file: string; text: string };
+    config?: HeldVersions;
   }) {
     this.#local = opts.local;
+    this.#mirror = new ConfigMirror(opts.config);
     this.#feed = new CertFeed(
       opts.certs,
       (index, m) => index === 0 ? this.#pool.broadcast(m) : this.#pool.send(index, m),

@@ -6,7 +6,9 @@
  * the control plane, the CA or the node agent, and serves no DNS (the main thread does).
  *
  * Its init takes the state first, then the certificates held, then the pods, so it never accepts a connection
- * without the config the main thread has: a worker without config would allow what a DENY refuses elsewhere.
+ * without the config the main thread has: a worker without config would allow what a DENY refuses elsewhere. A
+ * config message sent while it still adds pods (after a restart) is applied at once (`messagesDuringInit`): each
+ * pod serves as soon as it listens, and must not decide on the init's config until the last pod listens.
  *
  * @module
  */
@@ -39,6 +41,7 @@ let certs: PushedCerts | undefined;
 const state = (): MeshState => config?.state ?? local!;
 
 serveAsWorker({
+  messagesDuringInit: true,
   async init(index, body) {
     const init = body as WorkerInit;
     logFromThreads({ worker: index });
