@@ -125,6 +125,9 @@ policies: ${policies}
       assert.equal(inbound().length, n);
       assert.equal(await total(zA.ports.metrics, "istio_tcp_connections_opened_total"), n, "client side, both threads");
       assert.equal(await total(zB.ports.metrics, "istio_tcp_connections_opened_total"), n, "server side");
+      // /config_dump lists the pods served now (it listed the pods of the moment ztunnel started: none).
+      const dump = await (await fetch(`http://127.0.0.1:${zA.ports.admin}/config_dump`)).json();
+      assert.deepEqual(dump.config.pods.map((p: { netns: string }) => p.netns), [client.netnsPath]);
     },
   );
 

@@ -179,6 +179,7 @@ export async function runZtunnel(argv: string[]): Promise<number> {
       trustDomain: values.trustDomain,
       certs,
       local: source.kind === "local" ? { file: source.file, text: source.text } : undefined,
+      config: source.kind === "control" ? source.config : undefined,
     })
     : undefined;
   const handler = threads ? threads.handler(pods) : pods;
@@ -208,7 +209,13 @@ export async function runZtunnel(argv: string[]): Promise<number> {
     certificates: () => certificateSummaries(certs, certs.identities()),
     metrics: threads ? threads.metrics(metrics.registry) : metrics,
     ready: () => ready,
-    config: { ...loggable(ZTUNNEL_OPTIONS, values), pods: pods.pods() },
+    // A getter: read at each /config_dump (a value here was the pods of the moment ztunnel started, none).
+    config: {
+      ...loggable(ZTUNNEL_OPTIONS, values),
+      get pods() {
+        return pods.pods();
+      },
+    },
     log,
   }, {
     adminPort: values.adminPort,
