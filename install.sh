@@ -148,11 +148,9 @@ DENO=$(command -v deno)
 (cd "$SRC" && deno install --frozen --quiet) || die "deno install --frozen failed: is deno.lock current?"
 
 # 4. The skiff command.
-# A compiled binary takes V8 flags only from its build (it ignores DENO_V8_FLAGS) and runs every mode with them:
-# it gets the proxies' (mesh/v8_flags.ts), as the deno.json compile task does, since the proxies are what runs
-# on every node; the control plane then runs with them too.
-proxy_v8=$(deno run --quiet --no-config "$SRC/mesh/v8_flags.ts" ztunnel) || die "could not read mesh/v8_flags.ts"
-if (cd "$SRC" && timeout 120 deno compile "${PERMISSIONS[@]}" ${proxy_v8:+"--v8-flags=$proxy_v8"} --quiet \
+# A compiled binary takes V8 flags only from its build (it ignores DENO_V8_FLAGS) and runs every mode with them,
+# so it is built with none, as the deno.json compile task is: one mode's flags cost another (mesh/v8_flags.ts).
+if (cd "$SRC" && timeout 120 deno compile "${PERMISSIONS[@]}" --quiet \
   --output "$SRC/dist/skiff" main.ts) >/dev/null 2>&1 &&
   "$SRC/dist/skiff" version >/dev/null 2>&1; then
   install -m 0755 "$SRC/dist/skiff" "$BIN"

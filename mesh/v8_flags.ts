@@ -4,9 +4,10 @@
  * and the test harness all follow. V8 reads heap flags once, when the process starts, before any of Skiff's
  * code runs (`node:v8`'s `setFlagsFromString` cannot change a heap's sizes later), so they have to come from
  * whatever starts Deno: `--v8-flags=` on `deno run`, or `deno compile --v8-flags=`, which bakes one set into
- * the binary (a compiled binary ignores `DENO_V8_FLAGS`: denort passes only the flags from its metadata).
+ * the binary for every mode (a compiled binary ignores `DENO_V8_FLAGS`: denort passes only the flags from its
+ * metadata); so the compile task bakes none, and a compiled skiff runs every mode with V8's defaults.
  *
- * Only the proxies get flags. They run on every node, mostly idle, each in its own process, so what V8 keeps
+ * Only ztunnel gets flags. It runs on every node, mostly idle, each in its own process, so what V8 keeps
  * around for speed it does not need is paid once per node: V8's young generation may grow to two 32 MiB
  * semi-spaces (heap_size_limit shows it), which a proxy shuttling 256 KiB chunks between sockets fills with
  * short-lived objects and then keeps. docs/performance.md ("Memory per mode") has the RSS and throughput each
@@ -23,10 +24,14 @@
  * @module
  */
 
-/** The V8 flags each mode runs with; a mode not listed runs with V8's defaults. */
+/**
+ * The V8 flags each mode runs with; a mode not listed runs with V8's defaults. The waypoint keeps them: its
+ * request path makes many short-lived objects per request, and with `--max-semi-space-size=2` it spent 1.2× the
+ * CPU per request (bench/waypoint_profile.ts: 178–185 µs against 146–151; garbage collection 19% of its time
+ * against 3%), where ztunnel's byte path measured no cost.
+ */
 export const V8_FLAGS: Readonly<Record<string, readonly string[]>> = {
   ztunnel: ["--max-semi-space-size=2"],
-  waypoint: ["--max-semi-space-size=2"],
 };
 
 /** The flags for `mode` (the first argument of `skiff`), as `--v8-flags=` takes them; "" for V8's defaults. */
