@@ -21,7 +21,7 @@
  * @module
  */
 
-import type { Logger } from "../../mesh/log.ts";
+import { flushLogs, type Logger } from "../../mesh/log.ts";
 
 /** What the main thread posts to a worker. */
 type ToWorker =
@@ -29,6 +29,7 @@ type ToWorker =
   | { k: "msg"; body: unknown }
   | { k: "ask"; id: number; body: unknown }
   | { k: "call"; id: number; body: unknown }
+  | { k: "end"; id: number }
   | { k: "ping" };
 
 /** What a worker posts to the main thread. */
@@ -151,6 +152,21 @@ export class WorkerPool {
     if (failed.length > 0) throw new Error(failed.map((e) => e.message).join("; "));
   }
 
+  /**
+   * Stops every worker once it has written out its buffered log lines (the access log of the connections it
+   * closed last among them), waiting `timeoutMs` at most: terminating a Worker drops what its event loop had not
+   * written yet.
+   */
+  async end(timeoutMs = 2_000): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled(this.#slots.map((s) => this.#request(s, "end", undefined))),
+      new Promise((resolve) => timer = setTimeout(resolve, timeoutMs)),
+    ]);
+    clearTimeout(timer);
+    this.close();
+  }
+
   /** Stops every worker at once. */
   close(): void {
     this.#closed = true;
@@ -223,12 +239,12 @@ export class WorkerPool {
     slot.pending.clear();
   }
 
-  #request(slot: Slot, k: "ask" | "call", body: unknown): Promise<unknown> {
+  #request(slot: Slot, k: "ask" | "call" | "end", body: unknown): Promise<unknown> {
     if (slot.worker === undefined) return Promise.reject(new Error(`worker ${slot.index} is not running`));
     const id = ++this.#nextId;
     return new Promise((resolve, reject) => {
       slot.pending.set(id, { resolve, reject });
-      this.#post(slot, { k, id, body });
+      this.#post(slot, k === "end" ? { k, id } : { k, id, body });
     });
   }
 
@@ -316,6 +332,10 @@ export function serveAsWorker(h: WorkerHandlers, scope: WorkerScope = workerScop
         return;
       case "call":
         calls = calls.then(() => reply(m.id, () => h.call?.(m.body)));
+        return;
+      case "end":
+        // After the calls before it (a pod's close writes its connections' access lines), the log lines out.
+        calls = calls.then(() => reply(m.id, () => flushLogs()));
         return;
     }
   };

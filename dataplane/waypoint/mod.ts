@@ -312,7 +312,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
   } finally {
     controller.abort();
     clearInterval(rotation);
-    pool?.close();
+    await pool?.end();
     await thread.close();
     certs.close();
     connection.close();

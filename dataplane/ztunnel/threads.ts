@@ -198,7 +198,7 @@ export class ZtunnelThreads {
       new Promise((resolve) => timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)),
     ]);
     clearTimeout(timer);
-    this.#pool.close();
+    await this.#pool.end();
   }
 
   #post(m: WorkerMessage): void {
