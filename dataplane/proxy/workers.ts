@@ -57,11 +57,19 @@ export interface WorkerPoolOptions {
   heartbeatMs?: number;
   /** A worker silent this long is dead; 10 s. */
   deadAfterMs?: number;
+  /**
+   * A worker that leaves a call (or its init, which calls wait behind) unanswered this long is dead too, though it
+   * still answers pings: its work hangs, and whatever waits on the call (the node agent's ack) would wait forever;
+   * 60 s.
+   */
+  callTimeoutMs?: number;
 }
 
 interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
+  /** When a call was posted; undefined for an ask, which is answered at once or never. */
+  calledAt?: number;
 }
 
 interface Slot {
@@ -97,7 +105,7 @@ export class WorkerPool {
   restarts = 0;
 
   constructor(opts: WorkerPoolOptions) {
-    this.#o = { heartbeatMs: 1_000, deadAfterMs: 10_000, ...opts };
+    this.#o = { heartbeatMs: 1_000, deadAfterMs: 10_000, callTimeoutMs: 60_000, ...opts };
     for (let i = 1; i <= opts.count; i++) {
       const slot: Slot = {
         index: i,
@@ -179,7 +187,18 @@ export class WorkerPool {
 
   #start(slot: Slot): void {
     if (this.#closed) return;
-    const worker = new Worker(this.#o.module, { type: "module", name: `${this.#o.role}-worker-${slot.index}` });
+    let worker: Worker;
+    try {
+      worker = new Worker(this.#o.module, { type: "module", name: `${this.#o.role}-worker-${slot.index}` });
+    } catch (error) {
+      // No thread (out of memory, a resource limit): the slot is tried again later, not given up.
+      this.#o.log.error(
+        { worker: slot.index, error: String(error), restartInMs: MAX_RESTART_MS },
+        `${this.#o.role} worker could not be started; trying again`,
+      );
+      slot.restart = setTimeout(() => this.#start(slot), MAX_RESTART_MS);
+      return;
+    }
     slot.worker = worker;
     slot.heardAt = slot.startedAt = Date.now();
     slot.status = undefined;
@@ -211,8 +230,11 @@ export class WorkerPool {
     const now = Date.now();
     for (const s of this.#slots) {
       if (s.worker === undefined) continue;
+      const oldest = Math.min(...[...s.pending.values()].map((p) => p.calledAt ?? now), now);
       if (now - s.heardAt > this.#o.deadAfterMs) {
         this.#died(s, `no answer for ${now - s.heardAt} ms (it exited or hangs)`);
+      } else if (now - oldest > this.#o.callTimeoutMs) {
+        this.#died(s, `a call went unanswered for ${now - oldest} ms (its work hangs)`);
       } else this.#post(s, { k: "ping" });
     }
   }
@@ -243,7 +265,7 @@ export class WorkerPool {
     if (slot.worker === undefined) return Promise.reject(new Error(`worker ${slot.index} is not running`));
     const id = ++this.#nextId;
     return new Promise((resolve, reject) => {
-      slot.pending.set(id, { resolve, reject });
+      slot.pending.set(id, { resolve, reject, calledAt: k === "call" ? Date.now() : undefined });
       this.#post(slot, k === "end" ? { k, id } : { k, id, body });
     });
   }

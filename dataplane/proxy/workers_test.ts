@@ -15,7 +15,7 @@ function capture() {
   return { log: pino({ level: "debug" }, { write: (s: string) => lines.push(JSON.parse(s)) }), lines };
 }
 
-function pool(count: number, init: (i: number) => unknown = () => ({ order: [] })) {
+function pool(count: number, init: (i: number) => unknown = () => ({ order: [] }), callTimeoutMs?: number) {
   const { log, lines } = capture();
   const started: number[] = [];
   const p = new WorkerPool({
@@ -29,6 +29,7 @@ function pool(count: number, init: (i: number) => unknown = () => ({ order: [] }
     },
     heartbeatMs: 100,
     deadAfterMs: 600,
+    callTimeoutMs,
   });
   return { p, lines, started };
 }
@@ -132,6 +133,20 @@ Deno.test("messagesDuringInit: a message sent while init still runs is handled t
     for (let i = 0; i < 3; i++) p.broadcast({ note: i });
     await until("the worker ended its init", () => events.some((e) => e.seenDuringInit !== undefined), 20_000);
     assert.equal(events.find((e) => e.seenDuringInit !== undefined)?.seenDuringInit, 3);
+  } finally {
+    p.close();
+  }
+});
+
+Deno.test("a worker that answers pings but leaves a call hanging is taken for dead and restarted", async () => {
+  const { p, lines, started } = pool(1, undefined, 800);
+  try {
+    await until("the worker started", () => started.length === 1, 20_000);
+    await p.callAll({ sleepMs: 60_000, label: "stuck" }); // settles when the worker is ended, not in 60 s
+    assert.equal(p.restarts, 1);
+    const died = lines.find((l) => String(l.msg).includes("worker died"));
+    assert.match(String(died?.reason), /a call went unanswered for \d+ ms/);
+    await until("the worker restarted", () => started.length === 2, 20_000);
   } finally {
     p.close();
   }
