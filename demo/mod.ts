@@ -398,7 +398,12 @@ async function tour(pods: Map<string, DemoPod>): Promise<boolean[]> {
     return lines.length === 100 && lines.every((l) => /^echo-v[12] \/split$/.test(l)) ? lines : undefined;
   }).catch(() => [] as string[]);
   const toV2 = split.filter((l) => l.startsWith("echo-v2")).length;
-  const viaWaypoint = (await logLines("waypoint")).filter((l) => l.msg === "request complete").length;
+  // Each of the waypoint's threads writes its access lines as it can: wait for them rather than read once.
+  const served = async () => (await logLines("waypoint")).filter((l) => l.msg === "request complete").length;
+  const viaWaypoint = await until("the waypoint's access lines", 5_000, async () => {
+    const n = await served();
+    return n >= 100 ? n : undefined;
+  }).catch(served);
   results.push(verdict(
     split.length === 100 && toV2 >= 1 && toV2 <= 25 && viaWaypoint >= 100,
     `100 requests to ${VIPS.echo}: ${100 - toV2} to v1, ${toV2} to v2, all through the waypoint`,
