@@ -235,7 +235,11 @@ export async function runZtunnel(argv: string[]): Promise<number> {
       threads?.localApplied(source.file, text);
       prefetchForNode();
       const closed = connections.reauthorize(next);
-      log.info({ closed }, "local config reloaded");
+      // "Reloaded" means in force on every thread, and counts what every thread closed for it.
+      if (threads === undefined) log.info({ closed }, "local config reloaded");
+      else {
+        void threads.applied().then((others) => log.info({ closed: closed + others }, "local config reloaded"));
+      }
     })
     : runConfigClient({
       connection: source.connection,

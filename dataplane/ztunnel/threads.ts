@@ -67,7 +67,7 @@ export type WorkerCall =
   | { op: "close" };
 
 /** Questions to a worker, answered at once. */
-export type WorkerAsk = { q: "metrics" } | { q: "open" };
+export type WorkerAsk = { q: "metrics" } | { q: "open" } | { q: "applied" };
 
 /** What a worker says with each answer to a ping. */
 export interface WorkerStatus {
@@ -169,6 +169,15 @@ export class ZtunnelThreads {
   async releaseAll(): Promise<void> {
     this.#pods.clear();
     await this.#call({ op: "releaseAll" }).catch(() => {});
+  }
+
+  /**
+   * Resolves once every worker has applied the changes posted so far, with the connections they closed for the
+   * last one: a reload is logged as in force only when it is on every thread.
+   */
+  async applied(): Promise<number> {
+    const answers = await this.#pool.askAll({ q: "applied" } satisfies WorkerAsk) as number[];
+    return answers.reduce((a, b) => a + b, 0);
   }
 
   /** Connections open on the workers now (asked, not the last ping's: the drain must not end on a stale 0). */

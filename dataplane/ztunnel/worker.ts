@@ -33,6 +33,8 @@ import type { WorkerAsk, WorkerCall, WorkerInit, WorkerMessage, WorkerStatus } f
 /** The worker's state source: a config stream copy, or the local config's state. */
 let config: ClientConfig | undefined;
 let local: MeshState | undefined;
+/** Connections the last config change closed on this thread. */
+let closedByLastChange = 0;
 let pods: PodManager | undefined;
 let metrics: TcpMetrics | undefined;
 const connections = new ConnectionManager();
@@ -93,16 +95,19 @@ serveAsWorker({
     const m = body as WorkerMessage;
     if (m.t === "config") {
       config?.apply(m.message);
-      connections.reauthorize(state());
+      closedByLastChange = connections.reauthorize(state());
     } else if (m.t === "local") {
       local = stateOf(parseLocalConfig(m.text, m.file));
-      connections.reauthorize(local);
+      closedByLastChange = connections.reauthorize(local);
     } else certs?.accept(m as CertMessage);
   },
 
   ask(body) {
     const q = body as WorkerAsk;
-    return q.q === "metrics" ? metrics!.registry.getMetricsAsJSON() : pods!.openConnections();
+    if (q.q === "metrics") return metrics!.registry.getMetricsAsJSON();
+    // Asked after a change was posted: answered once this thread has applied it (messages are handled in order).
+    if (q.q === "applied") return closedByLastChange;
+    return pods!.openConnections();
   },
 
   async call(body) {
