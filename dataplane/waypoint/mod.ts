@@ -184,7 +184,9 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     onIssued: (id, cert) => feed.issued(id, cert),
   });
   const feed = new CertFeed(certs, (index, m) => index === 0 ? pool?.broadcast(m) : pool?.send(index, m));
-  const mirror = new ConfigMirror(config); // refused updates kept apart from the versions held (worker_config.ts)
+  // What a worker starts from, kept only when there are workers: it holds the whole mesh as text. Refused updates
+  // are kept apart from the versions held (worker_config.ts).
+  const mirror = values.workers > 1 ? new ConfigMirror(config) : undefined;
   const metrics = new WaypointMetrics();
   config.registerMetrics(metrics.registry);
   const admin = serveAdmin({
@@ -225,7 +227,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     signal: controller.signal,
     onMessage: (message) => {
       // Every thread decides from the same config: each message applied here is applied there too.
-      mirror.observe(message);
+      mirror?.observe(message);
       pool?.broadcast({ t: "config", message } satisfies WaypointWorkerMessage);
     },
     onChange: (change) => {
@@ -245,7 +247,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     listenAddress: values.listenAddress,
     hbonePort, // the port this thread listens on: --hbone-port=0 picks one, and every thread must share it
     drainDeadlineMs: values.drainDeadline,
-    config: mirror.snapshot(),
+    config: mirror!.snapshot(), // only called by the pool, which exists only with workers
     certs: feed.held([identity.toString()]),
     draining: draining.signal.aborted,
   });
