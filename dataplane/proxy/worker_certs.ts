@@ -43,20 +43,32 @@ export function fromWire(c: WireCert): WorkloadCert {
   return { ...c, identity: SpiffeId.parse(c.identity, "identity") };
 }
 
+/** Where {@link CertFeed} sends: a WorkerPool. */
+export interface CertTargets {
+  broadcast(m: CertMessage): void;
+  send(index: number, m: CertMessage): void;
+}
+
 /** The main thread's side: answers workers' requests from `source` and pushes every certificate it obtains. */
 export class CertFeed {
   readonly #source: CertSource;
-  readonly #send: (index: number, m: CertMessage) => void;
+  readonly #workers: () => CertTargets | undefined;
 
-  /** `send(0, m)` means every worker. */
-  constructor(source: CertSource, send: (index: number, m: CertMessage) => void) {
+  /** `workers` gives the worker pool, or undefined while there is none (nothing is sent then). */
+  constructor(source: CertSource, workers: () => CertTargets | undefined) {
     this.#source = source;
-    this.#send = send;
+    this.#workers = workers;
   }
 
   /** Pass to the rotation manager as `onIssued`. */
   issued(identity: string, cert: WorkloadCert): void {
-    this.#send(0, { t: "cert", identity, cert: toWire(cert) });
+    this.#workers()?.broadcast({ t: "cert", identity, cert: toWire(cert) });
+  }
+
+  /** Pass to the pool as `onMessage`: answers a worker's `want-cert`. */
+  onWorkerMessage(index: number, body: unknown): void {
+    const m = body as CertMessage;
+    if (m.t === "want-cert") this.want(index, m.identity);
   }
 
   /** Every certificate held now, for a worker's `init`. */
@@ -70,8 +82,8 @@ export class CertFeed {
   /** A worker's `want-cert`: it gets the certificate (the same push as a renewal) or the error. */
   want(index: number, identity: string): void {
     this.#source.get(identity).then(
-      (cert) => this.#send(index, { t: "cert", identity, cert: toWire(cert) }),
-      (error) => this.#send(index, { t: "cert-error", identity, error: String(error?.message ?? error) }),
+      (cert) => this.#workers()?.send(index, { t: "cert", identity, cert: toWire(cert) }),
+      (error) => this.#workers()?.send(index, { t: "cert-error", identity, error: String(error?.message ?? error) }),
     );
   }
 }

@@ -47,10 +47,11 @@ Deno.test("CertFeed pushes each issued certificate to every worker and answers a
     get: (id) => held.has(id) ? Promise.resolve(held.get(id)!) : Promise.reject(new Error(`no certificate for ${id}`)),
     current: (id) => held.get(id),
     forget() {},
-  }, (i, m) => sent.push([i, m]));
+  }, () => ({ broadcast: (m) => sent.push([0, m]), send: (i, m) => sent.push([i, m]) }));
   feed.issued(ID, held.get(ID)!);
-  feed.want(2, ID);
-  feed.want(1, "spiffe://cluster.local/ns/shop/sa/other");
+  feed.onWorkerMessage(2, { t: "want-cert", identity: ID });
+  feed.onWorkerMessage(1, { t: "want-cert", identity: "spiffe://cluster.local/ns/shop/sa/other" });
+  feed.onWorkerMessage(1, { t: "something else" });
   await new Promise((r) => setTimeout(r, 0));
   assert.deepEqual(sent.map(([i, m]) => [i, m.t]), [[0, "cert"], [2, "cert"], [1, "cert-error"]]);
   assert.deepEqual(feed.held([ID, "x"]).map((c) => c.identity), [ID]);

@@ -44,7 +44,7 @@ import {
 } from "../proxy/bootstrap.ts";
 import { PROXY_OPTIONS } from "../proxy/options.ts";
 import type { WorkloadCert } from "../proxy/identity.ts";
-import { CertFeed, type CertMessage } from "../proxy/worker_certs.ts";
+import { CertFeed } from "../proxy/worker_certs.ts";
 import { ConfigMirror } from "../proxy/worker_config.ts";
 import { WorkerPool } from "../proxy/workers.ts";
 import { DEFAULT_DRAIN_DEADLINE_MS } from "./drain.ts";
@@ -183,7 +183,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
     log,
     onIssued: (id, cert) => feed.issued(id, cert),
   });
-  const feed = new CertFeed(certs, (index, m) => index === 0 ? pool?.broadcast(m) : pool?.send(index, m));
+  const feed = new CertFeed(certs, () => pool);
   // What a worker starts from, kept only when there are workers: it holds the whole mesh as text. Refused updates
   // are kept apart from the versions held (worker_config.ts).
   const mirror = values.workers > 1 ? new ConfigMirror(config) : undefined;
@@ -282,10 +282,7 @@ export async function runWaypoint(argv: string[]): Promise<number> {
           role: "waypoint",
           log,
           init: workerInit,
-          onMessage: (index, body) => {
-            const m = body as CertMessage;
-            if (m.t === "want-cert") feed.want(index, m.identity);
-          },
+          onMessage: (index, body) => feed.onWorkerMessage(index, body),
         });
         log.info({ workers: pool.size }, "worker threads started");
       }

@@ -100,10 +100,7 @@ export class ZtunnelThreads {
   }) {
     this.#local = opts.local;
     this.#mirror = new ConfigMirror(opts.config);
-    this.#feed = new CertFeed(
-      opts.certs,
-      (index, m) => index === 0 ? this.#pool.broadcast(m) : this.#pool.send(index, m),
-    );
+    this.#feed = new CertFeed(opts.certs, () => this.#pool);
     this.#pool = new WorkerPool({
       module: new URL("./worker.ts", import.meta.url),
       count: opts.count,
@@ -116,10 +113,7 @@ export class ZtunnelThreads {
         certs: this.#feed.held(opts.certs.identities()),
         pods: [...this.#pods.values()],
       }),
-      onMessage: (index, body) => {
-        const m = body as CertMessage;
-        if (m.t === "want-cert") this.#feed.want(index, m.identity);
-      },
+      onMessage: (index, body) => this.#feed.onWorkerMessage(index, body),
     });
   }
 
