@@ -16,6 +16,7 @@
  * @module
  */
 
+import process from "node:process";
 import { exchangeAll, InProcessMesh } from "../tests/harness/inprocess.ts";
 
 if (Deno.env.get("LOG_LEVEL") === undefined) Deno.env.set("LOG_LEVEL", "warn");
@@ -29,17 +30,11 @@ await server.echo(8080);
 // One connection first: the HBONE connection and both certificates are in place before the clock starts.
 await exchangeAll(await client.connect(server.addr(8080)), "x");
 
-const cpuMs = () => {
-  const stat = Deno.readTextFileSync("/proc/self/stat");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) * 10; // utime + stime, in clock ticks of 10 ms
-};
-
 const results: { rate: number; cpuUs: number }[] = [];
 for (let r = 0; r < rounds; r++) {
   let next = 0;
   let failed = 0;
-  const cpu0 = cpuMs();
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (next < count) {
@@ -52,7 +47,8 @@ for (let r = 0; r < rounds; r++) {
     }
   }));
   const seconds = (performance.now() - t0) / 1000;
-  const cpuUs = (cpuMs() - cpu0) * 1000 / count;
+  const used = process.cpuUsage(cpu0);
+  const cpuUs = (used.user + used.system) / count;
   results.push({ rate: count / seconds, cpuUs });
   console.log(
     `round ${r + 1}: ${count} connections, ${concurrency} at once: ${(count / seconds).toFixed(0)}/s, ` +

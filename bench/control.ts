@@ -22,6 +22,7 @@ import { decodeStreamMessage, type StreamMessage } from "../mesh/protocol/config
 import { logger } from "../mesh/log.ts";
 import { ControlProcess } from "../tests/harness/control.ts";
 import { meshManifests } from "./mesh_manifests.ts";
+import { memoryOf } from "./common.ts";
 
 // The clients' "config synced" lines are not results: keep them out of docs/benchmarks.md.
 if (Deno.env.get("LOG_LEVEL") === undefined) Deno.env.set("LOG_LEVEL", "warn");
@@ -35,12 +36,6 @@ const UPDATES = 50;
 
 function manifests(): Record<string, string> {
   return meshManifests({ pods: PODS, services: SERVICES, policies: POLICIES, nodes: NODES, namespaces: NAMESPACES });
-}
-
-function rssMiB(pid: number): { rss: number; peak: number } {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
-  return { rss: kb("VmRSS") / 1024, peak: kb("VmHWM") / 1024 };
 }
 
 const pct = (xs: number[], p: number) =>
@@ -126,7 +121,7 @@ async function measure(env: Record<string, string>): Promise<[string, boolean, s
         } services, ` +
         `${clients[0].config.state.policies.size} policies`,
     );
-    const afterSync = rssMiB(control.process.pid);
+    const afterSync = memoryOf(control.process.pid);
     const heap = async () => {
       const m = (await control.status() as unknown as { memory: Deno.MemoryUsage }).memory;
       return `heap ${(m.heapUsed / 2 ** 20).toFixed(0)} of ${(m.heapTotal / 2 ** 20).toFixed(0)} MiB, external ${
@@ -147,7 +142,7 @@ async function measure(env: Record<string, string>): Promise<[string, boolean, s
       latencies.push(performance.now() - t0);
       await new Promise((r) => setTimeout(r, 50));
     }
-    const mem = rssMiB(control.process.pid);
+    const mem = memoryOf(control.process.pid);
     controller.abort();
     await Promise.allSettled(runs);
 

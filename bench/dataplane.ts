@@ -18,6 +18,7 @@ import { IS_ROOT, NetnsCluster, type Pod } from "../tests/harness/netns.ts";
 import { dialFrom, listenIn } from "../tests/harness/tcp.ts";
 import { hboneWorkload, meshDir, ZtunnelProcess } from "../tests/harness/ztunnel.ts";
 import type { TlsRelayConfig } from "./tls_relay.ts";
+import { rssMiB } from "./common.ts";
 
 const SINK = 5001;
 const ECHO = 5002;
@@ -136,11 +137,6 @@ async function connectionRate(t: Target): Promise<number> {
     return n;
   }));
   return counts.reduce((a, b) => a + b, 0) / ((performance.now() - start) / 1000);
-}
-
-function rssMiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

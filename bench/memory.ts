@@ -23,36 +23,14 @@ import { SkiffProcess } from "../tests/harness/process.ts";
 import { dialFrom, listenIn } from "../tests/harness/tcp.ts";
 import { podUid, ZtunnelProcess } from "../tests/harness/ztunnel.ts";
 import { v8FlagsFor } from "../mesh/v8_flags.ts";
+import { memoryOf, rssMiB, until200 } from "./common.ts";
 
 const VIP = "10.96.9.2";
 const ECHO = 5002;
 const HTTP = 8080;
 const CONNECTIONS = 200;
 
-function rssMiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
-}
-
-/**
- * The part of the resident set that is the process's own (RssAnon: heaps, stacks): the rest (RssFile) is
- * mostly the Deno executable's pages, shared by every Deno process on the machine and reclaimable.
- */
-function anonMiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until200(what: string, url: string, timeoutMs = 30_000): Promise<void> {
-  for (const deadline = Date.now() + timeoutMs;;) {
-    const status = await fetch(url).then(async (r) => (await r.body?.cancel(), r.status), () => 0);
-    if (status === 200) return;
-    if (Date.now() > deadline) throw new Error(`${what} is not ready after ${timeoutMs / 1000} s (${url}: ${status})`);
-    await sleep(200);
-  }
-}
 
 /** Echoes bytes back, for tunnelled connections. */
 async function serveEcho(listener: Deno.TcpListener) {
@@ -214,7 +192,7 @@ spec:
     for (let i = 0; i < 4; i++) await httpGets(client, CONNECTIONS / 4);
     await sleep(3000);
     const after = { ztunnel: rssMiB(ztunnel.pid), waypoint: rssMiB(waypoint.pid) };
-    const anon = { ztunnel: anonMiB(ztunnel.pid), waypoint: anonMiB(waypoint.pid) };
+    const anon = { ztunnel: memoryOf(ztunnel.pid).anon, waypoint: memoryOf(waypoint.pid).anon };
 
     const held: Deno.TcpConn[] = [];
     try {

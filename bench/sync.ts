@@ -14,13 +14,9 @@
 import { ControlProcess } from "../tests/harness/control.ts";
 import { meshDir, ZtunnelProcess } from "../tests/harness/ztunnel.ts";
 import { meshManifests } from "./mesh_manifests.ts";
+import { rssMiB } from "./common.ts";
 
 const QUIET_MS = 10_000;
-
-function rssMiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
-}
 
 interface Held {
   syncMs: number;

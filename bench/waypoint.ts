@@ -23,6 +23,7 @@ import { IS_ROOT, NetnsCluster, type Pod } from "../tests/harness/netns.ts";
 import { SkiffProcess, terminate } from "../tests/harness/process.ts";
 import { dialFrom } from "../tests/harness/tcp.ts";
 import { ZtunnelProcess } from "../tests/harness/ztunnel.ts";
+import { rssMiB, until200 } from "./common.ts";
 
 const VIP = "10.96.9.1";
 const APP_PORT = 8080;
@@ -174,21 +175,6 @@ function cpuSeconds(pid: number, ticks: number): number {
   const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // fields[0] is field 3, the state
   return (Number(fields[11]) + Number(fields[12])) / ticks;
-}
-
-function rssMiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
-}
-
-/** Resolves once `url` answers 200; throws after `timeoutMs`. */
-async function until200(what: string, url: string, timeoutMs = 30_000): Promise<void> {
-  for (const deadline = Date.now() + timeoutMs;;) {
-    const status = await fetch(url).then(async (r) => (await r.body?.cancel(), r.status), () => 0);
-    if (status === 200) return;
-    if (Date.now() > deadline) throw new Error(`${what} is not ready after ${timeoutMs / 1000} s (${url}: ${status})`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 async function installed(cmd: string): Promise<boolean> {
