@@ -103,6 +103,8 @@ class WholeLines {
   readonly #queue: Uint8Array[] = [];
   readonly #encoder = new TextEncoder();
   #writing = false;
+  /** Who waits for the queue to be written out ({@link WholeLines.flushed}). */
+  #idle: (() => void)[] = [];
 
   write(s: string): boolean {
     this.#queue.push(this.#encoder.encode(s));
@@ -110,6 +112,17 @@ class WholeLines {
     return true;
   }
 
+  /**
+   * Resolves once every line queued so far is written, in order. A thread that ends (a worker about to be
+   * terminated) waits for this: {@link WholeLines.flushSync} cannot wait for a write already under way, so lines
+   * it writes may land before that write's.
+   */
+  flushed(): Promise<void> {
+    if (!this.#writing && this.#queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  /** Writes what is queued at once, for a process about to exit (`exitProcess`). */
   flushSync(): void {
     while (this.#queue.length > 0) {
       const chunk = this.#next();
@@ -146,6 +159,7 @@ class WholeLines {
       this.#queue.length = 0; // stderr is closed: nothing more can be written
     } finally {
       this.#writing = false;
+      for (const resolve of this.#idle.splice(0)) resolve();
     }
   }
 }
@@ -208,6 +222,15 @@ export function logFromThreads(fields: Record<string, unknown>): void {
 export function flushLogs(): void {
   if (root) flush(root.destination);
   if (wholeLines) flush(wholeLines);
+}
+
+/**
+ * Waits until every buffered log line is written, in order: what a worker thread does before it ends (the
+ * synchronous {@link flushLogs} may put its lines ahead of a write already under way).
+ */
+export async function flushLogsAsync(): Promise<void> {
+  if (root) flush(root.destination);
+  await wholeLines?.flushed();
 }
 
 /** Flushes the logs, then ends the process with `code`. Use this, never `Deno.exit`. */

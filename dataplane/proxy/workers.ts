@@ -21,7 +21,7 @@
  * @module
  */
 
-import { flushLogs, type Logger } from "../../mesh/log.ts";
+import { flushLogsAsync, type Logger } from "../../mesh/log.ts";
 
 /** What the main thread posts to a worker. */
 type ToWorker =
@@ -357,7 +357,7 @@ export function serveAsWorker(h: WorkerHandlers, scope: WorkerScope = workerScop
         return;
       case "end":
         // After the calls before it (a pod's close writes its connections' access lines), the log lines out.
-        calls = calls.then(() => reply(m.id, () => flushLogs()));
+        calls = calls.then(() => reply(m.id, () => flushLogsAsync()));
         return;
     }
   };

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { exitProcess, flushLogs, logFromThreads, logger } from "../log.ts";
+import { exitProcess, flushLogsAsync, logFromThreads, logger } from "../log.ts";
 
 const LINES = 2_000;
 const PAD = "x".repeat(1_500);
@@ -21,7 +21,7 @@ function burst(thread: number): void {
 const self = globalThis as unknown as { postMessage?: (m: unknown) => void; name?: string };
 if (self.name === "log-burst") {
   burst(1);
-  flushLogs();
+  await flushLogsAsync(); // as a worker does before the pool ends it (dataplane/proxy/workers.ts)
   self.postMessage!("done");
 } else {
   const worker = new Worker(import.meta.url, { type: "module", name: "log-burst" });
