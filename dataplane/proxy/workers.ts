@@ -55,7 +55,7 @@ export interface WorkerPoolOptions {
   onMessage?: (index: number, body: unknown) => void;
   /** Between pings; 1 s. */
   heartbeatMs?: number;
-  /** A worker silent this long is dead; 10 s. */
+  /** A worker silent this long, once it has answered a first time, is dead; 10 s (before that: `callTimeoutMs`). */
   deadAfterMs?: number;
   /**
    * A worker that leaves a call (or its init, which calls wait behind) unanswered this long is dead too, though it
@@ -76,7 +76,7 @@ interface Slot {
   /** 1-based: the main thread is worker 0. */
   index: number;
   worker: Worker | undefined;
-  /** When the worker last answered (or started). */
+  /** When the worker last answered; 0 until its first answer (it is still loading its modules). */
   heardAt: number;
   status: unknown;
   pending: Map<number, Pending>;
@@ -200,7 +200,8 @@ export class WorkerPool {
       return;
     }
     slot.worker = worker;
-    slot.heardAt = slot.startedAt = Date.now();
+    slot.startedAt = Date.now();
+    slot.heardAt = 0;
     slot.status = undefined;
     worker.onmessage = (e: MessageEvent<FromWorker>) => {
       if (slot.worker !== worker) return;
@@ -231,7 +232,11 @@ export class WorkerPool {
     for (const s of this.#slots) {
       if (s.worker === undefined) continue;
       const oldest = Math.min(...[...s.pending.values()].map((p) => p.calledAt ?? now), now);
-      if (now - s.heardAt > this.#o.deadAfterMs) {
+      // A worker still loading its modules (slow on a loaded machine) has until the call timeout to answer once;
+      // after its first answer, a silence of deadAfterMs is death.
+      if (s.heardAt === 0 && now - s.startedAt > this.#o.callTimeoutMs) {
+        this.#died(s, `no answer ${now - s.startedAt} ms after it was started (it exited or hangs)`);
+      } else if (s.heardAt !== 0 && now - s.heardAt > this.#o.deadAfterMs) {
         this.#died(s, `no answer for ${now - s.heardAt} ms (it exited or hangs)`);
       } else if (now - oldest > this.#o.callTimeoutMs) {
         this.#died(s, `a call went unanswered for ${now - oldest} ms (its work hangs)`);
